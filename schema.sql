@@ -1,0 +1,75 @@
+-- liminald database schema, version 1 (PRAGMA user_version = 1).
+--
+-- The events table is the append-only log. The other tables hold the state
+-- that replaying the log gives, updated in the same transaction as the
+-- events they follow from, so that a decision or a message's state is an
+-- indexed lookup and a restart replays nothing. `liminald check` proves that
+-- they agree with the log.
+
+-- One row per conversation: its name, its next seq and its messages counted
+-- by status.
+CREATE TABLE conversations (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT    NOT NULL UNIQUE,
+    next_seq     INTEGER NOT NULL,
+    received     INTEGER NOT NULL DEFAULT 0,
+    in_progress  INTEGER NOT NULL DEFAULT 0,
+    errored      INTEGER NOT NULL DEFAULT 0,
+    finished     INTEGER NOT NULL DEFAULT 0
+);
+
+-- The log. pos is the position in the whole database, increasing in commit
+-- order; seq the position in the conversation, from 0 and contiguous; ts the
+-- commit time in epoch milliseconds. type: 1 message_received,
+-- 2 processing_started, 3 step_completed, 4 processing_finished,
+-- 5 error_occurred. received_at, step_index, output and error are set only
+-- for the type they belong to.
+CREATE TABLE events (
+    pos             INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations (id),
+    seq             INTEGER NOT NULL,
+    ts              INTEGER NOT NULL,
+    type            INTEGER NOT NULL,
+    message_id      TEXT    NOT NULL,
+    received_at     INTEGER,
+    step_index      INTEGER,
+    output          BLOB,
+    error           TEXT,
+    UNIQUE (conversation_id, seq)
+);
+
+-- One row per received message. status: 1 received, 2 in_progress,
+-- 3 errored, 4 finished. last_step is the highest completed step index, or
+-- NULL; started_seq the seq of the latest processing_started; last_type and
+-- last_seq the message's latest event; error the latest error text.
+CREATE TABLE messages (
+    conversation_id INTEGER NOT NULL,
+    message_id      TEXT    NOT NULL,
+    status          INTEGER NOT NULL,
+    received_at     INTEGER NOT NULL,
+    received_seq    INTEGER NOT NULL,
+    started_seq     INTEGER NOT NULL,
+    last_step       INTEGER,
+    error           TEXT,
+    last_type       INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, message_id)
+) WITHOUT ROWID;
+
+-- One row per completed step; its output is in the event at seq.
+CREATE TABLE steps (
+    conversation_id INTEGER NOT NULL,
+    message_id      TEXT    NOT NULL,
+    step_index      INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, message_id, step_index)
+) WITHOUT ROWID;
+
+-- Totals over the whole database, one row, so that stats read no table scan.
+CREATE TABLE totals (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    conversations INTEGER NOT NULL,
+    messages      INTEGER NOT NULL,
+    events        INTEGER NOT NULL
+);
+INSERT INTO totals (id, conversations, messages, events) VALUES (1, 0, 0, 0);

@@ -1,0 +1,165 @@
+package sqlitestore
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"liminald/conversation"
+)
+
+// Export writes every event of the database at path to w as event objects
+// (SPEC §3), one JSON line each, in pos order. It reads one consistent
+// snapshot and works beside a running daemon. Returns the number of events
+// written.
+func Export(ctx context.Context, path string, w io.Writer, progress Progress) (int64, error) {
+	db, err := openExisting(path)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return 0, fmt.Errorf("export %s: %w", path, err)
+	}
+	defer tx.Rollback()
+	var total int64
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM events").Scan(&total); err != nil {
+		return 0, fmt.Errorf("export %s: %w", path, err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+`, c.name FROM events e JOIN conversations c ON c.id = e.conversation_id ORDER BY e.pos`)
+	if err != nil {
+		return 0, fmt.Errorf("export %s: %w", path, err)
+	}
+	defer rows.Close()
+	bw := bufio.NewWriterSize(w, 1<<16)
+	var n int64
+	var line []byte
+	for rows.Next() {
+		var name string
+		e, err := scanEvent(rows, "", &name)
+		if err != nil {
+			return n, fmt.Errorf("export %s: %w", path, err)
+		}
+		e.Conversation = name
+		line = append(e.AppendJSON(line[:0]), '\n')
+		if _, err := bw.Write(line); err != nil {
+			return n, fmt.Errorf("export %s: write: %w", path, err)
+		}
+		n++
+		if progress != nil && n%4096 == 0 {
+			progress(n, total)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return n, fmt.Errorf("export %s: %w", path, err)
+	}
+	if progress != nil {
+		progress(n, total)
+	}
+	if err := bw.Flush(); err != nil {
+		return n, fmt.Errorf("export %s: write: %w", path, err)
+	}
+	return n, nil
+}
+
+// ImportError is an event that Import refused.
+type ImportError struct {
+	Line int // 1-based line of the input
+	Err  error
+}
+
+func (e *ImportError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
+func (e *ImportError) Unwrap() error { return e.Err }
+
+// importBatch is how many events Import hands the writer at once.
+const importBatch = 1024
+
+// Import appends the event objects read from r (as Export writes them) to
+// the store. Each event must be the next of its conversation and one the
+// write rules would append; an event identical to the one already stored at
+// its seq is skipped, so an interrupted import can be run again. Events
+// keep their conversation, seq, ts and content; pos is given anew, in the
+// order of the input. Returns the number of events appended, and an
+// *ImportError naming the first line refused; the events before it stay.
+func (s *Store) Import(ctx context.Context, r io.Reader, progress Progress) (int64, error) {
+	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
+	var appended int64
+	line := 0
+	for {
+		reqs := make([]*request, 0, importBatch)
+		lines := make([]int, 0, importBatch)
+		for len(reqs) < importBatch {
+			var e conversation.Event
+			err := dec.Decode(&e)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			line++
+			if err != nil {
+				var fe *conversation.FieldError
+				if errors.As(err, &fe) {
+					return appended, &ImportError{Line: line, Err: err}
+				}
+				return appended, &ImportError{Line: line, Err: fmt.Errorf("not an event object: %w", err)}
+			}
+			reqs = append(reqs, &request{cmd: conversation.CommandOf(&e), ts: e.TS, done: make(chan struct{})})
+			lines = append(lines, line)
+		}
+		if len(reqs) == 0 {
+			return appended, nil
+		}
+		if err := s.enqueue(ctx, reqs); err != nil {
+			return appended, err
+		}
+		for i, r := range reqs {
+			<-r.done
+			if r.err == nil && r.out.Seq != r.cmd.ExpectedSeq {
+				r.err = fmt.Errorf("the write rules do not append this event (duplicate of seq %d)", r.out.Seq)
+			}
+			if r.err != nil {
+				for _, rest := range reqs[i+1:] {
+					<-rest.done
+				}
+				return appended, &ImportError{Line: lines[i], Err: r.err}
+			}
+			if r.out.Append {
+				appended++
+			}
+		}
+		if progress != nil {
+			progress(int64(line), 0)
+		}
+	}
+}
+
+// Backup writes a consistent copy of the database at path to dst, which must
+// not exist. It works beside a running daemon.
+func Backup(ctx context.Context, path, dst string) error {
+	if _, err := os.Stat(dst); err == nil {
+		return fmt.Errorf("backup %s: %s already exists", path, dst)
+	}
+	db, err := openExisting(path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	// VACUUM INTO writes the target file, which query_only forbids.
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", path, err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PRAGMA query_only = 0"); err != nil {
+		return fmt.Errorf("backup %s: %w", path, err)
+	}
+	if _, err := conn.ExecContext(ctx, "VACUUM INTO ?", dst); err != nil {
+		return fmt.Errorf("backup %s to %s: %w", path, dst, err)
+	}
+	return nil
+}

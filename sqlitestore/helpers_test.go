@@ -1,0 +1,55 @@
+package sqlitestore
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"liminald/conversation"
+)
+
+// mustOpenStore opens a store on a new database in tb's temporary directory.
+// At cleanup it closes the store and checks the database: state == replay
+// of the log, seqs contiguous, integrity ok.
+func mustOpenStore(tb testing.TB, opts Options) *Store {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "test.db")
+	s, err := Open(path, opts)
+	if err != nil {
+		tb.Fatalf("Open(%s): %v", path, err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+		mustCheck(tb, path)
+	})
+	return s
+}
+
+// mustCheck fails tb if Check finds a problem in the database at path.
+func mustCheck(tb testing.TB, path string) *Report {
+	tb.Helper()
+	r, err := Check(context.Background(), path, nil)
+	if err != nil {
+		tb.Fatalf("Check(%s): %v", path, err)
+	}
+	if len(r.Problems) > 0 {
+		tb.Errorf("Check(%s) found problems:\n%s", path, strings.Join(r.Problems, "\n"))
+	}
+	return r
+}
+
+// write runs cmd and fails tb on an error.
+func mustWrite(tb testing.TB, s *Store, cmd conversation.Command) conversation.Outcome {
+	tb.Helper()
+	if cmd.ExpectedSeq == 0 {
+		cmd.ExpectedSeq = conversation.NoExpectedSeq
+	}
+	out, err := s.Write(context.Background(), cmd)
+	if err != nil {
+		tb.Fatalf("Write(%+v): %v", cmd, err)
+	}
+	return out
+}

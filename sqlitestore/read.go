@@ -1,0 +1,155 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"liminald/conversation"
+)
+
+// readStmts are the readers' prepared statements, on the read pool.
+type readStmts struct {
+	msg, steps, conv, events, eventsPos, convs *sql.Stmt
+}
+
+func prepareReads(db *sql.DB) (*readStmts, error) {
+	st := &readStmts{}
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&st.msg, `SELECT m.status, m.received_at, m.received_seq, m.started_seq, m.last_step, m.error, m.last_type, m.last_seq
+			FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.name = ? AND m.message_id = ?`},
+		{&st.steps, `SELECT s.step_index, s.seq, e.output FROM conversations c
+			JOIN steps s ON s.conversation_id = c.id
+			JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq
+			WHERE c.name = ? AND s.message_id = ? ORDER BY s.step_index`},
+		{&st.conv, `SELECT next_seq, received, in_progress, errored, finished FROM conversations WHERE name = ?`},
+		{&st.events, `SELECT ` + eventColumns + ` FROM events
+			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?) AND seq >= ? ORDER BY seq LIMIT ?`},
+		{&st.eventsPos, `SELECT ` + eventColumns + `, c.name FROM events e JOIN conversations c ON c.id = e.conversation_id
+			WHERE e.pos >= ? ORDER BY e.pos LIMIT ?`},
+		{&st.convs, `SELECT name, next_seq, received, in_progress, errored, finished FROM conversations
+			WHERE name > ? ORDER BY name LIMIT ?`},
+	} {
+		var err error
+		if *p.stmt, err = db.Prepare(p.sql); err != nil {
+			st.close()
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+func (st *readStmts) close() error {
+	for _, s := range []*sql.Stmt{st.msg, st.steps, st.conv, st.events, st.eventsPos, st.convs} {
+		if s != nil {
+			s.Close()
+		}
+	}
+	return nil
+}
+
+// Message returns the state of message id of conversation conv, or nil if it
+// was never received.
+func (s *Store) Message(ctx context.Context, conv, id string) (*conversation.Message, error) {
+	return scanMessage(s.reads.msg.QueryRowContext(ctx, conv, id), id)
+}
+
+// Steps returns the completed steps of message id of conversation conv, by
+// index.
+func (s *Store) Steps(ctx context.Context, conv, id string) ([]conversation.StepRecord, error) {
+	rows, err := s.reads.steps.QueryContext(ctx, conv, id)
+	if err != nil {
+		return nil, unavailable("read steps", err)
+	}
+	defer rows.Close()
+	var steps []conversation.StepRecord
+	for rows.Next() {
+		var r conversation.StepRecord
+		var index int64
+		if err := rows.Scan(&index, &r.Seq, &r.Output); err != nil {
+			return nil, unavailable("read steps", err)
+		}
+		r.Index = uint32(index)
+		if r.Output == nil {
+			r.Output = []byte{}
+		}
+		steps = append(steps, r)
+	}
+	return steps, unavailable("read steps", rows.Err())
+}
+
+// Decide returns the redelivery decision for message id of conversation
+// conv, without appending anything.
+func (s *Store) Decide(ctx context.Context, conv, id string) (conversation.Decision, error) {
+	m, err := s.Message(ctx, conv, id)
+	if err != nil {
+		return conversation.Decision{}, err
+	}
+	return conversation.Redelivery(m), nil
+}
+
+// Conversation returns the summary of conversation name. A conversation
+// with no events has next seq 0 and no messages.
+func (s *Store) Conversation(ctx context.Context, name string) (conversation.Summary, error) {
+	sum := conversation.Summary{Name: name}
+	err := s.reads.conv.QueryRowContext(ctx, name).Scan(&sum.Next,
+		&sum.Counts.Received, &sum.Counts.InProgress, &sum.Counts.Errored, &sum.Counts.Finished)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = nil
+	}
+	return sum, unavailable("read conversation", err)
+}
+
+// Conversations returns up to limit conversations whose names sort after
+// after, by name.
+func (s *Store) Conversations(ctx context.Context, after string, limit int) ([]conversation.Summary, error) {
+	rows, err := s.reads.convs.QueryContext(ctx, after, limit)
+	if err != nil {
+		return nil, unavailable("read conversations", err)
+	}
+	defer rows.Close()
+	var out []conversation.Summary
+	for rows.Next() {
+		var c conversation.Summary
+		if err := rows.Scan(&c.Name, &c.Next, &c.Counts.Received, &c.Counts.InProgress, &c.Counts.Errored, &c.Counts.Finished); err != nil {
+			return nil, unavailable("read conversations", err)
+		}
+		out = append(out, c)
+	}
+	return out, unavailable("read conversations", rows.Err())
+}
+
+// Events returns up to limit events of conversation conv from seq from on,
+// in seq order.
+func (s *Store) Events(ctx context.Context, conv string, from int64, limit int) ([]conversation.Event, error) {
+	rows, err := s.reads.events.QueryContext(ctx, conv, from, limit)
+	if err != nil {
+		return nil, unavailable("read events", err)
+	}
+	events, err := scanEvents(rows, conv, nil)
+	return events, unavailable("read events", err)
+}
+
+// EventsFrom returns up to limit events of every conversation from position
+// pos on, in pos order.
+func (s *Store) EventsFrom(ctx context.Context, pos int64, limit int) ([]conversation.Event, error) {
+	rows, err := s.reads.eventsPos.QueryContext(ctx, pos, limit)
+	if err != nil {
+		return nil, unavailable("read events", err)
+	}
+	defer rows.Close()
+	var events []conversation.Event
+	for rows.Next() {
+		var name string
+		e, err := scanEvent(rows, "", &name)
+		if err != nil {
+			return nil, unavailable("read events", err)
+		}
+		e.Conversation = name
+		events = append(events, e)
+	}
+	return events, unavailable("read events", rows.Err())
+}

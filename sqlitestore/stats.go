@@ -1,0 +1,79 @@
+package sqlitestore
+
+import (
+	"context"
+	"os"
+	"sync"
+	"time"
+)
+
+// commitStats are the writer's figures since the store opened.
+type commitStats struct {
+	mu          sync.Mutex
+	commits     int64
+	failures    int64
+	requests    int64
+	appended    int64
+	maxBatch    int
+	commitTotal time.Duration
+	commitMax   time.Duration
+}
+
+func (c *commitStats) record(requests, events int, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.commits++
+	c.requests += int64(requests)
+	c.appended += int64(events)
+	c.maxBatch = max(c.maxBatch, requests)
+	c.commitTotal += d
+	c.commitMax = max(c.commitMax, d)
+}
+
+func (c *commitStats) fail() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+}
+
+// Stats are the figures of a store.
+type Stats struct {
+	Conversations int64 // in the database
+	Messages      int64
+	Events        int64
+	DBBytes       int64 // the database file and its WAL
+	Uptime        time.Duration
+	Subscribers   int
+
+	// Since the store opened:
+	Commits       int64         // transactions committed
+	FailedBatches int64         // transactions rolled back
+	Requests      int64         // write requests answered by committed batches
+	Appended      int64         // events appended
+	MaxBatch      int           // most requests in one transaction
+	CommitTotal   time.Duration // time spent writing and committing batches
+	CommitMax     time.Duration // longest batch
+}
+
+// Stats returns the store's figures.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	err := s.rdb.QueryRowContext(ctx, `SELECT conversations, messages, events FROM totals WHERE id = 1`).
+		Scan(&st.Conversations, &st.Messages, &st.Events)
+	if err != nil {
+		return st, unavailable("read totals", err)
+	}
+	for _, suffix := range []string{"", "-wal"} {
+		if fi, err := os.Stat(s.path + suffix); err == nil {
+			st.DBBytes += fi.Size()
+		}
+	}
+	st.Uptime = time.Since(s.opened)
+	st.Subscribers = s.feed.subscribers()
+	c := &s.stats
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st.Commits, st.FailedBatches, st.Requests, st.Appended = c.commits, c.failures, c.requests, c.appended
+	st.MaxBatch, st.CommitTotal, st.CommitMax = c.maxBatch, c.commitTotal, c.commitMax
+	return st, nil
+}

@@ -1,0 +1,255 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"liminald"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Sync is how hard a commit presses its data to the disk.
+type Sync string
+
+const (
+	// SyncFull fsyncs the WAL on every commit: an acknowledged write survives
+	// a crash of the process and of the machine (power loss).
+	SyncFull Sync = "full"
+	// SyncNormal leaves fsync to checkpoints: an acknowledged write survives
+	// a crash of the process, but the last commits can be lost on power loss.
+	SyncNormal Sync = "normal"
+)
+
+// Options configure a Store. The zero value of each field picks its default.
+type Options struct {
+	Sync       Sync // SyncFull by default
+	Readers    int  // read connections; 4 by default
+	QueueSize  int  // write requests waiting for the writer; 4096 by default
+	MaxBatch   int  // write requests in one transaction; 1024 by default
+	CacheSize  int  // messages the writer keeps in memory; 65536 by default
+	Logger     *slog.Logger
+	Now        func() time.Time // the commit clock; time.Now by default
+	Checkpoint time.Duration    // how often WAL checkpoints run; 1s by default
+
+	// maxPageCount caps the database size in pages on the writer connection
+	// (PRAGMA max_page_count); tests use it to fill the "disk".
+	maxPageCount int
+}
+
+func (o *Options) setDefaults() {
+	if o.Sync == "" {
+		o.Sync = SyncFull
+	}
+	if o.Readers <= 0 {
+		o.Readers = 4
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 4096
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 1024
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = 1 << 16
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Checkpoint <= 0 {
+		o.Checkpoint = time.Second
+	}
+}
+
+// Store is an open event log. Its methods are safe for concurrent use.
+type Store struct {
+	path   string
+	opts   Options
+	log    *slog.Logger
+	wdb    *sql.DB // the writer's handle: one connection, owned by the writer goroutine
+	rdb    *sql.DB // the readers' pool, query_only
+	reads  *readStmts
+	feed   feed
+	stats  commitStats
+	queue  chan *request
+	opened time.Time
+
+	mu     sync.RWMutex // guards closed against sends on queue
+	closed bool
+
+	stop chan struct{} // closed by Close: background loops end
+	wg   sync.WaitGroup
+}
+
+// Open opens the database at path, creating it and its schema if it does not
+// exist, and starts the writer. Returns an error wrapping ErrNewerSchema if
+// the database is from a newer version of liminald.
+func Open(path string, opts Options) (*Store, error) {
+	opts.setDefaults()
+	if opts.Sync != SyncFull && opts.Sync != SyncNormal {
+		return nil, fmt.Errorf("open database %s: sync must be %q or %q, not %q", path, SyncFull, SyncNormal, opts.Sync)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), stop: make(chan struct{}), opened: time.Now()}
+	if err := s.open(); err != nil {
+		s.closeDBs()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	w, err := newWriter(s)
+	if err != nil {
+		s.closeDBs()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); w.run() }()
+	go func() { defer s.wg.Done(); s.checkpointLoop() }()
+	return s, nil
+}
+
+// dsn is the data source name of the database at path with the pragmas every
+// connection needs, and the extra ones given.
+func dsn(path string, pragmas ...string) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(5000)")
+	q.Add("_pragma", "foreign_keys(0)")
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+func (s *Store) open() error {
+	syncPragma := "synchronous(FULL)"
+	if s.opts.Sync == SyncNormal {
+		syncPragma = "synchronous(NORMAL)"
+	}
+	writerPragmas := []string{"journal_mode(WAL)", syncPragma, "wal_autocheckpoint(0)", "journal_size_limit(67108864)"}
+	if s.opts.maxPageCount > 0 {
+		writerPragmas = append(writerPragmas, fmt.Sprintf("max_page_count(%d)", s.opts.maxPageCount))
+	}
+	var err error
+	s.wdb, err = sql.Open("sqlite", dsn(s.path, writerPragmas...)+"&_txlock=immediate")
+	if err != nil {
+		return err
+	}
+	s.wdb.SetMaxOpenConns(1)
+	s.wdb.SetMaxIdleConns(1)
+	s.wdb.SetConnMaxLifetime(0)
+	if err := migrate(s.wdb); err != nil {
+		return err
+	}
+	s.rdb, err = sql.Open("sqlite", dsn(s.path, "query_only(1)"))
+	if err != nil {
+		return err
+	}
+	s.rdb.SetMaxOpenConns(s.opts.Readers)
+	s.rdb.SetMaxIdleConns(s.opts.Readers)
+	s.reads, err = prepareReads(s.rdb)
+	return err
+}
+
+// migrate creates the schema in an empty database and refuses one from a
+// newer version. Versions move forward with PRAGMA user_version.
+func migrate(db *sql.DB) error {
+	var version int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil {
+		return unavailable("read schema version", err)
+	}
+	switch {
+	case version == liminald.SchemaVersion:
+		return nil
+	case version > liminald.SchemaVersion:
+		return fmt.Errorf("%w: its schema is version %d, this liminald knows up to version %d; upgrade liminald", ErrNewerSchema, version, liminald.SchemaVersion)
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		return unavailable("create schema", err)
+	}
+	defer tx.Rollback()
+	var tables int
+	if err := tx.QueryRow("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").Scan(&tables); err != nil {
+		return unavailable("create schema", err)
+	}
+	if tables > 0 {
+		return fmt.Errorf("database has tables but no liminald schema version; it is not a liminald database")
+	}
+	if _, err := tx.Exec(liminald.Schema); err != nil {
+		return unavailable("create schema", err)
+	}
+	if _, err := tx.Exec(fmt.Sprintf("PRAGMA user_version = %d", liminald.SchemaVersion)); err != nil {
+		return unavailable("create schema", err)
+	}
+	return unavailable("create schema", tx.Commit())
+}
+
+// Path returns the absolute path of the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close stops taking writes, answers every write already queued, closes the
+// database cleanly (checkpointing its WAL) and returns. Writes after Close
+// get ErrClosed. Subscriptions end.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.queue)
+	close(s.stop)
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.feed.closeAll()
+	return s.closeDBs()
+}
+
+func (s *Store) closeDBs() error {
+	var errs []error
+	if s.reads != nil {
+		errs = append(errs, s.reads.close())
+	}
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
+	if s.wdb != nil {
+		// A clean close of the last connection checkpoints the WAL into the
+		// database file and removes it.
+		_, err := s.wdb.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+		if err != nil && !isUnavailable(err) {
+			errs = append(errs, err)
+		}
+		errs = append(errs, s.wdb.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// checkpointLoop copies the WAL into the database file in the background, so
+// that the writer never pays for a checkpoint on its commit path. A PASSIVE
+// checkpoint takes no lock the writer needs.
+func (s *Store) checkpointLoop() {
+	t := time.NewTicker(s.opts.Checkpoint)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		if _, err := s.rdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
+			s.log.Warn("wal checkpoint", "err", err)
+		}
+	}
+}

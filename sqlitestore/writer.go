@@ -1,0 +1,444 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+
+	"liminald/conversation"
+)
+
+// request is one write waiting for the writer. The writer sets out and err,
+// then closes done.
+type request struct {
+	cmd  conversation.Command
+	ts   int64 // the commit time to record, when not the batch's own (imports)
+	out  conversation.Outcome
+	err  error
+	done chan struct{}
+}
+
+// Write evaluates cmd against the current state and, when the write rules
+// accept it and it appends an event, commits that event and the state it
+// changes. It returns only after the commit (with SyncFull, after the fsync).
+//
+// Returns a *conversation.FieldError for invalid arguments, the rule errors
+// of package conversation (ErrUnknownMessage, ErrAlreadyFinished,
+// ErrStepConflict, *SequenceConflictError), an error wrapping ErrUnavailable
+// when the database cannot write now, ErrClosed after Close, or ctx's error
+// if ctx ends before the request is queued. Once queued, a request is always
+// answered.
+func (s *Store) Write(ctx context.Context, cmd conversation.Command) (conversation.Outcome, error) {
+	if err := cmd.Validate(); err != nil {
+		return conversation.Outcome{}, err
+	}
+	r := &request{cmd: cmd, done: make(chan struct{})}
+	if err := s.enqueue(ctx, []*request{r}); err != nil {
+		return conversation.Outcome{}, err
+	}
+	<-r.done
+	return r.out, r.err
+}
+
+// enqueue hands reqs to the writer, in order. Returns ErrClosed after Close,
+// or ctx's error if it ends first; then no request of reqs was queued, or
+// every one queued is answered and the rest are not.
+func (s *Store) enqueue(ctx context.Context, reqs []*request) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	for i, r := range reqs {
+		select {
+		case s.queue <- r:
+		case <-ctx.Done():
+			for _, r := range reqs[:i] {
+				<-r.done
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// convRow is a row of the conversations table.
+type convRow struct {
+	id      int64
+	name    string
+	next    int64
+	counts  conversation.Counts
+	changed bool // the batch appended to it
+}
+
+type msgKey struct {
+	conv int64
+	id   string
+}
+
+type totals struct{ conversations, messages, events int64 }
+
+// writer owns the writer connection. Only its goroutine touches its fields.
+//
+// It keeps the rows it committed last in two bounded caches, valid because
+// it is the only writer of the database. A batch works on copies in its own
+// dirty maps, merged into the caches only after COMMIT; a failed batch drops
+// them, so the caches never hold what the database does not.
+type writer struct {
+	s     *Store
+	conn  *sql.Conn
+	stmts *writeStmts
+
+	nextPos, nextConvID int64
+	totals              totals
+	convs               map[string]*convRow
+	msgs                map[msgKey]*conversation.Message
+
+	// the batch being written
+	batch      []*request
+	events     []conversation.Event
+	dirtyConvs map[string]*convRow
+	dirtyMsgs  map[msgKey]*conversation.Message
+	changed    map[msgKey]*conversation.Message // the dirty messages an event changed
+}
+
+func newWriter(s *Store) (*writer, error) {
+	w := &writer{
+		s:          s,
+		convs:      make(map[string]*convRow),
+		msgs:       make(map[msgKey]*conversation.Message),
+		dirtyConvs: make(map[string]*convRow),
+		dirtyMsgs:  make(map[msgKey]*conversation.Message),
+		changed:    make(map[msgKey]*conversation.Message),
+	}
+	if err := w.connect(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// connect takes the writer connection, prepares its statements and loads the
+// counters the writer keeps in memory.
+func (w *writer) connect() error {
+	ctx := context.Background()
+	conn, err := w.s.wdb.Conn(ctx)
+	if err != nil {
+		return unavailable("writer connection", err)
+	}
+	stmts, err := prepareWrites(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return unavailable("prepare writes", err)
+	}
+	w.conn, w.stmts = conn, stmts
+	if err := w.load(ctx); err != nil {
+		w.disconnect()
+		return err
+	}
+	return nil
+}
+
+func (w *writer) load(ctx context.Context) error {
+	err := w.conn.QueryRowContext(ctx, `SELECT
+		(SELECT coalesce(max(pos), 0) + 1 FROM events),
+		(SELECT coalesce(max(id), 0) + 1 FROM conversations),
+		conversations, messages, events FROM totals WHERE id = 1`).
+		Scan(&w.nextPos, &w.nextConvID, &w.totals.conversations, &w.totals.messages, &w.totals.events)
+	return unavailable("load counters", err)
+}
+
+// disconnect drops the writer connection for good, so that the next batch
+// starts on a fresh one: the way back from an I/O error that left the
+// connection in an unknown state.
+func (w *writer) disconnect() {
+	if w.conn == nil {
+		return
+	}
+	w.stmts.close()
+	w.conn.Raw(func(any) error { return driver.ErrBadConn })
+	w.conn.Close()
+	w.conn, w.stmts = nil, nil
+}
+
+func (w *writer) run() {
+	max := w.s.opts.MaxBatch
+	for {
+		r, ok := <-w.s.queue
+		if !ok {
+			w.disconnect()
+			return
+		}
+		w.batch = append(w.batch[:0], r)
+	drain:
+		for len(w.batch) < max {
+			select {
+			case r, ok := <-w.s.queue:
+				if !ok {
+					break drain
+				}
+				w.batch = append(w.batch, r)
+			default:
+				break drain
+			}
+		}
+		w.commit()
+		clear(w.batch)
+	}
+}
+
+// commit writes the batch in one transaction and answers its requests.
+func (w *writer) commit() {
+	start := time.Now()
+	err := w.write(w.s.opts.Now().UnixMilli())
+	if err != nil {
+		w.abort(err)
+		return
+	}
+	for k, c := range w.dirtyConvs {
+		c.changed = false
+		w.convs[k] = c
+	}
+	for k, m := range w.dirtyMsgs {
+		w.msgs[k] = m
+	}
+	if len(w.convs) > w.s.opts.CacheSize {
+		w.convs = make(map[string]*convRow)
+	}
+	if len(w.msgs) > w.s.opts.CacheSize {
+		w.msgs = make(map[msgKey]*conversation.Message)
+	}
+	w.clearDirty()
+	w.s.stats.record(len(w.batch), len(w.events), time.Since(start))
+	if len(w.events) > 0 {
+		w.s.feed.publish(w.events)
+		w.events = nil // the feed's subscribers hold the slice now
+	}
+	for _, r := range w.batch {
+		close(r.done)
+	}
+}
+
+// abort rolls the batch back and answers every request in it with err: the
+// rule decisions of the batch were taken against state that was not
+// committed, so none of them stands.
+func (w *writer) abort(err error) {
+	w.s.stats.fail()
+	w.s.log.Error("write batch failed", "requests", len(w.batch), "err", err)
+	if w.conn != nil {
+		if _, rerr := w.conn.ExecContext(context.Background(), "ROLLBACK"); rerr != nil {
+			w.s.log.Warn("rollback failed; reconnecting", "err", rerr)
+			w.disconnect()
+		} else if lerr := w.load(context.Background()); lerr != nil {
+			w.disconnect()
+		}
+	}
+	w.clearDirty()
+	w.events = w.events[:0]
+	if !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("write batch: %w", err)
+	}
+	for _, r := range w.batch {
+		r.out, r.err = conversation.Outcome{}, err
+		close(r.done)
+	}
+}
+
+func (w *writer) clearDirty() {
+	clear(w.dirtyConvs)
+	clear(w.dirtyMsgs)
+	clear(w.changed)
+}
+
+func (w *writer) write(ts int64) error {
+	if w.conn == nil {
+		if err := w.connect(); err != nil {
+			return err
+		}
+	}
+	ctx := context.Background()
+	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		err = unavailable("begin", err)
+		w.disconnect()
+		return err
+	}
+	w.events = w.events[:0]
+	before := w.totals
+	for _, r := range w.batch {
+		if err := w.apply(ctx, r, ts); err != nil {
+			w.totals = before
+			return err
+		}
+	}
+	if err := w.flush(ctx, before); err != nil {
+		w.totals = before
+		return err
+	}
+	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
+		w.totals = before
+		return unavailable("commit", err)
+	}
+	return nil
+}
+
+// apply evaluates one request against the state as the batch left it and
+// appends its event. A rule error is the request's answer and not an error
+// of the batch; the error returned fails the whole batch.
+func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
+	c := &r.cmd
+	conv, err := w.conversation(ctx, c.Conversation)
+	if err != nil {
+		return err
+	}
+	k := conversation.Known{}
+	if conv != nil {
+		k.Next = conv.next
+		if k.Message, err = w.message(ctx, conv.id, c.MessageID); err != nil {
+			return err
+		}
+		// A step above the highest completed index cannot be recorded yet:
+		// only look it up when it could be.
+		if c.Op == conversation.OpStep && k.Message != nil && int64(c.StepIndex) <= k.Message.LastStep {
+			if k.Step, err = w.step(ctx, conv.id, c.MessageID, c.StepIndex); err != nil {
+				return err
+			}
+		}
+		if c.NeedsPrior(k.Next) {
+			if k.Prior, err = w.eventAt(ctx, conv, c.ExpectedSeq); err != nil {
+				return err
+			}
+		}
+	}
+	r.out, r.err = conversation.Evaluate(c, k)
+	if r.err != nil || !r.out.Append {
+		return nil
+	}
+	if conv == nil {
+		conv = &convRow{id: w.nextConvID, name: c.Conversation}
+		w.nextConvID++
+		w.dirtyConvs[c.Conversation] = conv
+		w.totals.conversations++
+	}
+	if r.ts != 0 {
+		ts = r.ts
+	}
+	e := c.Event(conv.next, ts)
+	e.Pos = w.nextPos
+	if err := w.stmts.insertEvent(ctx, conv.id, &e); err != nil {
+		return unavailable("append event", err)
+	}
+	if e.Type == conversation.StepCompleted {
+		if _, err := w.stmts.insStep.ExecContext(ctx, conv.id, e.MessageID, int64(e.StepIndex), e.Seq); err != nil {
+			return unavailable("record step", err)
+		}
+	}
+	w.nextPos++
+	m, key := k.Message, msgKey{conv.id, c.MessageID}
+	if m == nil {
+		m = &conversation.Message{}
+		w.dirtyMsgs[key] = m
+		w.totals.messages++
+	}
+	w.changed[key] = m
+	conv.changed = true
+	from := m.Status
+	m.Apply(&e)
+	conv.counts.Move(from, m.Status)
+	conv.next++
+	w.totals.events++
+	w.events = append(w.events, e)
+	return nil
+}
+
+// flush writes the state rows the batch changed.
+func (w *writer) flush(ctx context.Context, before totals) error {
+	for k, m := range w.changed {
+		if err := w.stmts.upsertMessage(ctx, k.conv, m); err != nil {
+			return unavailable("update message", err)
+		}
+	}
+	for _, c := range w.dirtyConvs {
+		if !c.changed {
+			continue
+		}
+		if _, err := w.stmts.upsertConv.ExecContext(ctx, c.id, c.name, c.next,
+			c.counts.Received, c.counts.InProgress, c.counts.Errored, c.counts.Finished); err != nil {
+			return unavailable("update conversation", err)
+		}
+	}
+	if w.totals != before {
+		if _, err := w.stmts.updTotals.ExecContext(ctx, w.totals.conversations, w.totals.messages, w.totals.events); err != nil {
+			return unavailable("update totals", err)
+		}
+	}
+	return nil
+}
+
+// conversation returns the batch's copy of the row of conversation name, or
+// nil if it does not exist.
+func (w *writer) conversation(ctx context.Context, name string) (*convRow, error) {
+	if c, ok := w.dirtyConvs[name]; ok {
+		return c, nil
+	}
+	c := w.convs[name]
+	if c == nil {
+		c = &convRow{name: name}
+		err := w.stmts.selConv.QueryRowContext(ctx, name).Scan(&c.id, &c.next,
+			&c.counts.Received, &c.counts.InProgress, &c.counts.Errored, &c.counts.Finished)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, unavailable("read conversation", err)
+		}
+	}
+	cp := *c
+	w.dirtyConvs[name] = &cp
+	return &cp, nil
+}
+
+// message returns the batch's copy of message id of conversation conv, or
+// nil if it was never received.
+func (w *writer) message(ctx context.Context, conv int64, id string) (*conversation.Message, error) {
+	k := msgKey{conv, id}
+	if m, ok := w.dirtyMsgs[k]; ok {
+		return m, nil
+	}
+	m := w.msgs[k]
+	if m == nil {
+		var err error
+		m, err = scanMessage(w.stmts.selMsg.QueryRowContext(ctx, conv, id), id)
+		if err != nil || m == nil {
+			return nil, err
+		}
+	}
+	cp := *m
+	w.dirtyMsgs[k] = &cp
+	return &cp, nil
+}
+
+func (w *writer) step(ctx context.Context, conv int64, id string, index uint32) (*conversation.StepRecord, error) {
+	r := conversation.StepRecord{Index: index}
+	err := w.stmts.selStep.QueryRowContext(ctx, conv, id, int64(index)).Scan(&r.Seq, &r.Output)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, unavailable("read step", err)
+	}
+	return &r, nil
+}
+
+func (w *writer) eventAt(ctx context.Context, conv *convRow, seq int64) (*conversation.Event, error) {
+	rows, err := w.stmts.selEventAt.QueryContext(ctx, conv.id, seq)
+	if err != nil {
+		return nil, unavailable("read event", err)
+	}
+	events, err := scanEvents(rows, conv.name, nil)
+	if err != nil || len(events) == 0 {
+		return nil, unavailable("read event", err)
+	}
+	return &events[0], nil
+}
