@@ -5,10 +5,10 @@ import (
 	"fmt"
 )
 
-// The rule errors. Each maps one to one to a wire error code (SPEC §3):
-// unknown_message, already_finished and step_conflict. A
-// *SequenceConflictError is sequence_conflict and a *FieldError is
-// bad_request.
+// The errors of the domain. Each maps one to one to a wire error code
+// (SPEC §3): unknown_message, already_finished, step_conflict, unavailable
+// and shutting_down. A *SequenceConflictError is sequence_conflict and a
+// *FieldError is bad_request.
 var (
 	// ErrUnknownMessage: a start, step, finish or fail for a message that was
 	// never received.
@@ -17,6 +17,13 @@ var (
 	ErrAlreadyFinished = errors.New("message already finished")
 	// ErrStepConflict: a completed step recorded again with other output.
 	ErrStepConflict = errors.New("step already completed with different output")
+
+	// ErrUnavailable: the log cannot be written now (disk full, read-only
+	// file, I/O error); nothing acknowledged is lost and the write may be
+	// retried. Stores wrap it with what failed.
+	ErrUnavailable = errors.New("log cannot be written now")
+	// ErrClosed: the log is closing or closed.
+	ErrClosed = errors.New("log is closed")
 )
 
 // SequenceConflictError is returned when a request's expected_seq is not the

@@ -3,23 +3,20 @@ package sqlitestore
 import (
 	"errors"
 	"fmt"
+	"liminald/conversation"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
+// The store's failures are the domain's: conversation.ErrUnavailable (the
+// store cannot write now; reads keep working) and conversation.ErrClosed.
 var (
-	// ErrUnavailable: the store cannot write now (disk full, read-only file,
-	// I/O error). Nothing acknowledged is lost and the request may be retried;
-	// reads keep working. Errors wrapping it say what failed.
-	ErrUnavailable = errors.New("store cannot write now")
-	// ErrClosed: the store is closing or closed.
-	ErrClosed = errors.New("store is closed")
 	// ErrNewerSchema: the database was written by a newer liminald.
 	ErrNewerSchema = errors.New("database is from a newer version of liminald")
 )
 
-// unavailable wraps err, a failure of the database, as ErrUnavailable when it
+// unavailable wraps err, a failure of the database, as conversation.ErrUnavailable when it
 // is one the store recovers from by itself once its cause is gone: the disk
 // is full, the file is read-only or cannot be opened, an I/O error. Any other
 // error is returned as it is.
@@ -28,7 +25,7 @@ func unavailable(op string, err error) error {
 		return nil
 	}
 	if isUnavailable(err) {
-		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+		return fmt.Errorf("%s: %w: %w", op, conversation.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }

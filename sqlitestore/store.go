@@ -200,7 +200,7 @@ func (s *Store) Path() string { return s.path }
 
 // Close stops taking writes, answers every write already queued, closes the
 // database cleanly (checkpointing its WAL) and returns. Writes after Close
-// get ErrClosed. Subscriptions end.
+// get conversation.ErrClosed. Subscriptions end.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {

@@ -27,8 +27,8 @@ type request struct {
 //
 // Returns a *conversation.FieldError for invalid arguments, the rule errors
 // of package conversation (ErrUnknownMessage, ErrAlreadyFinished,
-// ErrStepConflict, *SequenceConflictError), an error wrapping ErrUnavailable
-// when the database cannot write now, ErrClosed after Close, or ctx's error
+// ErrStepConflict, *SequenceConflictError), an error wrapping conversation.ErrUnavailable
+// when the database cannot write now, conversation.ErrClosed after Close, or ctx's error
 // if ctx ends before the request is queued. Once queued, a request is always
 // answered.
 func (s *Store) Write(ctx context.Context, cmd conversation.Command) (conversation.Outcome, error) {
@@ -43,14 +43,14 @@ func (s *Store) Write(ctx context.Context, cmd conversation.Command) (conversati
 	return r.out, r.err
 }
 
-// enqueue hands reqs to the writer, in order. Returns ErrClosed after Close,
+// enqueue hands reqs to the writer, in order. Returns conversation.ErrClosed after Close,
 // or ctx's error if it ends first; then no request of reqs was queued, or
 // every one queued is answered and the rest are not.
 func (s *Store) enqueue(ctx context.Context, reqs []*request) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return ErrClosed
+		return conversation.ErrClosed
 	}
 	for i, r := range reqs {
 		select {
@@ -237,7 +237,7 @@ func (w *writer) abort(err error) {
 	}
 	w.clearDirty()
 	w.events = w.events[:0]
-	if !errors.Is(err, ErrUnavailable) {
+	if !errors.Is(err, conversation.ErrUnavailable) {
 		err = fmt.Errorf("write batch: %w", err)
 	}
 	for _, r := range w.batch {
