@@ -1,6 +1,9 @@
 package conversation
 
-import "bytes"
+import (
+	"bytes"
+	"fmt"
+)
 
 // Op is the operation of a write request.
 type Op uint8
@@ -41,6 +44,9 @@ type Command struct {
 // Validate checks the arguments of c against the limits of SPEC §3.
 // Returns a *FieldError naming the first bad field.
 func (c *Command) Validate() error {
+	if c.Op < OpReceive || c.Op > OpFail {
+		return &FieldError{Field: "op", Problem: fmt.Sprintf("%d is not a write operation", c.Op)}
+	}
 	if err := ValidName("conversation", c.Conversation); err != nil {
 		return err
 	}

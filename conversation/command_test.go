@@ -170,6 +170,8 @@ func TestEvaluate(t *testing.T) {
 			want: Outcome{Append: true, Seq: 0, Decision: Decision{Action: Start}}},
 		{name: "ExpectedSeqHigherIsSequenceConflict", c: at(startCmd(), 11), k: Known{Next: 10, Message: receivedMsg()},
 			wantConflict: &SequenceConflictError{Expected: 11, Actual: 10}},
+		{name: "ExpectedSeqHigherWithMatchingPriorIsSequenceConflict", c: at(startCmd(), 11), k: Known{Next: 10, Message: receivedMsg(), Prior: startedEvent(11)},
+			wantConflict: &SequenceConflictError{Expected: 11, Actual: 10}},
 		{name: "ExpectedSeqLowerWithoutPriorIsSequenceConflict", c: at(startCmd(), 4), k: Known{Next: 10, Message: receivedMsg()},
 			wantConflict: &SequenceConflictError{Expected: 4, Actual: 10}},
 		{name: "ExpectedSeqLowerIsSequenceConflictEvenWhenRulesWouldAppend", c: at(finishCmd(), 9), k: Known{Next: 10, Message: inProgressMsg(), Prior: &Event{Conversation: testConv, Seq: 9, Type: MessageReceived, MessageID: "other", ReceivedAt: 1}},
@@ -399,6 +401,8 @@ func TestCommand_Validate(t *testing.T) {
 		{"ValidNegativeReceivedAtNotGiven", with(receiveCmd(), func(c *Command) { c.ReceivedAt = -1 }), ""},
 		{"ValidEmptyErrorOnStart", startCmd(), ""},
 
+		{"OpZero", with(startCmd(), func(c *Command) { c.Op = 0 }), "op"},
+		{"OpPastFail", with(startCmd(), func(c *Command) { c.Op = OpFail + 1 }), "op"},
 		{"EmptyConversation", with(startCmd(), func(c *Command) { c.Conversation = "" }), "conversation"},
 		{"LongConversation", with(startCmd(), func(c *Command) { c.Conversation = name257 }), "conversation"},
 		{"LongMultibyteConversation", with(startCmd(), func(c *Command) { c.Conversation = runes256 + "x" }), "conversation"},

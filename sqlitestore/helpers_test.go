@@ -14,7 +14,13 @@ import (
 // of the log, seqs contiguous, integrity ok.
 func mustOpenStore(tb testing.TB, opts Options) *Store {
 	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "test.db")
+	return mustOpenPath(tb, filepath.Join(tb.TempDir(), "test.db"), opts)
+}
+
+// mustOpenPath opens a store on the database at path, closed and checked at
+// cleanup like mustOpenStore's.
+func mustOpenPath(tb testing.TB, path string, opts Options) *Store {
+	tb.Helper()
 	s, err := Open(path, opts)
 	if err != nil {
 		tb.Fatalf("Open(%s): %v", path, err)

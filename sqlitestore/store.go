@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"liminald"
@@ -37,11 +39,15 @@ type Options struct {
 	CacheSize  int  // messages the writer keeps in memory; 65536 by default
 	Logger     *slog.Logger
 	Now        func() time.Time // the commit clock; time.Now by default
-	Checkpoint time.Duration    // how often WAL checkpoints run; 1s by default
+	Checkpoint time.Duration    // how often WAL checkpoints run; 100ms by default
 
 	// maxPageCount caps the database size in pages on the writer connection
 	// (PRAGMA max_page_count); tests use it to fill the "disk".
 	maxPageCount int
+	// gather, when set, is called by the writer between taking the first
+	// request of a batch and gathering the rest; tests use it to hold a
+	// batch open.
+	gather func()
 }
 
 func (o *Options) setDefaults() {
@@ -67,7 +73,7 @@ func (o *Options) setDefaults() {
 		o.Now = time.Now
 	}
 	if o.Checkpoint <= 0 {
-		o.Checkpoint = time.Second
+		o.Checkpoint = 100 * time.Millisecond
 	}
 }
 
@@ -81,8 +87,12 @@ type Store struct {
 	reads  *readStmts
 	feed   feed
 	stats  commitStats
-	queue  chan *request
-	opened time.Time
+	queue  chan *request   // write requests, to the writer
+	synced chan *committed // committed batches, to the syncer
+
+	syncing  atomic.Int64  // batches committed and not yet answered
+	syncDone chan struct{} // the syncer answered batches
+	opened   time.Time
 
 	mu     sync.RWMutex // guards closed against sends on queue
 	closed bool
@@ -103,7 +113,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), stop: make(chan struct{}), opened: time.Now()}
+	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), syncDone: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
 	if err := s.open(); err != nil {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -113,8 +123,9 @@ func Open(path string, opts Options) (*Store, error) {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); w.run() }()
+	go func() { defer s.wg.Done(); s.syncLoop() }()
 	go func() { defer s.wg.Done(); s.checkpointLoop() }()
 	return s, nil
 }
@@ -132,11 +143,9 @@ func dsn(path string, pragmas ...string) string {
 }
 
 func (s *Store) open() error {
-	syncPragma := "synchronous(FULL)"
-	if s.opts.Sync == SyncNormal {
-		syncPragma = "synchronous(NORMAL)"
-	}
-	writerPragmas := []string{"journal_mode(WAL)", syncPragma, "wal_autocheckpoint(0)", "journal_size_limit(67108864)"}
+	// The writer never waits for the disk; with SyncFull the syncer fsyncs
+	// the WAL before any write is answered (see syncer.go).
+	writerPragmas := []string{"journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "journal_size_limit(67108864)"}
 	if s.opts.maxPageCount > 0 {
 		writerPragmas = append(writerPragmas, fmt.Sprintf("max_page_count(%d)", s.opts.maxPageCount))
 	}
@@ -151,7 +160,9 @@ func (s *Store) open() error {
 	if err := migrate(s.wdb); err != nil {
 		return err
 	}
-	s.rdb, err = sql.Open("sqlite", dsn(s.path, "query_only(1)"))
+	// Readers checkpoint the WAL (checkpointLoop) with synchronous=FULL, so
+	// the database file is synced before the WAL is reused.
+	s.rdb, err = sql.Open("sqlite", dsn(s.path, "query_only(1)", "synchronous(FULL)"))
 	if err != nil {
 		return err
 	}
@@ -236,9 +247,18 @@ func (s *Store) closeDBs() error {
 	return errors.Join(errs...)
 }
 
+// walRestartBytes is the WAL size past which the checkpointer restarts the
+// WAL from its beginning.
+const walRestartBytes = 16 << 20
+
 // checkpointLoop copies the WAL into the database file in the background, so
 // that the writer never pays for a checkpoint on its commit path. A PASSIVE
-// checkpoint takes no lock the writer needs.
+// checkpoint takes no lock the writer needs. Under a steady load a passive
+// checkpoint never catches up with the writer, so the WAL would only grow,
+// and growing a file costs the writer several times what overwriting it
+// does; once the WAL passes walRestartBytes, a RESTART checkpoint holds the
+// writer off for the few frames the passive one left, and the writer then
+// writes the WAL from its beginning again.
 func (s *Store) checkpointLoop() {
 	t := time.NewTicker(s.opts.Checkpoint)
 	defer t.Stop()
@@ -248,8 +268,12 @@ func (s *Store) checkpointLoop() {
 			return
 		case <-t.C:
 		}
-		if _, err := s.rdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
-			s.log.Warn("wal checkpoint", "err", err)
+		mode := "PASSIVE"
+		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walRestartBytes {
+			mode = "RESTART"
+		}
+		if _, err := s.rdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")"); err != nil {
+			s.log.Warn("wal checkpoint", "mode", mode, "err", err)
 		}
 	}
 }

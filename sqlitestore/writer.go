@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"liminald/conversation"
@@ -169,27 +170,52 @@ func (w *writer) run() {
 		r, ok := <-w.s.queue
 		if !ok {
 			w.disconnect()
+			close(w.s.synced)
 			return
 		}
 		w.batch = append(w.batch[:0], r)
-	drain:
-		for len(w.batch) < max {
-			select {
-			case r, ok := <-w.s.queue:
-				if !ok {
-					break drain
-				}
-				w.batch = append(w.batch, r)
-			default:
-				break drain
-			}
+		if w.s.opts.gather != nil {
+			w.s.opts.gather()
 		}
+		w.gather(max)
 		w.commit()
 		clear(w.batch)
 	}
 }
 
-// commit writes the batch in one transaction and answers its requests.
+// gather adds waiting requests to the batch, up to max. While the syncer is
+// still making an earlier batch durable, it waits for more requests until
+// that sync ends: the requests gathered could not be answered before the
+// next sync anyway, and one larger batch costs the disk less than several
+// small ones. When nothing is syncing it takes only what is waiting, so a
+// lone request is committed at once.
+func (w *writer) gather(max int) {
+	for len(w.batch) < max {
+		if w.s.syncing.Load() == 0 {
+			select {
+			case r, ok := <-w.s.queue:
+				if !ok {
+					return
+				}
+				w.batch = append(w.batch, r)
+				continue
+			default:
+				return
+			}
+		}
+		select {
+		case r, ok := <-w.s.queue:
+			if !ok {
+				return
+			}
+			w.batch = append(w.batch, r)
+		case <-w.s.syncDone:
+		}
+	}
+}
+
+// commit writes the batch in one transaction and hands it to the syncer,
+// which answers its requests once the commit is durable.
 func (w *writer) commit() {
 	start := time.Now()
 	err := w.write(w.s.opts.Now().UnixMilli())
@@ -211,14 +237,9 @@ func (w *writer) commit() {
 		w.msgs = make(map[msgKey]*conversation.Message)
 	}
 	w.clearDirty()
-	w.s.stats.record(len(w.batch), len(w.events), time.Since(start))
-	if len(w.events) > 0 {
-		w.s.feed.publish(w.events)
-		w.events = nil // the feed's subscribers hold the slice now
-	}
-	for _, r := range w.batch {
-		close(r.done)
-	}
+	w.s.syncing.Add(1)
+	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: w.events, start: start}
+	w.events = nil // the syncer and then the feed hold the slice now
 }
 
 // abort rolls the batch back and answers every request in it with err: the

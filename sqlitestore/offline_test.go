@@ -1,0 +1,246 @@
+package sqlitestore
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"liminald/conversation"
+)
+
+// writeLifecycles takes n messages of each of convs conversations through
+// their lifecycle, the last message of each stopped after its first step,
+// and one errored message per conversation.
+func writeLifecycles(tb testing.TB, s *Store, convs, n int) {
+	tb.Helper()
+	for c := range convs {
+		conv := fmt.Sprintf("conv-%d", c)
+		for i := range n {
+			cmds := lifecycle(conv, fmt.Sprintf("m%d", i))
+			if i == n-1 {
+				cmds = cmds[:3]
+			}
+			for _, cmd := range cmds {
+				mustWrite(tb, s, cmd)
+			}
+		}
+		mustWrite(tb, s, conversation.Command{Op: conversation.OpReceive, Conversation: conv, MessageID: "bad"})
+		mustWrite(tb, s, conversation.Command{Op: conversation.OpFail, Conversation: conv, MessageID: "bad", Error: "it broke"})
+	}
+}
+
+func TestStore_ExportImport(t *testing.T) {
+	src := mustOpenStore(t, Options{})
+	writeLifecycles(t, src, 3, 5)
+	var exported bytes.Buffer
+	n, err := Export(context.Background(), src.Path(), &exported, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(exported.String(), "\n"); int64(lines) != n || n != 3*5*5 {
+		t.Fatalf("Export wrote %d events in %d lines", n, lines)
+	}
+
+	dst := mustOpenStore(t, Options{})
+	got, err := dst.Import(context.Background(), bytes.NewReader(exported.Bytes()), nil)
+	if err != nil || got != n {
+		t.Fatalf("Import = %d, %v; want %d", got, err, n)
+	}
+	for c := range 3 {
+		conv := fmt.Sprintf("conv-%d", c)
+		a, b := mustEvents(t, src, conv), mustEvents(t, dst, conv)
+		for i := range a {
+			a[i].Pos, b[i].Pos = 0, 0 // pos is given anew
+		}
+		if !reflect.DeepEqual(a, b) {
+			t.Errorf("conversation %s after import differs:\n got %+v\nwant %+v", conv, b, a)
+		}
+	}
+	// Importing the same events again appends nothing: each is a retry of
+	// the event stored at its seq.
+	again, err := dst.Import(context.Background(), bytes.NewReader(exported.Bytes()), nil)
+	if err != nil || again != 0 {
+		t.Errorf("second Import = %d, %v; want 0 appended", again, err)
+	}
+}
+
+func TestStore_ImportRefuses(t *testing.T) {
+	tests := []struct {
+		name, input string
+		line        int
+	}{
+		{"NotJSON", "{nope\n", 1},
+		{"MissingField", `{"conversation":"c","seq":0,"ts":1,"type":"message_received","message_id":"m"}` + "\n", 1},
+		{"SeqGap", `{"conversation":"c","seq":0,"ts":1,"type":"message_received","message_id":"m","received_at":1}
+{"conversation":"c","seq":2,"ts":1,"type":"processing_started","message_id":"m"}
+`, 2},
+		{"UnknownMessage", `{"conversation":"c","seq":0,"ts":1,"type":"processing_started","message_id":"m"}` + "\n", 1},
+		{"DuplicateStart", `{"conversation":"c","seq":0,"ts":1,"type":"message_received","message_id":"m","received_at":1}
+{"conversation":"c","seq":1,"ts":1,"type":"processing_started","message_id":"m"}
+{"conversation":"c","seq":2,"ts":1,"type":"processing_started","message_id":"m"}
+`, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := mustOpenStore(t, Options{})
+			_, err := s.Import(context.Background(), strings.NewReader(tt.input), nil)
+			var ie *ImportError
+			if !errors.As(err, &ie) || ie.Line != tt.line {
+				t.Fatalf("Import error = %v, want an ImportError at line %d", err, tt.line)
+			}
+		})
+	}
+}
+
+func TestBackup(t *testing.T) {
+	s := mustOpenStore(t, Options{})
+	writeLifecycles(t, s, 2, 10)
+	dst := filepath.Join(t.TempDir(), "copy.db")
+	if err := Backup(context.Background(), s.Path(), dst); err != nil {
+		t.Fatal(err)
+	}
+	r := mustCheck(t, dst)
+	if r.Events != 2*5*10 {
+		t.Errorf("backup holds %d events", r.Events)
+	}
+	if err := Backup(context.Background(), s.Path(), dst); err == nil {
+		t.Error("Backup over an existing file succeeded")
+	}
+}
+
+// TestCheck_FindsProblems corrupts state rows behind the store's back and
+// expects Check to name each.
+func TestCheck_FindsProblems(t *testing.T) {
+	tests := []struct{ name, sql, want string }{
+		{"MessageStatus", `UPDATE messages SET status = 2 WHERE message_id = 'm0'`, `message "m0"`},
+		{"LastStep", `UPDATE messages SET last_step = 9 WHERE message_id = 'm1'`, `message "m1"`},
+		{"NextSeq", `UPDATE conversations SET next_seq = next_seq + 1`, "next_seq"},
+		{"Counts", `UPDATE conversations SET finished = finished - 1`, "counts"},
+		{"SeqGap", `DELETE FROM events WHERE seq = 3`, "seq"},
+		{"StepRow", `DELETE FROM steps WHERE step_index = 1 AND message_id = 'm0'`, "step rows"},
+		{"Totals", `UPDATE totals SET events = events + 1`, "totals"},
+		{"IllegalEvent", `UPDATE events SET type = 2 WHERE seq = 0`, "never received"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "db")
+			s, err := Open(path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeLifecycles(t, s, 1, 3)
+			s.Close()
+			db, err := sql.Open("sqlite", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Exec(tt.sql); err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+			r, err := Check(context.Background(), path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(strings.Join(r.Problems, "\n"), tt.want) {
+				t.Errorf("Check problems = %q, want one mentioning %q", r.Problems, tt.want)
+			}
+		})
+	}
+}
+
+func TestOpen_NewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, _ := sql.Open("sqlite", path)
+	if _, err := db.Exec("PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := Open(path, Options{}); !errors.Is(err, ErrNewerSchema) || !strings.Contains(err.Error(), "99") {
+		t.Errorf("Open of a version 99 database: %v, want ErrNewerSchema naming the version", err)
+	}
+	if _, err := Check(context.Background(), path, nil); !errors.Is(err, ErrNewerSchema) {
+		t.Errorf("Check of a version 99 database: %v, want ErrNewerSchema", err)
+	}
+}
+
+func TestStore_Reads(t *testing.T) {
+	s := mustOpenStore(t, Options{})
+	writeLifecycles(t, s, 3, 4)
+	ctx := context.Background()
+	sum, err := s.Conversation(ctx, "conv-1")
+	want := conversation.Counts{InProgress: 1, Errored: 1, Finished: 3}
+	if err != nil || sum.Next != 5*4 || sum.Counts != want {
+		t.Errorf("Conversation = %+v, %v; want next 20, counts %+v", sum, err, want)
+	}
+	if sum, err := s.Conversation(ctx, "nobody"); err != nil || sum.Next != 0 {
+		t.Errorf("Conversation(nobody) = %+v, %v", sum, err)
+	}
+	list, err := s.Conversations(ctx, "conv-0", 10)
+	if err != nil || len(list) != 2 || list[0].Name != "conv-1" || list[1].Name != "conv-2" {
+		t.Errorf("Conversations(after conv-0) = %+v, %v", list, err)
+	}
+	m, err := s.Message(ctx, "conv-0", "m3")
+	if err != nil || m == nil || m.Status != conversation.StatusInProgress || m.LastStep != 0 {
+		t.Errorf("Message(m3) = %+v, %v; want in progress after step 0", m, err)
+	}
+	steps, err := s.Steps(ctx, "conv-0", "m0")
+	if err != nil || len(steps) != 2 || string(steps[1].Output) != "m0/1" {
+		t.Errorf("Steps(m0) = %+v, %v", steps, err)
+	}
+	if m, err := s.Message(ctx, "conv-0", "nobody"); err != nil || m != nil {
+		t.Errorf("Message(nobody) = %+v, %v; want nil", m, err)
+	}
+	page, err := s.Events(ctx, "conv-2", 5, 3)
+	if err != nil || len(page) != 3 || page[0].Seq != 5 || page[2].Seq != 7 {
+		t.Errorf("Events(conv-2, 5, 3) = %+v, %v", page, err)
+	}
+	all, err := s.EventsFrom(ctx, 0, 1000)
+	if err != nil || len(all) != 3*5*4 {
+		t.Fatalf("EventsFrom(0) = %d events, %v", len(all), err)
+	}
+	for i := 1; i < len(all); i++ {
+		if all[i].Pos <= all[i-1].Pos {
+			t.Fatalf("EventsFrom: pos %d after %d", all[i].Pos, all[i-1].Pos)
+		}
+	}
+}
+
+// TestStore_Subscribe: a subscription sees every commit after it in pos
+// order; one that does not keep up lags and ends, and the writer goes on.
+func TestStore_Subscribe(t *testing.T) {
+	s := mustOpenStore(t, Options{})
+	sub := s.Subscribe(1024)
+	defer sub.Close()
+	slow := s.Subscribe(1)
+	writeLifecycles(t, s, 1, 5)
+	var got []conversation.Event
+	for len(got) < 5*5 {
+		got = append(got, <-sub.Events()...)
+	}
+	for i, e := range got {
+		if e.Seq != int64(i) {
+			t.Fatalf("pushed event %d has seq %d", i, e.Seq)
+		}
+	}
+	// The slow subscription held one batch; the rest overflowed it.
+	for range slow.Events() {
+	}
+	if !slow.Lagged() {
+		t.Error("slow subscription ended without Lagged")
+	}
+	if sub.Lagged() {
+		t.Error("fast subscription lagged")
+	}
+}

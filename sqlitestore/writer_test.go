@@ -1,0 +1,285 @@
+package sqlitestore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"liminald/conversation"
+)
+
+// cmd builds a command of op for message m of conversation "c".
+func cmd(op conversation.Op, m string) conversation.Command {
+	return conversation.Command{Op: op, Conversation: "c", MessageID: m, ExpectedSeq: conversation.NoExpectedSeq}
+}
+
+func step(m string, index uint32, output string) conversation.Command {
+	c := cmd(conversation.OpStep, m)
+	c.StepIndex, c.Output = index, []byte(output)
+	return c
+}
+
+func fail(m, text string) conversation.Command {
+	c := cmd(conversation.OpFail, m)
+	c.Error = text
+	return c
+}
+
+func expect(c conversation.Command, seq int64) conversation.Command {
+	c.ExpectedSeq = seq
+	return c
+}
+
+// TestStore_Write runs every write rule of SPEC §2 through the store: each
+// case writes its setup, then checks the outcome of its last command.
+func TestStore_Write(t *testing.T) {
+	receive := cmd(conversation.OpReceive, "m")
+	start := cmd(conversation.OpStart, "m")
+	finish := cmd(conversation.OpFinish, "m")
+	type want struct {
+		seq       int64
+		append    bool
+		duplicate bool
+		action    conversation.Action
+		resume    int64
+		err       error
+	}
+	tests := []struct {
+		name  string
+		setup []conversation.Command
+		cmd   conversation.Command
+		want  want
+	}{
+		{"ReceiveNewStarts", nil, receive, want{seq: 0, append: true, action: conversation.Start}},
+		{"ReceiveSeenResumesFromZero", []conversation.Command{receive}, receive, want{action: conversation.Resume, resume: 0}},
+		{"ReceiveResumesAfterHighestStep", []conversation.Command{receive, start, step("m", 0, "a"), step("m", 5, "b"), step("m", 2, "c")}, receive, want{action: conversation.Resume, resume: 6}},
+		{"ReceiveFinishedSkips", []conversation.Command{receive, start, finish}, receive, want{action: conversation.Skip}},
+		{"ExpectedSeqMatches", []conversation.Command{receive}, expect(start, 1), want{seq: 1, append: true}},
+		{"ExpectedSeqTooHigh", []conversation.Command{receive}, expect(start, 5), want{err: &conversation.SequenceConflictError{Expected: 5, Actual: 1}}},
+		{"ExpectedSeqLowerOtherEvent", []conversation.Command{receive, start}, expect(finish, 1), want{err: &conversation.SequenceConflictError{Expected: 1, Actual: 2}}},
+		{"ExpectedSeqRetryOfLandedWrite", []conversation.Command{receive, start, step("m", 0, "out")}, expect(step("m", 0, "out"), 2), want{seq: 2, duplicate: true}},
+		{"ExpectedSeqRetryOtherOutput", []conversation.Command{receive, start, step("m", 0, "out")}, expect(step("m", 0, "other"), 2), want{err: &conversation.SequenceConflictError{Expected: 2, Actual: 3}}},
+		{"ExpectedSeqRetryOfReceive", []conversation.Command{receive}, expect(receive, 0), want{seq: 0, duplicate: true, action: conversation.Start}},
+		{"SequenceConflictBeforeUnknownMessage", nil, expect(cmd(conversation.OpStart, "x"), 3), want{err: &conversation.SequenceConflictError{Expected: 3, Actual: 0}}},
+		{"StartUnknownMessage", nil, cmd(conversation.OpStart, "x"), want{err: conversation.ErrUnknownMessage}},
+		{"StepUnknownMessage", []conversation.Command{receive}, step("x", 0, ""), want{err: conversation.ErrUnknownMessage}},
+		{"FinishUnknownMessage", []conversation.Command{receive}, cmd(conversation.OpFinish, "x"), want{err: conversation.ErrUnknownMessage}},
+		{"FailUnknownMessage", []conversation.Command{receive}, fail("x", "boom"), want{err: conversation.ErrUnknownMessage}},
+		{"FinishAgainIsDuplicate", []conversation.Command{receive, start, finish}, finish, want{seq: 2, duplicate: true}},
+		{"StartAfterFinish", []conversation.Command{receive, start, finish}, start, want{err: conversation.ErrAlreadyFinished}},
+		{"StepAfterFinish", []conversation.Command{receive, start, finish}, step("m", 0, ""), want{err: conversation.ErrAlreadyFinished}},
+		{"FailAfterFinish", []conversation.Command{receive, start, finish}, fail("m", "late"), want{err: conversation.ErrAlreadyFinished}},
+		{"StartWhileInProgressIsDuplicate", []conversation.Command{receive, start, step("m", 0, "a")}, start, want{seq: 1, duplicate: true}},
+		{"StepSameOutputIsDuplicate", []conversation.Command{receive, start, step("m", 0, "a"), step("m", 1, "b")}, step("m", 0, "a"), want{seq: 2, duplicate: true}},
+		{"StepEmptyOutputIsDuplicate", []conversation.Command{receive, start, step("m", 0, "")}, step("m", 0, ""), want{seq: 2, duplicate: true}},
+		{"StepOtherOutputConflicts", []conversation.Command{receive, start, step("m", 0, "a")}, step("m", 0, "b"), want{err: conversation.ErrStepConflict}},
+		{"StepIndexesNeedNotBeContiguous", []conversation.Command{receive, start}, step("m", 7, "x"), want{seq: 2, append: true}},
+		{"FailSameTextIsDuplicate", []conversation.Command{receive, start, fail("m", "boom")}, fail("m", "boom"), want{seq: 2, duplicate: true}},
+		{"FailOtherTextAppends", []conversation.Command{receive, start, fail("m", "boom")}, fail("m", "bang"), want{seq: 3, append: true}},
+		{"FailAfterStepAppends", []conversation.Command{receive, start, fail("m", "boom"), step("m", 0, "a")}, fail("m", "boom"), want{seq: 4, append: true}},
+		{"StartAfterErrorIsRetry", []conversation.Command{receive, start, fail("m", "boom")}, start, want{seq: 3, append: true}},
+		{"FinishWithoutStart", []conversation.Command{receive}, finish, want{seq: 1, append: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := mustOpenStore(t, Options{})
+			for _, c := range tt.setup {
+				mustWrite(t, s, c)
+			}
+			before := mustEvents(t, s, "c")
+			got, err := s.Write(context.Background(), tt.cmd)
+			after := mustEvents(t, s, "c")
+			if tt.want.err != nil {
+				var sc *conversation.SequenceConflictError
+				if want, ok := tt.want.err.(*conversation.SequenceConflictError); ok {
+					if !errors.As(err, &sc) || *sc != *want {
+						t.Fatalf("Write(%+v) error = %v, want %v", tt.cmd, err, want)
+					}
+				} else if !errors.Is(err, tt.want.err) {
+					t.Fatalf("Write(%+v) error = %v, want %v", tt.cmd, err, tt.want.err)
+				}
+				if len(after) != len(before) {
+					t.Errorf("rejected Write appended %d events", len(after)-len(before))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Write(%+v) error = %v", tt.cmd, err)
+			}
+			if got.Append != tt.want.append || got.Duplicate != tt.want.duplicate || got.Decision.Action != tt.want.action || got.Decision.ResumeFrom != tt.want.resume {
+				t.Errorf("Write(%+v) = %+v, want %+v", tt.cmd, got, tt.want)
+			}
+			if (got.Append || got.Duplicate) && got.Seq != tt.want.seq {
+				t.Errorf("Write(%+v) seq = %d, want %d", tt.cmd, got.Seq, tt.want.seq)
+			}
+			wantLen := len(before)
+			if tt.want.append {
+				wantLen++
+			}
+			if len(after) != wantLen {
+				t.Errorf("log has %d events after Write, want %d", len(after), wantLen)
+			}
+		})
+	}
+}
+
+func mustEvents(tb testing.TB, s *Store, conv string) []conversation.Event {
+	tb.Helper()
+	events, err := s.Events(context.Background(), conv, 0, 1<<20)
+	if err != nil {
+		tb.Fatalf("Events(%q): %v", conv, err)
+	}
+	return events
+}
+
+// TestStore_GroupCommit drives 64 goroutines through message lifecycles at
+// once: batches hold many requests, every answer matches the log, and the
+// cleanup's check proves state == replay.
+func TestStore_GroupCommit(t *testing.T) {
+	s := mustOpenStore(t, Options{})
+	const writers, messages = 64, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conv := fmt.Sprintf("conv-%d", w%8) // eight writers share each conversation
+			for i := range messages {
+				m := fmt.Sprintf("w%d-m%d", w, i)
+				for _, c := range []conversation.Command{
+					{Op: conversation.OpReceive, Conversation: conv, MessageID: m, ExpectedSeq: -1},
+					{Op: conversation.OpStart, Conversation: conv, MessageID: m, ExpectedSeq: -1},
+					{Op: conversation.OpStep, Conversation: conv, MessageID: m, Output: []byte(m), ExpectedSeq: -1},
+					{Op: conversation.OpFinish, Conversation: conv, MessageID: m, ExpectedSeq: -1},
+				} {
+					out, err := s.Write(context.Background(), c)
+					if err != nil || !out.Append {
+						errs <- fmt.Errorf("Write(%+v) = %+v, %v; want an append", c, out, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st, err := s.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(writers * messages * 4); st.Events != want || st.Appended != want {
+		t.Errorf("Stats events = %d, appended = %d; want %d", st.Events, st.Appended, want)
+	}
+	if st.Commits >= st.Requests {
+		t.Errorf("Stats: %d commits for %d requests; want batches of more than one request", st.Commits, st.Requests)
+	}
+	t.Logf("%d requests in %d commits (largest batch %d)", st.Requests, st.Commits, st.MaxBatch)
+}
+
+// TestStore_ConcurrentReceive: of many concurrent receives of one new
+// message exactly one starts it; the others resume it from 0.
+func TestStore_ConcurrentReceive(t *testing.T) {
+	s := mustOpenStore(t, Options{})
+	const n = 64
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	actions := map[conversation.Action]int{}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := s.Write(context.Background(), cmd(conversation.OpReceive, "m"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			actions[out.Decision.Action]++
+			mu.Unlock()
+			if out.Decision.Action == conversation.Resume && out.Decision.ResumeFrom != 0 {
+				t.Errorf("resume from %d, want 0", out.Decision.ResumeFrom)
+			}
+		}()
+	}
+	wg.Wait()
+	if actions[conversation.Start] != 1 || actions[conversation.Resume] != n-1 {
+		t.Errorf("decisions = %v, want 1 start and %d resume", actions, n-1)
+	}
+	if events := mustEvents(t, s, "c"); len(events) != 1 {
+		t.Errorf("log has %d events, want 1", len(events))
+	}
+}
+
+// TestStore_BatchSeesEarlierRequests queues a batch by hand, so that it is
+// certain to be one transaction: later requests see earlier ones, and a
+// rejected request fails alone while the rest commit.
+func TestStore_BatchSeesEarlierRequests(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	s := mustOpenStore(t, Options{gather: func() { once.Do(func() { <-release }) }})
+	cmds := []conversation.Command{
+		cmd(conversation.OpReceive, "m"),
+		cmd(conversation.OpReceive, "m"),
+		cmd(conversation.OpStart, "m"),
+		step("m", 0, "a"),
+		step("m", 0, "b"), // step_conflict with the step before it
+		step("m", 0, "a"), // duplicate of the step two before
+		cmd(conversation.OpFinish, "m"),
+		cmd(conversation.OpStart, "m"), // already_finished
+	}
+	reqs := make([]*request, len(cmds))
+	for i, c := range cmds {
+		reqs[i] = &request{cmd: c, done: make(chan struct{})}
+	}
+	// The writer holds the first request until all are queued, then
+	// gathers the rest into the same batch.
+	if err := s.enqueue(context.Background(), reqs); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	for _, r := range reqs {
+		<-r.done
+	}
+	if st, _ := s.Stats(context.Background()); st.Commits != 1 || st.MaxBatch != len(reqs) {
+		t.Fatalf("Stats: %d commits, largest batch %d; want one batch of %d", st.Commits, st.MaxBatch, len(reqs))
+	}
+	type result struct {
+		seq       int64
+		dup       bool
+		action    conversation.Action
+		errTarget error
+	}
+	want := []result{
+		{seq: 0, action: conversation.Start},
+		{action: conversation.Resume},
+		{seq: 1},
+		{seq: 2},
+		{errTarget: conversation.ErrStepConflict},
+		{seq: 2, dup: true},
+		{seq: 3},
+		{errTarget: conversation.ErrAlreadyFinished},
+	}
+	for i, r := range reqs {
+		w := want[i]
+		if w.errTarget != nil {
+			if !errors.Is(r.err, w.errTarget) {
+				t.Errorf("request %d (%+v): error %v, want %v", i, r.cmd, r.err, w.errTarget)
+			}
+			continue
+		}
+		if r.err != nil || r.out.Seq != w.seq || r.out.Duplicate != w.dup || r.out.Decision.Action != w.action {
+			t.Errorf("request %d (%+v) = %+v, %v; want %+v", i, r.cmd, r.out, r.err, w)
+		}
+	}
+	events := mustEvents(t, s, "c")
+	if len(events) != 4 || !bytes.Equal(events[2].Output, []byte("a")) {
+		t.Errorf("log = %+v, want 4 events with step output a", events)
+	}
+}
