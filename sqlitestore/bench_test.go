@@ -86,3 +86,45 @@ func BenchmarkStore_Decide(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
 }
+
+// BenchmarkStore_Lifecycle takes messages through receive, start, three
+// steps with 100-byte outputs and finish from 64 concurrent writers, each on
+// its own conversation, one request at a time (sync=full).
+func BenchmarkStore_Lifecycle(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "bench.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	const writers = 64
+	output := make([]byte, 100)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conv := fmt.Sprintf("conv-%d", w)
+			for i := 0; next.Add(6) <= int64(b.N)+5; i++ {
+				m := fmt.Sprintf("m%d", i)
+				for k, op := range []conversation.Op{conversation.OpReceive, conversation.OpStart, conversation.OpStep, conversation.OpStep, conversation.OpStep, conversation.OpFinish} {
+					c := conversation.Command{Op: op, Conversation: conv, MessageID: m, ExpectedSeq: -1}
+					if op == conversation.OpStep {
+						c.Output = output
+						c.StepIndex = uint32(k - 2)
+					}
+					if _, err := s.Write(context.Background(), c); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	st, _ := s.Stats(context.Background())
+	b.ReportMetric(float64(st.Appended)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(st.Requests)/float64(max(st.Commits, 1)), "requests/commit")
+}

@@ -11,14 +11,19 @@ import (
 // The columns of an event row, in the order scanEvents reads them.
 const eventColumns = `seq, pos, ts, type, message_id, received_at, step_index, output, error`
 
-const selMessageSQL = `SELECT status, received_at, received_seq, started_seq, last_step, error, last_type, last_seq
-	FROM messages WHERE conversation_id = ? AND message_id = ?`
+const selMessageSQL = `SELECT ` + messageColumns + ` FROM messages WHERE conversation_id = ? AND message_id = ?`
 
-// writeStmts are the writer connection's prepared statements.
+// writeStmts are the writer connection's prepared statements. The bulk
+// ones take their rows as one JSON array (see rowBuilder), so that a batch
+// costs a statement a table, not a statement a row.
 type writeStmts struct {
-	selConv, selMsg, selStep, selEventAt                *sql.Stmt
-	insEvent, insStep, upsertMsg, upsertConv, updTotals *sql.Stmt
+	selConvs, selMsgs, selConv, selMsg, selStep, selEventAt *sql.Stmt
+	insEvents, insSteps, upsertMsgs, upsertConvs, updTotals *sql.Stmt
 }
+
+const convColumns = `id, name, next_seq, received, in_progress, errored, finished`
+
+const messageColumns = `status, received_at, received_seq, started_seq, last_step, error, last_type, last_seq`
 
 func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 	st := &writeStmts{}
@@ -26,19 +31,26 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 		stmt **sql.Stmt
 		sql  string
 	}{
+		{&st.selConvs, `SELECT ` + convColumns + ` FROM conversations WHERE name IN (SELECT value FROM json_each(?))`},
+		{&st.selMsgs, `SELECT m.conversation_id, m.message_id, ` + messageColumns + `
+			FROM json_each(?) j CROSS JOIN messages m ON m.conversation_id = j.value->>0 AND m.message_id = j.value->>1`},
 		{&st.selConv, `SELECT id, next_seq, received, in_progress, errored, finished FROM conversations WHERE name = ?`},
 		{&st.selMsg, selMessageSQL},
 		{&st.selStep, `SELECT s.seq, e.output FROM steps s JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq
 			WHERE s.conversation_id = ? AND s.message_id = ? AND s.step_index = ?`},
 		{&st.selEventAt, `SELECT ` + eventColumns + ` FROM events WHERE conversation_id = ? AND seq = ?`},
-		{&st.insEvent, `INSERT INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{&st.insStep, `INSERT INTO steps (conversation_id, message_id, step_index, seq) VALUES (?, ?, ?, ?)`},
-		{&st.upsertMsg, `INSERT OR REPLACE INTO messages (conversation_id, message_id, status, received_at, received_seq,
-			started_seq, last_step, error, last_type, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{&st.upsertConv, `INSERT INTO conversations (id, name, next_seq, received, in_progress, errored, finished)
-			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq,
-			received = excluded.received, in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished`},
+		{&st.insEvents, `INSERT INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error)
+			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, unhex(value->>8), value->>9
+			FROM json_each(?)`},
+		{&st.insSteps, `INSERT INTO steps (conversation_id, message_id, step_index, seq)
+			SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)`},
+		{&st.upsertMsgs, `INSERT OR REPLACE INTO messages (conversation_id, message_id, ` + messageColumns + `)
+			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9
+			FROM json_each(?)`},
+		{&st.upsertConvs, `INSERT INTO conversations (` + convColumns + `)
+			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each(?) WHERE true
+			ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, received = excluded.received,
+			in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished`},
 		{&st.updTotals, `UPDATE totals SET conversations = ?, messages = ?, events = ? WHERE id = 1`},
 	} {
 		var err error
@@ -51,60 +63,49 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 }
 
 func (st *writeStmts) close() {
-	for _, s := range []*sql.Stmt{st.selConv, st.selMsg, st.selStep, st.selEventAt, st.insEvent, st.insStep, st.upsertMsg, st.upsertConv, st.updTotals} {
+	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selConv, st.selMsg, st.selStep, st.selEventAt,
+		st.insEvents, st.insSteps, st.upsertMsgs, st.upsertConvs, st.updTotals} {
 		if s != nil {
 			s.Close()
 		}
 	}
 }
 
-// insertEvent inserts e into the log of conversation conv, with NULL in the
-// columns that do not belong to its type.
-func (st *writeStmts) insertEvent(ctx context.Context, conv int64, e *conversation.Event) error {
-	var receivedAt, stepIndex, output, errText any
-	switch e.Type {
-	case conversation.MessageReceived:
-		receivedAt = e.ReceivedAt
-	case conversation.StepCompleted:
-		stepIndex = int64(e.StepIndex)
-		if e.Output == nil {
-			output = []byte{}
-		} else {
-			output = e.Output
-		}
-	case conversation.ErrorOccurred:
-		errText = e.Error
-	}
-	_, err := st.insEvent.ExecContext(ctx, e.Pos, conv, e.Seq, e.TS, int64(e.Type), e.MessageID, receivedAt, stepIndex, output, errText)
-	return err
-}
-
-func (st *writeStmts) upsertMessage(ctx context.Context, conv int64, m *conversation.Message) error {
-	var lastStep, errText any
-	if m.LastStep != conversation.NoStep {
-		lastStep = m.LastStep
-	}
-	if m.Error != "" {
-		errText = m.Error
-	}
-	_, err := st.upsertMsg.ExecContext(ctx, conv, m.ID, int64(m.Status), m.ReceivedAt, m.ReceivedSeq,
-		m.StartedSeq, lastStep, errText, int64(m.LastType), m.LastSeq)
-	return err
-}
-
 // scanMessage reads a row of selMessageSQL for message id. Returns nil if
 // there is no such message.
 func scanMessage(row *sql.Row, id string) (*conversation.Message, error) {
-	m := &conversation.Message{ID: id}
-	var status, lastType int64
-	var lastStep sql.NullInt64
-	var errText sql.NullString
-	err := row.Scan(&status, &m.ReceivedAt, &m.ReceivedSeq, &m.StartedSeq, &lastStep, &errText, &lastType, &m.LastSeq)
+	m, err := scanMessageColumns(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, unavailable("read message", err)
+	}
+	m.ID = id
+	return m, nil
+}
+
+// scanMessageRow reads a row of the conversation id, the message id and
+// messageColumns.
+func scanMessageRow(row scanner, conv *int64, id *string) (*conversation.Message, error) {
+	m, err := scanMessageColumns(row, conv, id)
+	if err != nil {
+		return nil, err
+	}
+	m.ID = *id
+	return m, nil
+}
+
+// scanMessageColumns reads messageColumns, after the columns read into
+// first.
+func scanMessageColumns(row scanner, first ...any) (*conversation.Message, error) {
+	m := &conversation.Message{}
+	var status, lastType int64
+	var lastStep sql.NullInt64
+	var errText sql.NullString
+	dest := append(first, &status, &m.ReceivedAt, &m.ReceivedSeq, &m.StartedSeq, &lastStep, &errText, &lastType, &m.LastSeq)
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
 	}
 	m.Status, m.LastType, m.Error = conversation.Status(status), conversation.Type(lastType), errText.String
 	m.LastStep = conversation.NoStep

@@ -100,10 +100,20 @@ type writer struct {
 
 	// the batch being written
 	batch      []*request
-	events     []conversation.Event
+	events     []conversation.Event // appended by the batch, in pos order
+	eventConvs []int64              // the conversation id of each of events
 	dirtyConvs map[string]*convRow
 	dirtyMsgs  map[msgKey]*conversation.Message
 	changed    map[msgKey]*conversation.Message // the dirty messages an event changed
+	absent     map[msgKey]bool                  // messages found not to exist when the batch began
+	steps      map[stepKey]conversation.StepRecord
+	rows       rowBuilder
+}
+
+type stepKey struct {
+	conv  int64
+	id    string
+	index uint32
 }
 
 func newWriter(s *Store) (*writer, error) {
@@ -114,6 +124,8 @@ func newWriter(s *Store) (*writer, error) {
 		dirtyConvs: make(map[string]*convRow),
 		dirtyMsgs:  make(map[msgKey]*conversation.Message),
 		changed:    make(map[msgKey]*conversation.Message),
+		absent:     make(map[msgKey]bool),
+		steps:      make(map[stepKey]conversation.StepRecord),
 	}
 	if err := w.connect(); err != nil {
 		return nil, err
@@ -236,10 +248,11 @@ func (w *writer) commit() {
 	if len(w.msgs) > w.s.opts.CacheSize {
 		w.msgs = make(map[msgKey]*conversation.Message)
 	}
+	events := w.events
+	w.events = nil // the syncer and then the feed hold the slice now
 	w.clearDirty()
 	w.s.syncing.Add(1)
-	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: w.events, start: start}
-	w.events = nil // the syncer and then the feed hold the slice now
+	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, start: start}
 }
 
 // abort rolls the batch back and answers every request in it with err: the
@@ -257,7 +270,6 @@ func (w *writer) abort(err error) {
 		}
 	}
 	w.clearDirty()
-	w.events = w.events[:0]
 	if !errors.Is(err, conversation.ErrUnavailable) {
 		err = fmt.Errorf("write batch: %w", err)
 	}
@@ -271,6 +283,10 @@ func (w *writer) clearDirty() {
 	clear(w.dirtyConvs)
 	clear(w.dirtyMsgs)
 	clear(w.changed)
+	clear(w.absent)
+	clear(w.steps)
+	w.events = w.events[:0]
+	w.eventConvs = w.eventConvs[:0]
 }
 
 func (w *writer) write(ts int64) error {
@@ -285,8 +301,10 @@ func (w *writer) write(ts int64) error {
 		w.disconnect()
 		return err
 	}
-	w.events = w.events[:0]
 	before := w.totals
+	if err := w.prefetch(ctx); err != nil {
+		return err
+	}
 	for _, r := range w.batch {
 		if err := w.apply(ctx, r, ts); err != nil {
 			w.totals = before
@@ -347,13 +365,8 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	}
 	e := c.Event(conv.next, ts)
 	e.Pos = w.nextPos
-	if err := w.stmts.insertEvent(ctx, conv.id, &e); err != nil {
-		return unavailable("append event", err)
-	}
 	if e.Type == conversation.StepCompleted {
-		if _, err := w.stmts.insStep.ExecContext(ctx, conv.id, e.MessageID, int64(e.StepIndex), e.Seq); err != nil {
-			return unavailable("record step", err)
-		}
+		w.steps[stepKey{conv.id, e.MessageID, e.StepIndex}] = conversation.StepRecord{Index: e.StepIndex, Seq: e.Seq, Output: e.Output}
 	}
 	w.nextPos++
 	m, key := k.Message, msgKey{conv.id, c.MessageID}
@@ -370,24 +383,46 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	conv.next++
 	w.totals.events++
 	w.events = append(w.events, e)
+	w.eventConvs = append(w.eventConvs, conv.id)
 	return nil
 }
 
-// flush writes the state rows the batch changed.
+// flush writes what the batch appended and the state rows it changed: one
+// statement a table (more only for very large batches), each taking its
+// rows as one JSON array.
 func (w *writer) flush(ctx context.Context, before totals) error {
-	for k, m := range w.changed {
-		if err := w.stmts.upsertMessage(ctx, k.conv, m); err != nil {
-			return unavailable("update message", err)
+	rb := &w.rows
+	rb.reset()
+	for i := range w.events {
+		if err := rb.flushIfFull(ctx, w.stmts.insEvents); err != nil {
+			return unavailable("append events", err)
+		}
+		rb.event(w.eventConvs[i], &w.events[i])
+	}
+	if err := rb.flush(ctx, w.stmts.insEvents); err != nil {
+		return unavailable("append events", err)
+	}
+	for i := range w.events {
+		if e := &w.events[i]; e.Type == conversation.StepCompleted {
+			rb.step(w.eventConvs[i], e)
 		}
 	}
+	if err := rb.flush(ctx, w.stmts.insSteps); err != nil {
+		return unavailable("record steps", err)
+	}
+	for k, m := range w.changed {
+		rb.message(k.conv, m)
+	}
+	if err := rb.flush(ctx, w.stmts.upsertMsgs); err != nil {
+		return unavailable("update messages", err)
+	}
 	for _, c := range w.dirtyConvs {
-		if !c.changed {
-			continue
+		if c.changed {
+			rb.conversation(c)
 		}
-		if _, err := w.stmts.upsertConv.ExecContext(ctx, c.id, c.name, c.next,
-			c.counts.Received, c.counts.InProgress, c.counts.Errored, c.counts.Finished); err != nil {
-			return unavailable("update conversation", err)
-		}
+	}
+	if err := rb.flush(ctx, w.stmts.upsertConvs); err != nil {
+		return unavailable("update conversations", err)
 	}
 	if w.totals != before {
 		if _, err := w.stmts.updTotals.ExecContext(ctx, w.totals.conversations, w.totals.messages, w.totals.events); err != nil {
@@ -395,6 +430,72 @@ func (w *writer) flush(ctx context.Context, before totals) error {
 		}
 	}
 	return nil
+}
+
+// prefetch reads, in one statement each, the conversations and the
+// messages the batch names that the caches lack; the messages not found are
+// marked absent, so that apply reads nothing.
+func (w *writer) prefetch(ctx context.Context) error {
+	rb := &w.rows
+	rb.reset()
+	seen := make(map[string]bool)
+	for _, r := range w.batch {
+		name := r.cmd.Conversation
+		if w.convs[name] == nil && !seen[name] {
+			seen[name] = true
+			rb.string(name)
+		}
+	}
+	if rb.n > 0 {
+		rows, err := w.stmts.selConvs.QueryContext(ctx, rb.json())
+		if err != nil {
+			return unavailable("read conversations", err)
+		}
+		for rows.Next() {
+			c := &convRow{}
+			if err := rows.Scan(&c.id, &c.name, &c.next, &c.counts.Received, &c.counts.InProgress, &c.counts.Errored, &c.counts.Finished); err != nil {
+				rows.Close()
+				return unavailable("read conversations", err)
+			}
+			w.convs[c.name] = c
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return unavailable("read conversations", err)
+		}
+	}
+	rb.reset()
+	for _, r := range w.batch {
+		c := w.convs[r.cmd.Conversation]
+		if c == nil {
+			continue
+		}
+		k := msgKey{c.id, r.cmd.MessageID}
+		if w.msgs[k] == nil && !w.absent[k] {
+			w.absent[k] = true // until the query finds it
+			rb.message(k.conv, &conversation.Message{ID: k.id})
+		}
+	}
+	if rb.n == 0 {
+		return nil
+	}
+	rows, err := w.stmts.selMsgs.QueryContext(ctx, rb.json())
+	if err != nil {
+		return unavailable("read messages", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var conv int64
+		var id string
+		m, err := scanMessageRow(rows, &conv, &id)
+		if err != nil {
+			return unavailable("read messages", err)
+		}
+		k := msgKey{conv, id}
+		delete(w.absent, k)
+		w.msgs[k] = m
+	}
+	return unavailable("read messages", rows.Err())
 }
 
 // conversation returns the batch's copy of the row of conversation name, or
@@ -429,6 +530,9 @@ func (w *writer) message(ctx context.Context, conv int64, id string) (*conversat
 	}
 	m := w.msgs[k]
 	if m == nil {
+		if w.absent[k] {
+			return nil, nil
+		}
 		var err error
 		m, err = scanMessage(w.stmts.selMsg.QueryRowContext(ctx, conv, id), id)
 		if err != nil || m == nil {
@@ -441,6 +545,9 @@ func (w *writer) message(ctx context.Context, conv int64, id string) (*conversat
 }
 
 func (w *writer) step(ctx context.Context, conv int64, id string, index uint32) (*conversation.StepRecord, error) {
+	if r, ok := w.steps[stepKey{conv, id, index}]; ok {
+		return &r, nil
+	}
 	r := conversation.StepRecord{Index: index}
 	err := w.stmts.selStep.QueryRowContext(ctx, conv, id, int64(index)).Scan(&r.Seq, &r.Output)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -453,6 +560,12 @@ func (w *writer) step(ctx context.Context, conv int64, id string, index uint32) 
 }
 
 func (w *writer) eventAt(ctx context.Context, conv *convRow, seq int64) (*conversation.Event, error) {
+	for i := range w.events { // appended by this batch, not yet in the table
+		if w.eventConvs[i] == conv.id && w.events[i].Seq == seq {
+			e := w.events[i]
+			return &e, nil
+		}
+	}
 	rows, err := w.stmts.selEventAt.QueryContext(ctx, conv.id, seq)
 	if err != nil {
 		return nil, unavailable("read event", err)

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The end-to-end tests run the real liminald binary, built once by
+// TestMain, with its socket and database in t.TempDir(). Readiness is the
+// daemon's own READY=1 on a NOTIFY_SOCKET the test listens on, never a
+// sleep.
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "liminald-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "liminald")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build liminald:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemonProc is a running liminald serve.
+type daemonProc struct {
+	t      *testing.T
+	dir    string
+	socket string
+	db     string
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	notify *net.UnixConn // the NOTIFY_SOCKET the daemon reports to
+	exited chan struct{}
+	err    error // cmd.Wait's, once exited is closed
+}
+
+// syncBuffer is a bytes.Buffer safe for the daemon's stderr copier and the
+// test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startDaemon starts liminald serve with args (after serve) in a new
+// directory, and waits for READY=1. The daemon is stopped at cleanup.
+func startDaemon(t *testing.T, args ...string) *daemonProc {
+	t.Helper()
+	dir := t.TempDir()
+	return startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db.sqlite"), args...)
+}
+
+func startDaemonIn(t *testing.T, dir, socket, db string, args ...string) *daemonProc {
+	t.Helper()
+	d := newDaemonProc(t, dir, socket, db, args...)
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
+	t.Cleanup(d.stop)
+	d.expectNotify("READY=1")
+	return d
+}
+
+func newDaemonProc(t *testing.T, dir, socket, db string, args ...string) *daemonProc {
+	t.Helper()
+	notifyPath := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nl.Close() })
+	d := &daemonProc{t: t, dir: dir, socket: socket, db: db, stderr: &syncBuffer{}, notify: nl, exited: make(chan struct{})}
+	d.cmd = exec.Command(binary, append([]string{"serve", "--socket", socket, "--db", db}, args...)...)
+	d.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+notifyPath, "HOME="+dir)
+	d.cmd.Stderr = d.stderr
+	return d
+}
+
+// cleanEnv is the test's environment without LIMINAL_* and systemd
+// variables, so that only what a test sets reaches the daemon.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "LIMINAL_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=") || strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "XDG_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// expectNotify waits for the next datagram the daemon sends to
+// NOTIFY_SOCKET and checks it starts with want.
+func (d *daemonProc) expectNotify(want string) {
+	d.t.Helper()
+	buf := make([]byte, 4096)
+	d.notify.SetReadDeadline(time.Now().Add(20 * time.Second))
+	n, err := d.notify.Read(buf)
+	if err != nil {
+		d.t.Fatalf("waiting for %q on NOTIFY_SOCKET: %v\nstderr:\n%s", want, err, d.stderr.String())
+	}
+	if got := string(buf[:n]); !strings.HasPrefix(got, want) {
+		d.t.Fatalf("NOTIFY_SOCKET got %q, want %q", got, want)
+	}
+}
+
+func (d *daemonProc) signal(sig syscall.Signal) {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// wait waits for the daemon to exit and returns its exit code.
+func (d *daemonProc) wait() int {
+	d.t.Helper()
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		d.t.Fatalf("daemon did not exit\nstderr:\n%s", d.stderr.String())
+	}
+	if d.err != nil {
+		if ee, ok := d.err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		d.t.Fatal(d.err)
+	}
+	return 0
+}
+
+func (d *daemonProc) stop() {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(20 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+}
+
+// rawConn is a raw connection to the daemon's socket, speaking lines.
+type rawConn struct {
+	t  *testing.T
+	nc net.Conn
+	r  *bufio.Reader
+}
+
+func dialRaw(t *testing.T, socket string) *rawConn {
+	t.Helper()
+	nc, err := net.Dial("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawConn{t: t, nc: nc, r: bufio.NewReaderSize(nc, 1<<16)}
+}
+
+func (c *rawConn) send(line string) {
+	c.t.Helper()
+	if _, err := c.nc.Write([]byte(line)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// reply reads one line and decodes it.
+func (c *rawConn) reply() (string, map[string]any) {
+	c.t.Helper()
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("read reply: %v (got %q)", err, line)
+	}
+	var m map[string]any
+	dec := json.NewDecoder(strings.NewReader(line))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		c.t.Fatalf("reply %q is not a JSON object: %v", line, err)
+	}
+	return strings.TrimSuffix(line, "\n"), m
+}
+
+// do sends one request line and returns its reply.
+func (c *rawConn) do(line string) (string, map[string]any) {
+	c.t.Helper()
+	c.send(line + "\n")
+	return c.reply()
+}
+
+func errCode(m map[string]any) string {
+	e, _ := m["error"].(map[string]any)
+	code, _ := e["code"].(string)
+	return code
+}
+
+// runCLI runs a liminald client or offline command against d and returns its
+// stdout, stderr and exit code.
+func runCLI(t *testing.T, d *daemonProc, args ...string) (string, string, int) {
+	t.Helper()
+	sub, rest := args[0], args[1:]
+	full := []string{sub, "--socket", d.socket}
+	if sub == "check" || sub == "export" || sub == "import" || sub == "backup" {
+		full = []string{sub, "--db", d.db}
+	}
+	cmd := exec.Command(binary, append(full, rest...)...)
+	cmd.Env = append(cleanEnv(), "HOME="+d.dir)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func ctxTimeout(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}

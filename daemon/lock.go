@@ -1,0 +1,114 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Lock is an exclusive flock on a file, held from AcquireLock to Release.
+// liminald holds one on <db>.lock and one on <socket>.lock so that one daemon
+// serves a database and a socket. The lock belongs to the open file, so it
+// goes when the process ends however it ends; a lock file left behind is
+// harmless. A Lock is not safe for concurrent use.
+type Lock struct {
+	path string
+	f    *os.File
+}
+
+// AcquireLock takes an exclusive flock on path without waiting, creating the
+// file with mode 0600 if it does not exist (its directory must exist; see
+// PrepareDir), and writes this process's pid into it for the error another
+// process gets.
+//
+// When another process holds the lock, AcquireLock returns an error wrapping
+// ErrLocked that names the file and, when it can tell, the holder's pid. It
+// returns other errors naming the file when it cannot open or lock it; it
+// refuses to follow a symbolic link at path.
+func AcquireLock(path string) (*Lock, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		pid := holder(f)
+		f.Close()
+		switch {
+		case !errors.Is(err, unix.EWOULDBLOCK):
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		case pid > 0:
+			return nil, fmt.Errorf("lock %s, held by pid %d: %w", path, pid, ErrLocked)
+		default:
+			return nil, fmt.Errorf("lock %s: %w", path, ErrLocked)
+		}
+	}
+	// The pid only makes the error of the next process clearer: failing to
+	// write it leaves the lock held and correct.
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &Lock{path: path, f: f}, nil
+}
+
+// Path returns the locked file's path.
+func (l *Lock) Path() string { return l.path }
+
+// Release releases the lock. The file stays: removing it would let a process
+// that opened it before the removal and one that creates it anew both hold a
+// lock. Releasing a released lock does nothing. Release returns an error
+// naming the file when it cannot be unlocked or closed; the lock is released
+// all the same once the file is closed.
+func (l *Lock) Release() error {
+	if l.f == nil {
+		return nil
+	}
+	f := l.f
+	l.f = nil
+	err := flock(f, unix.LOCK_UN)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("release lock %s: %w", l.path, err)
+	}
+	return nil
+}
+
+func flock(f *os.File, how int) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			ferr = unix.Flock(int(fd), how)
+			if ferr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// holder returns the pid written in a lock file by the process that holds
+// it, or 0 when there is none to read.
+func holder(f *os.File) int {
+	b, err := io.ReadAll(io.LimitReader(f, 32))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}

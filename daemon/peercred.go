@@ -1,0 +1,44 @@
+package daemon
+
+import (
+	"fmt"
+	"net"
+	"slices"
+)
+
+// PeerCred returns the credentials of the process at the other end of a unix
+// socket connection, as the kernel recorded them when it connected
+// (SO_PEERCRED on Linux): its effective uid and gid, and its pid. It returns
+// an error when c is not a *net.UnixConn or the credentials cannot be read
+// (errors.ErrUnsupported on a platform without SO_PEERCRED).
+func PeerCred(c net.Conn) (uid, gid uint32, pid int32, err error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, 0, 0, fmt.Errorf("peer credentials: %T is not a unix socket connection", c)
+	}
+	return peerCred(uc)
+}
+
+// AllowList says which peers may talk to the daemon, by their credentials as
+// PeerCred reads them.
+//
+// With both lists empty every peer is allowed: anyone who can open the socket
+// (see Listen's mode and group). Otherwise a peer is allowed when its uid is
+// in UIDs or its gid is in GIDs. No one is allowed implicitly: not root
+// (uid 0), not the daemon's own user; list them to allow them.
+//
+// The gid is the peer's effective gid only: the kernel does not report
+// supplementary groups with SO_PEERCRED, so a user who is merely a member of
+// a listed group is not allowed by it.
+type AllowList struct {
+	UIDs []uint32
+	GIDs []uint32
+}
+
+// Allows reports whether a peer with uid and gid may talk to the daemon.
+func (a AllowList) Allows(uid, gid uint32) bool {
+	if len(a.UIDs) == 0 && len(a.GIDs) == 0 {
+		return true
+	}
+	return slices.Contains(a.UIDs, uid) || slices.Contains(a.GIDs, gid)
+}

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+)
+
+func peerCred(*net.UnixConn) (uid, gid uint32, pid int32, err error) {
+	return 0, 0, 0, fmt.Errorf("peer credentials: %w", errors.ErrUnsupported)
+}

@@ -1,0 +1,360 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"liminald/ipc"
+	"liminald/sqlitestore"
+)
+
+// Options are what the command line hands Run.
+type Options struct {
+	// ConfigPath is the configuration file given on the command line; empty
+	// means LIMINAL_CONFIG, else the default path if that file exists.
+	ConfigPath string
+	// Env reads the environment; os.Getenv when nil.
+	Env func(string) string
+	// Overrides applies the command line's flags over the file and the
+	// environment. It is applied again on every reload.
+	Overrides func(*Config) error
+	// Stderr receives the logs; os.Stderr when nil.
+	Stderr io.Writer
+	// Version is reported by hello.
+	Version string
+	// ShutdownTimeout bounds how long a shutdown waits for connections to
+	// drain before it closes them; 10s when zero.
+	ShutdownTimeout time.Duration
+}
+
+// daemon is a running liminald: what Run set up and must tear down.
+type daemon struct {
+	opts   Options
+	log    *slog.Logger
+	level  *slog.LevelVar
+	cfg    Config // the running configuration; only Run's goroutine reads or writes it
+	file   string // the configuration file read, "" if none
+	allow  atomic.Pointer[AllowList]
+	store  *sqlitestore.Store
+	srv    *ipc.Server
+	locks  []*Lock
+	socket string // the socket file this daemon created, "" when activated
+
+	// The socket's settings, fixed at start (they cannot change live), for
+	// the socket watcher's goroutine.
+	sockPath, sockGroup string
+	sockMode            os.FileMode
+
+	mu       sync.Mutex // guards listener and stopping
+	listener net.Listener
+	stopping bool
+	serving  sync.WaitGroup // Serve goroutines
+}
+
+// Run runs the daemon until ctx ends or it gets SIGTERM or SIGINT: it loads
+// the configuration, takes the database lock, opens the store, takes the
+// socket lock and listens (or takes the sockets systemd passed), reports
+// READY=1, and serves. SIGHUP or an edit of the configuration file reloads
+// what can change live. On the way out it stops accepting, answers what is
+// in flight, closes the store cleanly, removes its socket and releases the
+// locks. Returns nil after a clean shutdown; an error wrapping ErrLocked if
+// another daemon holds the database or the socket; otherwise the error that
+// kept it from starting.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Env == nil {
+		opts.Env = os.Getenv
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 10 * time.Second
+	}
+	cfg, file, err := Load(opts.ConfigPath, opts.Env, opts.Overrides)
+	if err != nil {
+		return err
+	}
+	d := &daemon{opts: opts, cfg: cfg, file: file}
+	d.log, d.level = NewLogger(opts.Stderr, cfg.LogLevel, cfg.LogFormat)
+	allow := cfg.AllowList()
+	d.allow.Store(&allow)
+	defer d.releaseLocks()
+	if err := d.start(); err != nil {
+		if d.store != nil {
+			d.store.Close()
+		}
+		return err
+	}
+	return d.serve(ctx)
+}
+
+// start takes the locks, opens the store and the sockets, and starts
+// serving.
+func (d *daemon) start() error {
+	cfg := d.cfg
+	if err := PrepareDir(filepath.Dir(cfg.DB)); err != nil {
+		return err
+	}
+	if err := d.lock(cfg.DB + ".lock"); err != nil {
+		return err
+	}
+	var err error
+	d.store, err = sqlitestore.Open(cfg.DB, sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log})
+	if err != nil {
+		return err
+	}
+	d.srv = ipc.NewServer(ipc.Config{
+		Store: store{d.store}, Logger: d.log, Version: d.opts.Version,
+		MaxLineBytes: cfg.MaxLineBytes, MaxConns: cfg.MaxConnections, Admit: d.admit,
+	})
+	activated, err := Activated()
+	if err != nil {
+		return err
+	}
+	if len(activated) > 0 {
+		// systemd owns the socket file and keeps one daemon per socket.
+		for _, l := range activated {
+			d.serveOn(l)
+		}
+		d.log.Info("serving", "db", cfg.DB, "sync", cfg.Sync, "activated_sockets", len(activated), "version", d.opts.Version)
+		return nil
+	}
+	if err := CheckSocketPath(cfg.Socket); err != nil {
+		return err
+	}
+	if err := PrepareDir(filepath.Dir(cfg.Socket)); err != nil {
+		return err
+	}
+	if err := d.lock(cfg.Socket + ".lock"); err != nil {
+		return err
+	}
+	d.sockPath, d.sockMode, d.sockGroup = cfg.Socket, cfg.SocketMode, cfg.SocketGroup
+	if err := d.listen(); err != nil {
+		return err
+	}
+	d.log.Info("serving", "db", cfg.DB, "sync", cfg.Sync, "socket", cfg.Socket, "version", d.opts.Version)
+	return nil
+}
+
+func (d *daemon) lock(path string) error {
+	l, err := AcquireLock(path)
+	if err != nil {
+		return err
+	}
+	d.locks = append(d.locks, l)
+	return nil
+}
+
+func (d *daemon) releaseLocks() {
+	for _, l := range slices.Backward(d.locks) {
+		if err := l.Release(); err != nil {
+			d.log.Warn("release lock", "path", l.Path(), "err", err)
+		}
+	}
+}
+
+// listen creates the socket file and serves on it, replacing the listener
+// of a socket file that was deleted.
+func (d *daemon) listen() error {
+	l, err := Listen(d.sockPath, d.sockMode, d.sockGroup)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		l.Close()
+		return nil
+	}
+	if d.listener != nil {
+		d.listener.Close()
+	}
+	d.listener, d.socket = l, d.sockPath
+	d.serveOnLocked(l)
+	return nil
+}
+
+func (d *daemon) serveOn(l net.Listener) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.serveOnLocked(l)
+}
+
+func (d *daemon) serveOnLocked(l net.Listener) {
+	d.serving.Add(1)
+	go func() {
+		defer d.serving.Done()
+		err := d.srv.Serve(l)
+		if err != nil && !errors.Is(err, ipc.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			d.log.Error("serve", "err", err)
+		}
+	}()
+}
+
+// admit checks a new connection's peer against the allow-lists.
+func (d *daemon) admit(c net.Conn) error {
+	uid, gid, pid, err := PeerCred(c)
+	if err != nil {
+		d.log.Warn("peer credentials", "err", err)
+		return fmt.Errorf("%w: cannot read peer credentials", ipc.ErrForbidden)
+	}
+	d.log.Debug("connection", "uid", uid, "gid", gid, "pid", pid)
+	if !d.allow.Load().Allows(uid, gid) {
+		d.log.Warn("peer refused by the allow-lists", "uid", uid, "gid", gid, "pid", pid)
+		return ipc.ErrForbidden
+	}
+	return nil
+}
+
+// serve waits for signals, reloads and the end of ctx, then shuts down.
+func (d *daemon) serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
+
+	reloads := make(chan struct{}, 1)
+	var watchers []*Watcher
+	if d.file != "" {
+		w, err := WatchConfig(ctx, d.file, DefaultDebounce, func() { notifyOnce(reloads) })
+		if err != nil {
+			d.log.Warn("cannot watch the config file; SIGHUP still reloads it", "path", d.file, "err", err)
+		} else {
+			watchers = append(watchers, w)
+		}
+	}
+	if d.socket != "" {
+		w, err := WatchSocket(ctx, d.socket, d.recreateSocket)
+		if err != nil {
+			d.log.Warn("cannot watch the socket file", "path", d.socket, "err", err)
+		} else {
+			watchers = append(watchers, w)
+		}
+	}
+	d.notify(NotifyReady)
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("stopping", "reason", ctx.Err())
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				d.reload("SIGHUP")
+				continue
+			}
+			d.log.Info("stopping", "signal", sig.String())
+		case <-reloads:
+			d.reload("config file changed")
+			continue
+		}
+		break
+	}
+	cancel()
+	for _, w := range watchers {
+		w.Wait()
+	}
+	return d.shutdown()
+}
+
+func notifyOnce(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// recreateSocket puts back a socket file deleted under the running daemon.
+func (d *daemon) recreateSocket() {
+	d.mu.Lock()
+	stopping := d.stopping
+	d.mu.Unlock()
+	if stopping {
+		return
+	}
+	if fi, err := os.Lstat(d.sockPath); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		return // still there
+	}
+	d.log.Warn("socket file is gone; creating it again", "socket", d.sockPath)
+	if err := PrepareDir(filepath.Dir(d.sockPath)); err != nil {
+		d.log.Error("re-create socket", "err", err)
+		return
+	}
+	if err := d.listen(); err != nil {
+		d.log.Error("re-create socket", "err", err)
+	}
+}
+
+// reload reads the configuration again and applies what can change live.
+// An invalid configuration, or one that changes a setting that cannot
+// change live, is logged and the running configuration kept.
+func (d *daemon) reload(why string) {
+	d.notify(NotifyReloading())
+	defer d.notify(NotifyReady)
+	next, _, err := Load(d.opts.ConfigPath, d.opts.Env, d.opts.Overrides)
+	if err != nil {
+		d.log.Error("reload refused: invalid configuration; keeping the running one", "trigger", why, "err", err)
+		return
+	}
+	live, restart := d.cfg.Diff(next)
+	if len(restart) > 0 {
+		d.log.Error("reload refused: these settings cannot change without a restart; keeping the running configuration",
+			"trigger", why, "settings", restart)
+		return
+	}
+	if len(live) == 0 {
+		d.log.Info("reload: nothing changed", "trigger", why)
+		return
+	}
+	d.srv.SetLimits(next.MaxLineBytes, next.MaxConnections)
+	allow := next.AllowList()
+	d.allow.Store(&allow)
+	if lvl, err := ParseLevel(next.LogLevel); err == nil {
+		d.level.Set(lvl)
+	}
+	d.cfg = next
+	d.log.Info("configuration reloaded", "trigger", why, "changed", live)
+}
+
+func (d *daemon) notify(state string) {
+	if err := Notify(state); err != nil {
+		d.log.Warn("notify systemd", "err", err)
+	}
+}
+
+// shutdown stops serving, answering what is in flight, closes the store
+// and removes the socket file.
+func (d *daemon) shutdown() error {
+	d.notify(NotifyStopping)
+	d.mu.Lock()
+	d.stopping = true
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), d.opts.ShutdownTimeout)
+	defer cancel()
+	if err := d.srv.Shutdown(ctx); err != nil {
+		d.log.Warn("connections closed before their replies drained", "err", err)
+	}
+	d.serving.Wait()
+	err := d.store.Close()
+	if err != nil {
+		d.log.Error("close database", "err", err)
+	}
+	if d.socket != "" {
+		if fi, serr := os.Lstat(d.socket); serr == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(d.socket)
+		}
+	}
+	d.log.Info("stopped")
+	return err
+}

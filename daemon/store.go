@@ -1,0 +1,25 @@
+package daemon
+
+import (
+	"context"
+
+	"liminald/ipc"
+	"liminald/sqlitestore"
+)
+
+// store adapts *sqlitestore.Store to the ipc.Store the server needs: the
+// two differ only in the concrete types of a subscription and of the stats.
+type store struct{ *sqlitestore.Store }
+
+var _ ipc.Store = store{}
+
+func (s store) Subscribe(capacity int) ipc.Subscription { return s.Store.Subscribe(capacity) }
+
+func (s store) Stats(ctx context.Context) (ipc.StoreStats, error) {
+	st, err := s.Store.Stats(ctx)
+	return ipc.StoreStats{
+		Conversations: st.Conversations, Messages: st.Messages, Events: st.Events, DBBytes: st.DBBytes,
+		Commits: st.Commits, FailedBatches: st.FailedBatches, Requests: st.Requests, Appended: st.Appended,
+		MaxBatch: st.MaxBatch, CommitTotal: st.CommitTotal, CommitMax: st.CommitMax,
+	}, err
+}

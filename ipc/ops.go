@@ -1,0 +1,180 @@
+package ipc
+
+import (
+	"context"
+	"math"
+	"strconv"
+	"time"
+
+	"liminald/conversation"
+)
+
+// maxReadReply is the size past which a read reply stops adding events; it
+// always holds at least one, and next_seq says where to read on.
+const maxReadReply = 4 << 20
+
+// exec runs request r, of any op but subscribe and unsubscribe (which
+// belong to a connection), and appends its whole reply line to dst.
+func (s *Server) exec(ctx context.Context, r *request, dst []byte) []byte {
+	start := len(dst)
+	out, err := s.result(ctx, r, appendOK(dst, r.id))
+	if err != nil {
+		return s.appendError(dst[:start], r, err)
+	}
+	return appendEnd(out)
+}
+
+// appendError appends the failure line of err to request r, and logs the
+// internal errors.
+func (s *Server) appendError(dst []byte, r *request, err error) []byte {
+	e := wireError(err)
+	if e.Code == CodeInternal {
+		s.log.Error("request failed", "op", r.op.String(), "err", err)
+	}
+	return appendFailure(dst, r.id, e)
+}
+
+// result runs r and appends the fields of its result to dst.
+func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, error) {
+	switch r.op {
+	case opHello:
+		return s.hello(dst), nil
+	case opPing:
+		return dst, nil
+	case opReceive, opStart, opStep, opFinish, opFail:
+		o, err := s.store.Write(ctx, r.cmd)
+		if err != nil {
+			return dst, err
+		}
+		if r.op != opReceive {
+			return appendSeq(dst, o), nil
+		}
+		dst = appendDecision(dst, o.Decision)
+		if o.Decision.Action == conversation.Start {
+			dst = appendSeq(dst, o)
+		}
+		return dst, nil
+	case opDecide:
+		d, err := s.store.Decide(ctx, r.conv, r.msg)
+		return appendDecision(dst, d), err
+	case opState:
+		return s.state(ctx, r, dst)
+	case opRead:
+		return s.read(ctx, r, dst)
+	case opConversations:
+		return s.conversations(ctx, r, dst)
+	case opStats:
+		return s.stats(ctx, dst)
+	}
+	return dst, &Error{Code: CodeInternal, Message: "internal error: op " + r.op.String() + " has no handler"}
+}
+
+// hello appends the result of hello to dst.
+func (s *Server) hello(dst []byte) []byte {
+	dst = appendInt(dst, "protocol", ProtocolVersion)
+	dst = append(dst, `,"server":{"name":"liminald","version":`...)
+	dst = conversation.AppendJSONString(dst, s.version)
+	dst = append(dst, `},"ops":[`...)
+	for o := opHello; int(o) < len(opNames); o++ {
+		if o > opHello {
+			dst = append(dst, ',')
+		}
+		dst = conversation.AppendJSONString(dst, opNames[o])
+	}
+	dst = append(dst, `],"limits":{"max_line_bytes":`...)
+	dst = strconv.AppendInt(dst, int64(s.maxLineBytes()), 10)
+	dst = appendInt(dst, "max_inflight", MaxInflight)
+	dst = appendInt(dst, "max_name_bytes", conversation.MaxNameBytes)
+	dst = appendInt(dst, "max_error_bytes", conversation.MaxErrorBytes)
+	dst = appendInt(dst, "read_limit_max", ReadLimitMax)
+	dst = appendInt(dst, "conversations_limit_max", ConversationsLimitMax)
+	return append(dst, '}')
+}
+
+func (s *Server) state(ctx context.Context, r *request, dst []byte) ([]byte, error) {
+	if r.msg == "" {
+		sum, err := s.store.Conversation(ctx, r.conv)
+		if err != nil {
+			return dst, err
+		}
+		return appendCounts(appendInt(dst, "next_seq", sum.Next), sum.Counts), nil
+	}
+	m, err := s.store.Message(ctx, r.conv, r.msg)
+	if err != nil || m == nil {
+		return appendMessageState(dst, nil, nil), err
+	}
+	steps, err := s.store.Steps(ctx, r.conv, r.msg)
+	return appendMessageState(dst, m, steps), err
+}
+
+func (s *Server) read(ctx context.Context, r *request, dst []byte) ([]byte, error) {
+	events, err := s.store.Events(ctx, r.conv, r.fromSeq, r.limit)
+	if err != nil {
+		return dst, err
+	}
+	next := r.fromSeq
+	dst = append(dst, `,"events":[`...)
+	start := len(dst)
+	for i := range events {
+		if i > 0 {
+			if len(dst)-start > maxReadReply {
+				break
+			}
+			dst = append(dst, ',')
+		}
+		dst = events[i].AppendJSON(dst)
+		next = events[i].Seq + 1
+	}
+	dst = append(dst, ']')
+	return appendInt(dst, "next_seq", next), nil
+}
+
+func (s *Server) conversations(ctx context.Context, r *request, dst []byte) ([]byte, error) {
+	convs, err := s.store.Conversations(ctx, r.after, r.limit)
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, `,"conversations":[`...)
+	for i, c := range convs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"conversation":`...)
+		dst = conversation.AppendJSONString(dst, c.Name)
+		dst = appendInt(dst, "next_seq", c.Next)
+		dst = appendInt(dst, "messages", c.Counts.Total())
+		dst = append(dst, '}')
+	}
+	return append(dst, ']'), nil
+}
+
+func (s *Server) stats(ctx context.Context, dst []byte) ([]byte, error) {
+	st, err := s.store.Stats(ctx)
+	if err != nil {
+		return dst, err
+	}
+	dst = appendInt(dst, "conversations", st.Conversations)
+	dst = appendInt(dst, "messages", st.Messages)
+	dst = appendInt(dst, "events", st.Events)
+	dst = appendInt(dst, "db_bytes", st.DBBytes)
+	dst = appendInt(dst, "uptime_s", int64(time.Since(s.started).Seconds()))
+	dst = appendInt(dst, "connections", int64(s.Connections()))
+	dst = appendInt(dst, "subscribers", s.subscribers.Load())
+	dst = append(dst, `,"commits":{"count":`...)
+	dst = strconv.AppendInt(dst, st.Commits, 10)
+	dst = appendInt(dst, "failed", st.FailedBatches)
+	dst = appendInt(dst, "requests", st.Requests)
+	dst = appendInt(dst, "appended", st.Appended)
+	dst = appendInt(dst, "max_batch", int64(st.MaxBatch))
+	avgBatch, avgCommit := 0.0, 0.0
+	if st.Commits > 0 {
+		avgBatch = float64(st.Requests) / float64(st.Commits)
+		avgCommit = float64(st.CommitTotal.Microseconds()) / 1000 / float64(st.Commits)
+	}
+	dst = strconv.AppendFloat(appendKey(dst, "avg_batch"), round3(avgBatch), 'f', -1, 64)
+	dst = strconv.AppendFloat(appendKey(dst, "commit_ms_avg"), round3(avgCommit), 'f', -1, 64)
+	dst = appendMillis(dst, "commit_ms_max", st.CommitMax)
+	return append(dst, '}'), nil
+}
+
+func round3(f float64) float64 { return math.Round(f*1000) / 1000 }

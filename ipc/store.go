@@ -1,0 +1,53 @@
+package ipc
+
+import (
+	"context"
+	"time"
+
+	"liminald/conversation"
+)
+
+// Store is the event log the server serves. The daemon implements it with
+// a small adapter around *sqlitestore.Store.
+//
+// Write, Decide and the reads return the errors of the domain
+// (*conversation.FieldError, ErrUnknownMessage, ErrAlreadyFinished,
+// ErrStepConflict, *SequenceConflictError, errors wrapping ErrUnavailable,
+// ErrClosed); the server maps them to wire codes.
+type Store interface {
+	Write(ctx context.Context, cmd conversation.Command) (conversation.Outcome, error)
+	Decide(ctx context.Context, conv, id string) (conversation.Decision, error)
+	// Message returns nil if the message was never received.
+	Message(ctx context.Context, conv, id string) (*conversation.Message, error)
+	Steps(ctx context.Context, conv, id string) ([]conversation.StepRecord, error)
+	Conversation(ctx context.Context, name string) (conversation.Summary, error)
+	Conversations(ctx context.Context, after string, limit int) ([]conversation.Summary, error)
+	Events(ctx context.Context, conv string, fromSeq int64, limit int) ([]conversation.Event, error)
+	EventsFrom(ctx context.Context, fromPos int64, limit int) ([]conversation.Event, error)
+	// Subscribe starts a subscription to every batch committed from now on,
+	// holding up to capacity batches not yet received.
+	Subscribe(capacity int) Subscription
+	Stats(ctx context.Context) (StoreStats, error)
+}
+
+// Subscription is a store's live feed of committed batches.
+type Subscription interface {
+	// Events returns the committed batches, in pos order, from the
+	// subscription on; it is closed when the subscription ends. The batches
+	// are shared and must not be modified.
+	Events() <-chan []conversation.Event
+	// Lagged reports, once the channel is closed, whether the subscription
+	// ended because it fell behind.
+	Lagged() bool
+	// Close ends the subscription; it may be called more than once.
+	Close()
+}
+
+// StoreStats are the figures of a store that the stats op reports.
+type StoreStats struct {
+	Conversations, Messages, Events, DBBytes int64
+	// Since the store opened:
+	Commits, FailedBatches, Requests, Appended int64
+	MaxBatch                                   int
+	CommitTotal, CommitMax                     time.Duration
+}
