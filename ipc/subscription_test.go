@@ -159,6 +159,10 @@ func TestServer_Subscribe(t *testing.T) {
 	})
 
 	t.Run("Unsubscribe", func(t *testing.T) {
+		ts := startServer(t, Config{}) // its own, to count its subscribers
+		sentinel := func(conv string) {
+			mustWrite(t, ts.store, conversation.Command{Op: conversation.OpReceive, Conversation: conv, MessageID: "sentinel"})
+		}
 		c := dialRaw(t, ts.path)
 		a := c.subscribe(`,"conversation":"u"`)
 		if r := c.roundTrip(fmt.Sprintf(`{"id":"u","op":"unsubscribe","sub":%d}`, a)); r["ok"] != true {
