@@ -3,151 +3,153 @@ package sqlitestore
 import (
 	"context"
 	"database/sql"
-	"encoding/hex"
-	"strconv"
+	"fmt"
+	"math/bits"
+	"strings"
 
 	"liminald/conversation"
 )
 
-// rowBuilder builds the JSON array of rows a bulk statement reads with
-// json_each: each row a JSON array of its columns in the statement's
-// order, blobs as hex (the statement unhexes them), absent values as null.
-type rowBuilder struct {
-	buf []byte
-	n   int // rows in buf
+// bulk writes rows to one table with multi-row INSERT statements: the rows
+// of a batch go in chunks of a power of two rows (at most maxBulkRows), each
+// chunk size a statement prepared once, so that a batch costs a few
+// statements a table, not one a row.
+type bulk struct {
+	prefix string // "INSERT INTO t (a, b) VALUES "
+	suffix string // what follows the rows, such as an ON CONFLICT clause
+	cols   int
+	stmts  map[int]*sql.Stmt // by rows
+	args   []any             // the rows added, flattened
 }
 
-// maxBulkBytes bounds the JSON of one bulk statement; flushIfFull runs the
-// statement early past it, so that a batch of large outputs does not build
-// one huge string.
-const maxBulkBytes = 4 << 20
+// maxBulkRows is the largest chunk: 64 rows of at most 10 columns stay far
+// below SQLite's limit of host parameters.
+const maxBulkRows = 64
 
-func (b *rowBuilder) reset() {
-	b.buf = append(b.buf[:0], '[')
-	b.n = 0
+func newBulk(prefix string, cols int, suffix string) *bulk {
+	return &bulk{prefix: prefix, suffix: suffix, cols: cols, stmts: make(map[int]*sql.Stmt)}
 }
 
-func (b *rowBuilder) json() string { return string(append(b.buf, ']')) }
+func (b *bulk) add(vals ...any) { b.args = append(b.args, vals...) }
 
-// flush runs stmt with the rows built, if any, and starts over.
-func (b *rowBuilder) flush(ctx context.Context, stmt *sql.Stmt) error {
-	if b.n == 0 {
-		return nil
+// exec writes the rows added and forgets them.
+func (b *bulk) exec(ctx context.Context, conn *sql.Conn) error {
+	args := b.args
+	defer func() { clear(b.args); b.args = b.args[:0] }()
+	for len(args) > 0 {
+		rows := len(args) / b.cols
+		chunk := min(1<<(bits.Len(uint(rows))-1), maxBulkRows)
+		stmt, err := b.stmt(ctx, conn, chunk)
+		if err != nil {
+			return err
+		}
+		if _, err := stmt.ExecContext(ctx, args[:chunk*b.cols]...); err != nil {
+			return err
+		}
+		args = args[chunk*b.cols:]
 	}
-	_, err := stmt.ExecContext(ctx, b.json())
-	b.reset()
-	return err
+	return nil
 }
 
-// flushIfFull runs stmt when the rows built pass maxBulkBytes.
-func (b *rowBuilder) flushIfFull(ctx context.Context, stmt *sql.Stmt) error {
-	if len(b.buf) < maxBulkBytes {
-		return nil
+func (b *bulk) stmt(ctx context.Context, conn *sql.Conn, rows int) (*sql.Stmt, error) {
+	if s, ok := b.stmts[rows]; ok {
+		return s, nil
 	}
-	return b.flush(ctx, stmt)
-}
-
-func (b *rowBuilder) row() {
-	if b.n > 0 {
-		b.buf = append(b.buf, ',')
+	row := "(" + strings.Repeat("?, ", b.cols-1) + "?)"
+	q := b.prefix + strings.Repeat(row+", ", rows-1) + row + b.suffix
+	s, err := conn.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("prepare %d-row insert: %w", rows, err)
 	}
-	b.n++
-	b.buf = append(b.buf, '[')
+	b.stmts[rows] = s
+	return s, nil
 }
 
-func (b *rowBuilder) end() { b.buf = append(b.buf, ']') }
-
-func (b *rowBuilder) int(v int64) { b.buf = strconv.AppendInt(append(b.buf, ','), v, 10) }
-
-func (b *rowBuilder) str(s string) {
-	b.buf = conversation.AppendJSONString(append(b.buf, ','), s)
-}
-
-func (b *rowBuilder) null() { b.buf = append(b.buf, ",null"...) }
-
-// first starts a row with the integer v (no comma before it).
-func (b *rowBuilder) first(v int64) {
-	b.row()
-	b.buf = strconv.AppendInt(b.buf, v, 10)
-}
-
-// string adds a row that is a single string (not an array).
-func (b *rowBuilder) string(s string) {
-	if b.n > 0 {
-		b.buf = append(b.buf, ',')
+func (b *bulk) close() {
+	for _, s := range b.stmts {
+		s.Close()
 	}
-	b.n++
-	b.buf = conversation.AppendJSONString(b.buf, s)
+	clear(b.stmts)
 }
 
-// event adds e, of conversation conv, as a row of insEvents.
-func (b *rowBuilder) event(conv int64, e *conversation.Event) {
-	b.first(e.Pos)
-	b.int(conv)
-	b.int(e.Seq)
-	b.int(e.TS)
-	b.int(int64(e.Type))
-	b.str(e.MessageID)
+// The bulk writes of a batch.
+func newEventsBulk() *bulk {
+	return newBulk(`INSERT INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error) VALUES `, 10, "")
+}
+
+func newStepsBulk() *bulk {
+	return newBulk(`INSERT INTO steps (conversation_id, message_id, step_index, seq) VALUES `, 4, "")
+}
+
+func newMessagesBulk() *bulk {
+	return newBulk(`INSERT OR REPLACE INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 10, "")
+}
+
+func newConversationsBulk() *bulk {
+	return newBulk(`INSERT INTO conversations (`+convColumns+`) VALUES `, 7,
+		` ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, received = excluded.received,
+		in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished`)
+}
+
+// addEvent adds e, of conversation conv, with NULL in the columns that do
+// not belong to its type.
+func (b *bulk) addEvent(conv int64, e *conversation.Event) {
+	var receivedAt, stepIndex, output, errText any
 	switch e.Type {
 	case conversation.MessageReceived:
-		b.int(e.ReceivedAt)
-		b.buf = append(b.buf, ",null,null,null"...)
+		receivedAt = e.ReceivedAt
 	case conversation.StepCompleted:
-		b.null()
-		b.int(int64(e.StepIndex))
-		b.buf = append(b.buf, `,"`...)
-		b.buf = hex.AppendEncode(b.buf, e.Output)
-		b.buf = append(b.buf, `",null`...)
+		stepIndex = int64(e.StepIndex)
+		output = e.Output
+		if e.Output == nil {
+			output = []byte{}
+		}
 	case conversation.ErrorOccurred:
-		b.buf = append(b.buf, ",null,null,null"...)
-		b.str(e.Error)
-	default:
-		b.buf = append(b.buf, ",null,null,null,null"...)
+		errText = e.Error
 	}
-	b.end()
+	b.add(e.Pos, conv, e.Seq, e.TS, int64(e.Type), e.MessageID, receivedAt, stepIndex, output, errText)
 }
 
-// step adds the step e completed as a row of insSteps.
-func (b *rowBuilder) step(conv int64, e *conversation.Event) {
-	b.first(conv)
-	b.str(e.MessageID)
-	b.int(int64(e.StepIndex))
-	b.int(e.Seq)
-	b.end()
+func (b *bulk) addMessage(conv int64, m *conversation.Message) {
+	var lastStep, errText any
+	if m.LastStep != conversation.NoStep {
+		lastStep = m.LastStep
+	}
+	if m.Error != "" {
+		errText = m.Error
+	}
+	b.add(conv, m.ID, int64(m.Status), m.ReceivedAt, m.ReceivedSeq, m.StartedSeq, lastStep, errText, int64(m.LastType), m.LastSeq)
 }
 
-// message adds m as a row of upsertMsgs; the leading conversation id and
-// message id also make it a key of selMsgs.
-func (b *rowBuilder) message(conv int64, m *conversation.Message) {
-	b.first(conv)
-	b.str(m.ID)
-	b.int(int64(m.Status))
-	b.int(m.ReceivedAt)
-	b.int(m.ReceivedSeq)
-	b.int(m.StartedSeq)
-	if m.LastStep == conversation.NoStep {
-		b.null()
-	} else {
-		b.int(m.LastStep)
-	}
-	if m.Error == "" {
-		b.null()
-	} else {
-		b.str(m.Error)
-	}
-	b.int(int64(m.LastType))
-	b.int(m.LastSeq)
-	b.end()
+func (b *bulk) addConversation(c *convRow) {
+	b.add(c.id, c.name, c.next, c.counts.Received, c.counts.InProgress, c.counts.Errored, c.counts.Finished)
 }
 
-// conversation adds c as a row of upsertConvs.
-func (b *rowBuilder) conversation(c *convRow) {
-	b.first(c.id)
-	b.str(c.name)
-	b.int(c.next)
-	b.int(c.counts.Received)
-	b.int(c.counts.InProgress)
-	b.int(c.counts.Errored)
-	b.int(c.counts.Finished)
-	b.end()
+// keys builds the JSON array of keys that the prefetch queries read with
+// json_each: names, or [conversation id, message id] pairs.
+type keys struct {
+	buf []byte
+	n   int
+}
+
+func (k *keys) reset() { k.buf, k.n = append(k.buf[:0], '['), 0 }
+
+func (k *keys) json() string { return string(append(k.buf, ']')) }
+
+func (k *keys) sep() {
+	if k.n > 0 {
+		k.buf = append(k.buf, ',')
+	}
+	k.n++
+}
+
+func (k *keys) name(s string) {
+	k.sep()
+	k.buf = conversation.AppendJSONString(k.buf, s)
+}
+
+func (k *keys) message(conv int64, id string) {
+	k.sep()
+	k.buf = fmt.Appendf(k.buf, "[%d,", conv)
+	k.buf = append(conversation.AppendJSONString(k.buf, id), ']')
 }

@@ -13,12 +13,12 @@ const eventColumns = `seq, pos, ts, type, message_id, received_at, step_index, o
 
 const selMessageSQL = `SELECT ` + messageColumns + ` FROM messages WHERE conversation_id = ? AND message_id = ?`
 
-// writeStmts are the writer connection's prepared statements. The bulk
-// ones take their rows as one JSON array (see rowBuilder), so that a batch
-// costs a statement a table, not a statement a row.
+// writeStmts are the writer connection's prepared statements: the reads of
+// a batch, and the bulk writes (see bulk).
 type writeStmts struct {
-	selConvs, selMsgs, selConv, selMsg, selStep, selEventAt *sql.Stmt
-	insEvents, insSteps, upsertMsgs, upsertConvs, updTotals *sql.Stmt
+	selConvs, selMsgs, selConv, selMsg, selStep, selEventAt, updTotals *sql.Stmt
+
+	events, steps, messages, conversations *bulk
 }
 
 const convColumns = `id, name, next_seq, received, in_progress, errored, finished`
@@ -26,7 +26,7 @@ const convColumns = `id, name, next_seq, received, in_progress, errored, finishe
 const messageColumns = `status, received_at, received_seq, started_seq, last_step, error, last_type, last_seq`
 
 func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
-	st := &writeStmts{}
+	st := &writeStmts{events: newEventsBulk(), steps: newStepsBulk(), messages: newMessagesBulk(), conversations: newConversationsBulk()}
 	for _, p := range []struct {
 		stmt **sql.Stmt
 		sql  string
@@ -39,18 +39,6 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 		{&st.selStep, `SELECT s.seq, e.output FROM steps s JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq
 			WHERE s.conversation_id = ? AND s.message_id = ? AND s.step_index = ?`},
 		{&st.selEventAt, `SELECT ` + eventColumns + ` FROM events WHERE conversation_id = ? AND seq = ?`},
-		{&st.insEvents, `INSERT INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error)
-			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, unhex(value->>8), value->>9
-			FROM json_each(?)`},
-		{&st.insSteps, `INSERT INTO steps (conversation_id, message_id, step_index, seq)
-			SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)`},
-		{&st.upsertMsgs, `INSERT OR REPLACE INTO messages (conversation_id, message_id, ` + messageColumns + `)
-			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9
-			FROM json_each(?)`},
-		{&st.upsertConvs, `INSERT INTO conversations (` + convColumns + `)
-			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each(?) WHERE true
-			ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, received = excluded.received,
-			in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished`},
 		{&st.updTotals, `UPDATE totals SET conversations = ?, messages = ?, events = ? WHERE id = 1`},
 	} {
 		var err error
@@ -63,11 +51,13 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 }
 
 func (st *writeStmts) close() {
-	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selConv, st.selMsg, st.selStep, st.selEventAt,
-		st.insEvents, st.insSteps, st.upsertMsgs, st.upsertConvs, st.updTotals} {
+	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selConv, st.selMsg, st.selStep, st.selEventAt, st.updTotals} {
 		if s != nil {
 			s.Close()
 		}
+	}
+	for _, b := range []*bulk{st.events, st.steps, st.messages, st.conversations} {
+		b.close()
 	}
 }
 

@@ -269,7 +269,7 @@ func (s *Store) checkpointLoop() {
 		case <-t.C:
 		}
 		mode := "PASSIVE"
-		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walRestartBytes && os.Getenv("NORESTART") == "" {
+		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walRestartBytes {
 			mode = "RESTART"
 		}
 		if _, err := s.rdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")"); err != nil {

@@ -107,7 +107,7 @@ type writer struct {
 	changed    map[msgKey]*conversation.Message // the dirty messages an event changed
 	absent     map[msgKey]bool                  // messages found not to exist when the batch began
 	steps      map[stepKey]conversation.StepRecord
-	rows       rowBuilder
+	keys       keys
 }
 
 type stepKey struct {
@@ -387,45 +387,38 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	return nil
 }
 
-// flush writes what the batch appended and the state rows it changed: one
-// statement a table (more only for very large batches), each taking its
-// rows as one JSON array.
+// flush writes what the batch appended and the state rows it changed, a
+// few multi-row statements a table.
 func (w *writer) flush(ctx context.Context, before totals) error {
-	rb := &w.rows
-	rb.reset()
+	st := w.stmts
 	for i := range w.events {
-		if err := rb.flushIfFull(ctx, w.stmts.insEvents); err != nil {
-			return unavailable("append events", err)
+		st.events.addEvent(w.eventConvs[i], &w.events[i])
+		if e := &w.events[i]; e.Type == conversation.StepCompleted {
+			st.steps.add(w.eventConvs[i], e.MessageID, int64(e.StepIndex), e.Seq)
 		}
-		rb.event(w.eventConvs[i], &w.events[i])
 	}
-	if err := rb.flush(ctx, w.stmts.insEvents); err != nil {
+	if err := st.events.exec(ctx, w.conn); err != nil {
 		return unavailable("append events", err)
 	}
-	for i := range w.events {
-		if e := &w.events[i]; e.Type == conversation.StepCompleted {
-			rb.step(w.eventConvs[i], e)
-		}
-	}
-	if err := rb.flush(ctx, w.stmts.insSteps); err != nil {
+	if err := st.steps.exec(ctx, w.conn); err != nil {
 		return unavailable("record steps", err)
 	}
 	for k, m := range w.changed {
-		rb.message(k.conv, m)
+		st.messages.addMessage(k.conv, m)
 	}
-	if err := rb.flush(ctx, w.stmts.upsertMsgs); err != nil {
+	if err := st.messages.exec(ctx, w.conn); err != nil {
 		return unavailable("update messages", err)
 	}
 	for _, c := range w.dirtyConvs {
 		if c.changed {
-			rb.conversation(c)
+			st.conversations.addConversation(c)
 		}
 	}
-	if err := rb.flush(ctx, w.stmts.upsertConvs); err != nil {
+	if err := st.conversations.exec(ctx, w.conn); err != nil {
 		return unavailable("update conversations", err)
 	}
 	if w.totals != before {
-		if _, err := w.stmts.updTotals.ExecContext(ctx, w.totals.conversations, w.totals.messages, w.totals.events); err != nil {
+		if _, err := st.updTotals.ExecContext(ctx, w.totals.conversations, w.totals.messages, w.totals.events); err != nil {
 			return unavailable("update totals", err)
 		}
 	}
@@ -436,18 +429,18 @@ func (w *writer) flush(ctx context.Context, before totals) error {
 // messages the batch names that the caches lack; the messages not found are
 // marked absent, so that apply reads nothing.
 func (w *writer) prefetch(ctx context.Context) error {
-	rb := &w.rows
-	rb.reset()
+	ks := &w.keys
+	ks.reset()
 	seen := make(map[string]bool)
 	for _, r := range w.batch {
 		name := r.cmd.Conversation
 		if w.convs[name] == nil && !seen[name] {
 			seen[name] = true
-			rb.string(name)
+			ks.name(name)
 		}
 	}
-	if rb.n > 0 {
-		rows, err := w.stmts.selConvs.QueryContext(ctx, rb.json())
+	if ks.n > 0 {
+		rows, err := w.stmts.selConvs.QueryContext(ctx, ks.json())
 		if err != nil {
 			return unavailable("read conversations", err)
 		}
@@ -464,7 +457,7 @@ func (w *writer) prefetch(ctx context.Context) error {
 			return unavailable("read conversations", err)
 		}
 	}
-	rb.reset()
+	ks.reset()
 	for _, r := range w.batch {
 		c := w.convs[r.cmd.Conversation]
 		if c == nil {
@@ -473,13 +466,13 @@ func (w *writer) prefetch(ctx context.Context) error {
 		k := msgKey{c.id, r.cmd.MessageID}
 		if w.msgs[k] == nil && !w.absent[k] {
 			w.absent[k] = true // until the query finds it
-			rb.message(k.conv, &conversation.Message{ID: k.id})
+			ks.message(k.conv, k.id)
 		}
 	}
-	if rb.n == 0 {
+	if ks.n == 0 {
 		return nil
 	}
-	rows, err := w.stmts.selMsgs.QueryContext(ctx, rb.json())
+	rows, err := w.stmts.selMsgs.QueryContext(ctx, ks.json())
 	if err != nil {
 		return unavailable("read messages", err)
 	}
