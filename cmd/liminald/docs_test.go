@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -29,4 +30,58 @@ func TestDocs_ReadmeSession(t *testing.T) {
 			t.Errorf("README: %s\n got %s\nwant %s", lines[i], got, lines[i+1])
 		}
 	}
+}
+
+// TestDocs_ProtocolExamples replays every example of docs/PROTOCOL.md, in
+// order, on one connection to a fresh daemon: each "> " line is sent and
+// the "< " lines after it are the replies it must get, up to the commit
+// time of events, the server's version and the figures of stats.
+func TestDocs_ProtocolExamples(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t)
+	c := dialRaw(t, d.socket)
+	sent, checked := 0, 0
+	inBlock := false
+	for _, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(line, "```") {
+			inBlock = !inBlock
+			continue
+		}
+		if !inBlock {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(line, "> "):
+			c.send(line[2:] + "\n")
+			sent++
+		case strings.HasPrefix(line, "< "):
+			got, _ := c.reply()
+			if want := line[2:]; normalizeReply(got) != normalizeReply(want) {
+				t.Errorf("docs/PROTOCOL.md reply\n got %s\nwant %s", got, want)
+			}
+			checked++
+		}
+	}
+	if sent < 30 || checked < sent {
+		t.Errorf("replayed %d requests and %d replies; the examples look broken", sent, checked)
+	}
+}
+
+var (
+	tsField      = regexp.MustCompile(`"ts":\d+`)
+	versionField = regexp.MustCompile(`"version":"[^"]*"`)
+	anyNumber    = regexp.MustCompile(`:\d+(\.\d+)?`)
+)
+
+// normalizeReply blanks what varies from run to run.
+func normalizeReply(s string) string {
+	s = tsField.ReplaceAllString(s, `"ts":0`)
+	s = versionField.ReplaceAllString(s, `"version":""`)
+	if strings.Contains(s, `"commits":{`) { // stats
+		s = anyNumber.ReplaceAllString(s, ":0")
+	}
+	return s
 }
