@@ -244,3 +244,36 @@ func TestStore_Subscribe(t *testing.T) {
 		t.Error("fast subscription lagged")
 	}
 }
+
+// TestStore_ReadYourWrites: once a write is acknowledged, reads see it,
+// whether they are served from the writer's cache of committed states or
+// from the database (a cache of one message is cleared at every commit).
+func TestStore_ReadYourWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cache int
+	}{{"DefaultCache", 0}, {"CacheClearedEveryCommit", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := mustOpenStore(t, Options{CacheSize: tc.cache})
+			ctx := context.Background()
+			for i := range 20 {
+				m := fmt.Sprintf("m%d", i)
+				for k, c := range lifecycle("c", m) {
+					mustWrite(t, s, c)
+					got, err := s.Message(ctx, "c", m)
+					if err != nil || got == nil || got.LastSeq != int64(5*i+k) {
+						t.Fatalf("after %v of %s: Message = %+v, %v; want last seq %d", c.Op, m, got, err, 5*i+k)
+					}
+					d, _ := s.Decide(ctx, "c", m)
+					want := conversation.Resume
+					if c.Op == conversation.OpFinish {
+						want = conversation.Skip
+					}
+					if d.Action != want || (want == conversation.Resume && d.ResumeFrom != got.LastStep+1) {
+						t.Fatalf("after %v of %s: Decide = %+v, want %v", c.Op, m, d, want)
+					}
+				}
+			}
+		})
+	}
+}

@@ -52,8 +52,15 @@ func (st *readStmts) close() error {
 }
 
 // Message returns the state of message id of conversation conv, or nil if it
-// was never received.
+// was never received. A message the writer touched lately is served from
+// its cache of committed states, without a query.
 func (s *Store) Message(ctx context.Context, conv, id string) (*conversation.Message, error) {
+	if cid, ok := s.convIDs.Load(conv); ok {
+		if m := s.msgs.get(msgKey{cid.(int64), id}); m != nil {
+			cp := *m
+			return &cp, nil
+		}
+	}
 	return scanMessage(s.reads.msg.QueryRowContext(ctx, conv, id), id)
 }
 

@@ -79,16 +79,20 @@ func (o *Options) setDefaults() {
 
 // Store is an open event log. Its methods are safe for concurrent use.
 type Store struct {
-	path   string
-	opts   Options
-	log    *slog.Logger
-	wdb    *sql.DB // the writer's handle: one connection, owned by the writer goroutine
-	rdb    *sql.DB // the readers' pool, query_only
-	reads  *readStmts
-	feed   feed
-	stats  commitStats
-	queue  chan *request   // write requests, to the writer
-	synced chan *committed // committed batches, to the syncer
+	path  string
+	opts  Options
+	log   *slog.Logger
+	wdb   *sql.DB // the writer's handle: one connection, owned by the writer goroutine
+	rdb   *sql.DB // the readers' pool, query_only
+	reads *readStmts
+	feed  feed
+	msgs  *msgCache // committed message states, put by the writer, read by all
+	// convIDs maps the name of every conversation the writer committed to
+	// since the store opened to its id, which never changes.
+	convIDs sync.Map
+	stats   commitStats
+	queue   chan *request   // write requests, to the writer
+	synced  chan *committed // committed batches, to the syncer
 
 	syncing  atomic.Int64  // batches committed and not yet answered
 	syncDone chan struct{} // the syncer answered batches
@@ -113,7 +117,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), syncDone: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
+	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), syncDone: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
 	if err := s.open(); err != nil {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)

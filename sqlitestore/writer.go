@@ -96,7 +96,6 @@ type writer struct {
 	nextPos, nextConvID int64
 	totals              totals
 	convs               map[string]*convRow
-	msgs                map[msgKey]*conversation.Message
 
 	// the batch being written
 	batch      []*request
@@ -120,7 +119,6 @@ func newWriter(s *Store) (*writer, error) {
 	w := &writer{
 		s:          s,
 		convs:      make(map[string]*convRow),
-		msgs:       make(map[msgKey]*conversation.Message),
 		dirtyConvs: make(map[string]*convRow),
 		dirtyMsgs:  make(map[msgKey]*conversation.Message),
 		changed:    make(map[msgKey]*conversation.Message),
@@ -240,13 +238,16 @@ func (w *writer) commit() {
 		w.convs[k] = c
 	}
 	for k, m := range w.dirtyMsgs {
-		w.msgs[k] = m
+		w.s.msgs.put(k, m)
 	}
 	if len(w.convs) > w.s.opts.CacheSize {
 		w.convs = make(map[string]*convRow)
 	}
-	if len(w.msgs) > w.s.opts.CacheSize {
-		w.msgs = make(map[msgKey]*conversation.Message)
+	if w.s.msgs.len() > w.s.opts.CacheSize {
+		w.s.msgs.clear()
+	}
+	for name, c := range w.dirtyConvs {
+		w.s.convIDs.LoadOrStore(name, c.id)
 	}
 	events := w.events
 	w.events = nil // the syncer and then the feed hold the slice now
@@ -464,7 +465,7 @@ func (w *writer) prefetch(ctx context.Context) error {
 			continue
 		}
 		k := msgKey{c.id, r.cmd.MessageID}
-		if w.msgs[k] == nil && !w.absent[k] {
+		if w.s.msgs.get(k) == nil && !w.absent[k] {
 			w.absent[k] = true // until the query finds it
 			ks.message(k.conv, k.id)
 		}
@@ -486,7 +487,7 @@ func (w *writer) prefetch(ctx context.Context) error {
 		}
 		k := msgKey{conv, id}
 		delete(w.absent, k)
-		w.msgs[k] = m
+		w.s.msgs.put(k, m)
 	}
 	return unavailable("read messages", rows.Err())
 }
@@ -521,7 +522,7 @@ func (w *writer) message(ctx context.Context, conv int64, id string) (*conversat
 	if m, ok := w.dirtyMsgs[k]; ok {
 		return m, nil
 	}
-	m := w.msgs[k]
+	m := w.s.msgs.get(k)
 	if m == nil {
 		if w.absent[k] {
 			return nil, nil

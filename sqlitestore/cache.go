@@ -1,0 +1,74 @@
+package sqlitestore
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"liminald/conversation"
+)
+
+// msgCache holds committed message states: the writer's cache, which the
+// readers share. Only the writer puts, and only states it committed; a
+// *Message in the cache is never modified (the writer works on copies), so
+// a reader may copy one without a lock held. Readers that miss go to the
+// database; they never fill the cache, so it cannot go stale behind the
+// writer's back.
+type msgCache struct {
+	seed   maphash.Seed
+	shards [64]cacheShard
+}
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[msgKey]*conversation.Message
+}
+
+func newMsgCache() *msgCache {
+	c := &msgCache{seed: maphash.MakeSeed()}
+	for i := range c.shards {
+		c.shards[i].m = make(map[msgKey]*conversation.Message)
+	}
+	return c
+}
+
+func (c *msgCache) shard(k msgKey) *cacheShard {
+	return &c.shards[(maphash.String(c.seed, k.id)^uint64(k.conv))%uint64(len(c.shards))]
+}
+
+// get returns the committed state of message k, or nil if it is not cached.
+func (c *msgCache) get(k msgKey) *conversation.Message {
+	s := c.shard(k)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.m[k]
+}
+
+// put caches m, committed, as the state of message k. Writer only.
+func (c *msgCache) put(k msgKey, m *conversation.Message) {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[k] = m
+}
+
+// len returns the number of messages cached.
+func (c *msgCache) len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		n += len(s.m)
+		s.mu.RUnlock()
+	}
+	return n
+}
+
+// clear forgets every message. Writer only.
+func (c *msgCache) clear() {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		clear(s.m)
+		s.mu.Unlock()
+	}
+}
