@@ -341,3 +341,23 @@ func TestLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestConfig_DocumentedExample: docs/liminald.toml, the documented example
+// of every key, parses to exactly the defaults it claims to show.
+func TestConfig_DocumentedExample(t *testing.T) {
+	f, err := os.Open("../docs/liminald.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := Parse(f)
+	if err != nil {
+		t.Fatalf("Parse(docs/liminald.toml): %v", err)
+	}
+	if len(got.AllowUIDs) == 0 && len(got.AllowGIDs) == 0 {
+		got.AllowUIDs, got.AllowGIDs = nil, nil // [] in the file is the default: no list
+	}
+	if want := DefaultConfig(); !reflect.DeepEqual(got, want) {
+		t.Errorf("docs/liminald.toml = %+v, want the defaults %+v", got, want)
+	}
+}
