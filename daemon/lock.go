@@ -112,3 +112,18 @@ func holder(f *os.File) int {
 	}
 	return pid
 }
+
+// Held reports whether the file at the lock's path is still the file this
+// lock holds: false once it was deleted or replaced (say, with its
+// directory), when another process could take a lock there.
+func (l *Lock) Held() bool {
+	if l.f == nil {
+		return false
+	}
+	mine, err := l.f.Stat()
+	if err != nil {
+		return false
+	}
+	there, err := os.Stat(l.path)
+	return err == nil && os.SameFile(mine, there)
+}

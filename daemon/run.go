@@ -57,10 +57,13 @@ type daemon struct {
 	sockPath, sockGroup string
 	sockMode            os.FileMode
 
-	mu       sync.Mutex // guards listener and stopping
+	mu       sync.Mutex // guards listener, sockLock and stopping
 	listener net.Listener
+	sockLock *Lock
 	stopping bool
 	serving  sync.WaitGroup // Serve goroutines
+
+	fatal chan error // a failure that ends the daemon, from its watchers
 }
 
 // Run runs the daemon until ctx ends or it gets SIGTERM or SIGINT: it loads
@@ -86,7 +89,12 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	d := &daemon{opts: opts, cfg: cfg, file: file}
+	// Signals are ours from the start: a SIGTERM while the store opens
+	// still closes it cleanly, and a SIGHUP does not kill the daemon.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
+	d := &daemon{opts: opts, cfg: cfg, file: file, fatal: make(chan error, 1)}
 	d.log, d.level = NewLogger(opts.Stderr, cfg.LogLevel, cfg.LogFormat)
 	allow := cfg.AllowList()
 	d.allow.Store(&allow)
@@ -97,7 +105,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		return err
 	}
-	return d.serve(ctx)
+	return d.serve(ctx, signals)
 }
 
 // start takes the locks, opens the store and the sockets, and starts
@@ -140,6 +148,7 @@ func (d *daemon) start() error {
 	if err := d.lock(cfg.Socket + ".lock"); err != nil {
 		return err
 	}
+	d.sockLock = d.locks[len(d.locks)-1]
 	d.sockPath, d.sockMode, d.sockGroup = cfg.Socket, cfg.SocketMode, cfg.SocketGroup
 	if err := d.listen(); err != nil {
 		return err
@@ -219,12 +228,9 @@ func (d *daemon) admit(c net.Conn) error {
 }
 
 // serve waits for signals, reloads and the end of ctx, then shuts down.
-func (d *daemon) serve(ctx context.Context) error {
+func (d *daemon) serve(ctx context.Context, signals <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(signals)
 
 	reloads := make(chan struct{}, 1)
 	var watchers []*Watcher
@@ -245,6 +251,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 	}
 	d.notify(NotifyReady)
+	var fatal error
 	for {
 		select {
 		case <-ctx.Done():
@@ -258,6 +265,9 @@ func (d *daemon) serve(ctx context.Context) error {
 		case <-reloads:
 			d.reload("config file changed")
 			continue
+		case err := <-d.fatal:
+			d.log.Error("stopping", "err", err)
+			fatal = err
 		}
 		break
 	}
@@ -265,7 +275,10 @@ func (d *daemon) serve(ctx context.Context) error {
 	for _, w := range watchers {
 		w.Wait()
 	}
-	return d.shutdown()
+	if err := d.shutdown(); err != nil {
+		return err
+	}
+	return fatal
 }
 
 func notifyOnce(ch chan struct{}) {
@@ -291,9 +304,43 @@ func (d *daemon) recreateSocket() {
 		d.log.Error("re-create socket", "err", err)
 		return
 	}
+	if err := d.relock(); err != nil {
+		d.mu.Lock()
+		d.socket = "" // another daemon's now: not ours to remove
+		d.mu.Unlock()
+		select {
+		case d.fatal <- err:
+		default:
+		}
+		return
+	}
 	if err := d.listen(); err != nil {
 		d.log.Error("re-create socket", "err", err)
 	}
+}
+
+// relock takes the socket lock again when its file went with the socket
+// (its directory was removed): without it, a second daemon could take the
+// socket. Returns an error wrapping ErrLocked if another process took it
+// first.
+func (d *daemon) relock() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sockLock.Held() {
+		return nil
+	}
+	l, err := AcquireLock(d.sockPath + ".lock")
+	if err != nil {
+		return fmt.Errorf("socket lock lost with its directory: %w", err)
+	}
+	for i, old := range d.locks {
+		if old == d.sockLock {
+			old.Release()
+			d.locks[i] = l
+		}
+	}
+	d.sockLock = l
+	return nil
 }
 
 // reload reads the configuration again and applies what can change live.
@@ -350,9 +397,12 @@ func (d *daemon) shutdown() error {
 	if err != nil {
 		d.log.Error("close database", "err", err)
 	}
-	if d.socket != "" {
-		if fi, serr := os.Lstat(d.socket); serr == nil && fi.Mode()&os.ModeSocket != 0 {
-			os.Remove(d.socket)
+	d.mu.Lock()
+	socket := d.socket
+	d.mu.Unlock()
+	if socket != "" {
+		if fi, serr := os.Lstat(socket); serr == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(socket)
 		}
 	}
 	d.log.Info("stopped")

@@ -7,8 +7,9 @@
 // many as are waiting, evaluates each against the current state with the
 // conversation package (later requests seeing earlier ones), appends the
 // accepted events and updates the state tables in one BEGIN IMMEDIATE
-// transaction, commits, and only then answers every caller. Many requests,
-// one transaction, one fsync.
+// transaction and commits. A syncer goroutine then fsyncs the WAL and only
+// then answers every caller, while the writer builds the next batch. Many
+// requests, one transaction, one fsync.
 //
 // Reads go through a small pool of read-only connections beside the writer,
 // so they keep working when the writer cannot write. WAL checkpoints run in

@@ -87,10 +87,3 @@ func (f *feed) closeAll() {
 		close(sub.c)
 	}
 }
-
-// subscribers returns the number of live subscriptions.
-func (f *feed) subscribers() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.subs)
-}

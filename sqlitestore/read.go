@@ -19,8 +19,8 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 		stmt **sql.Stmt
 		sql  string
 	}{
-		{&st.msg, `SELECT m.status, m.received_at, m.received_seq, m.started_seq, m.last_step, m.error, m.last_type, m.last_seq
-			FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.name = ? AND m.message_id = ?`},
+		{&st.msg, `SELECT ` + messageColumns + ` FROM messages
+			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?) AND message_id = ?`},
 		{&st.steps, `SELECT s.step_index, s.seq, e.output FROM conversations c
 			JOIN steps s ON s.conversation_id = c.id
 			JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq

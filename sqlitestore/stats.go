@@ -43,7 +43,6 @@ type Stats struct {
 	Events        int64
 	DBBytes       int64 // the database file and its WAL
 	Uptime        time.Duration
-	Subscribers   int
 
 	// Since the store opened:
 	Commits       int64         // transactions committed
@@ -69,7 +68,6 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		}
 	}
 	st.Uptime = time.Since(s.opened)
-	st.Subscribers = s.feed.subscribers()
 	c := &s.stats
 	c.mu.Lock()
 	defer c.mu.Unlock()

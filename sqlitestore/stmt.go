@@ -16,7 +16,7 @@ const selMessageSQL = `SELECT ` + messageColumns + ` FROM messages WHERE convers
 // writeStmts are the writer connection's prepared statements: the reads of
 // a batch, and the bulk writes (see bulk).
 type writeStmts struct {
-	selConvs, selMsgs, selConv, selMsg, selStep, selEventAt, updTotals *sql.Stmt
+	selConvs, selMsgs, selStep, selEventAt, updTotals *sql.Stmt
 
 	events, steps, messages, conversations *bulk
 }
@@ -34,8 +34,6 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 		{&st.selConvs, `SELECT ` + convColumns + ` FROM conversations WHERE name IN (SELECT value FROM json_each(?))`},
 		{&st.selMsgs, `SELECT m.conversation_id, m.message_id, ` + messageColumns + `
 			FROM json_each(?) j CROSS JOIN messages m ON m.conversation_id = j.value->>0 AND m.message_id = j.value->>1`},
-		{&st.selConv, `SELECT id, next_seq, received, in_progress, errored, finished FROM conversations WHERE name = ?`},
-		{&st.selMsg, selMessageSQL},
 		{&st.selStep, `SELECT s.seq, e.output FROM steps s JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq
 			WHERE s.conversation_id = ? AND s.message_id = ? AND s.step_index = ?`},
 		{&st.selEventAt, `SELECT ` + eventColumns + ` FROM events WHERE conversation_id = ? AND seq = ?`},
@@ -51,7 +49,7 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 }
 
 func (st *writeStmts) close() {
-	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selConv, st.selMsg, st.selStep, st.selEventAt, st.updTotals} {
+	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selStep, st.selEventAt, st.updTotals} {
 		if s != nil {
 			s.Close()
 		}

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +50,12 @@ type Options struct {
 	// request of a batch and gathering the rest; tests use it to hold a
 	// batch open.
 	gather func()
+	// syncFault, when set, is called before each sync of the WAL; an error
+	// from it is a failed sync.
+	syncFault func() error
+	// walRestartBytes is the WAL size that makes the checkpointer restart
+	// the WAL (defaultWALRestartBytes).
+	walRestartBytes int64
 }
 
 func (o *Options) setDefaults() {
@@ -72,6 +80,9 @@ func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.walRestartBytes <= 0 {
+		o.walRestartBytes = defaultWALRestartBytes
+	}
 	if o.Checkpoint <= 0 {
 		o.Checkpoint = 100 * time.Millisecond
 	}
@@ -84,6 +95,7 @@ type Store struct {
 	log   *slog.Logger
 	wdb   *sql.DB // the writer's handle: one connection, owned by the writer goroutine
 	rdb   *sql.DB // the readers' pool, query_only
+	cdb   *sql.DB // the checkpointer's connection
 	reads *readStmts
 	feed  feed
 	msgs  *msgCache // committed message states, put by the writer, read by all
@@ -94,8 +106,9 @@ type Store struct {
 	queue   chan *request   // write requests, to the writer
 	synced  chan *committed // committed batches, to the syncer
 
-	syncing  atomic.Int64  // batches committed and not yet answered
-	syncDone chan struct{} // the syncer answered batches
+	syncing  atomic.Int64          // batches committed and not yet answered
+	broken   atomic.Pointer[error] // the failed sync after which writes are refused
+	syncDone chan struct{}         // the syncer answered batches
 	opened   time.Time
 
 	mu     sync.RWMutex // guards closed against sends on queue
@@ -134,11 +147,13 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// dsn is the data source name of the database at path with the pragmas every
-// connection needs, and the extra ones given.
+// dsn is the data source name of the database at path with the pragmas
+// given, and a busy_timeout of 5s unless they set one.
 func dsn(path string, pragmas ...string) string {
 	q := url.Values{}
-	q.Add("_pragma", "busy_timeout(5000)")
+	if !slices.ContainsFunc(pragmas, func(p string) bool { return strings.HasPrefix(p, "busy_timeout") }) {
+		q.Add("_pragma", "busy_timeout(5000)")
+	}
 	q.Add("_pragma", "foreign_keys(0)")
 	for _, p := range pragmas {
 		q.Add("_pragma", p)
@@ -164,14 +179,20 @@ func (s *Store) open() error {
 	if err := migrate(s.wdb); err != nil {
 		return err
 	}
-	// Readers checkpoint the WAL (checkpointLoop) with synchronous=FULL, so
-	// the database file is synced before the WAL is reused.
-	s.rdb, err = sql.Open("sqlite", dsn(s.path, "query_only(1)", "synchronous(FULL)"))
+	s.rdb, err = sql.Open("sqlite", dsn(s.path, "query_only(1)"))
 	if err != nil {
 		return err
 	}
 	s.rdb.SetMaxOpenConns(s.opts.Readers)
 	s.rdb.SetMaxIdleConns(s.opts.Readers)
+	// The checkpointer never waits for a lock (busy_timeout 0): a RESTART
+	// that finds a reader on an old snapshot (a long check or export) gives
+	// up at once instead of holding the writer off.
+	s.cdb, err = sql.Open("sqlite", dsn(s.path, "synchronous(FULL)", "busy_timeout(0)"))
+	if err != nil {
+		return err
+	}
+	s.cdb.SetMaxOpenConns(1)
 	s.reads, err = prepareReads(s.rdb)
 	return err
 }
@@ -239,6 +260,9 @@ func (s *Store) closeDBs() error {
 	if s.rdb != nil {
 		errs = append(errs, s.rdb.Close())
 	}
+	if s.cdb != nil {
+		errs = append(errs, s.cdb.Close())
+	}
 	if s.wdb != nil {
 		// A clean close of the last connection checkpoints the WAL into the
 		// database file and removes it.
@@ -251,18 +275,20 @@ func (s *Store) closeDBs() error {
 	return errors.Join(errs...)
 }
 
-// walRestartBytes is the WAL size past which the checkpointer restarts the
-// WAL from its beginning.
-const walRestartBytes = 16 << 20
+// defaultWALRestartBytes is the WAL size past which the checkpointer
+// restarts the WAL from its beginning.
+const defaultWALRestartBytes = 16 << 20
 
 // checkpointLoop copies the WAL into the database file in the background, so
 // that the writer never pays for a checkpoint on its commit path. A PASSIVE
 // checkpoint takes no lock the writer needs. Under a steady load a passive
 // checkpoint never catches up with the writer, so the WAL would only grow,
 // and growing a file costs the writer several times what overwriting it
-// does; once the WAL passes walRestartBytes, a RESTART checkpoint holds the
-// writer off for the few frames the passive one left, and the writer then
-// writes the WAL from its beginning again.
+// does; once the WAL passes Options.walRestartBytes, a RESTART checkpoint
+// holds the writer off for the few frames the passive one left, and the
+// writer then writes the WAL from its beginning again. A reader on an old
+// snapshot (a long check or export) makes the RESTART give up at once: the
+// checkpointer never waits for a lock.
 func (s *Store) checkpointLoop() {
 	t := time.NewTicker(s.opts.Checkpoint)
 	defer t.Stop()
@@ -273,10 +299,12 @@ func (s *Store) checkpointLoop() {
 		case <-t.C:
 		}
 		mode := "PASSIVE"
-		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walRestartBytes {
+		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > s.opts.walRestartBytes {
 			mode = "RESTART"
 		}
-		if _, err := s.rdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")"); err != nil {
+		// The checkpoint runs with synchronous=FULL: it syncs the database
+		// file before the WAL is reused. Busy is normal under load.
+		if _, err := s.cdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")"); err != nil && !isBusy(err) {
 			s.log.Warn("wal checkpoint", "mode", mode, "err", err)
 		}
 	}

@@ -3,6 +3,7 @@ package sqlitestore
 import (
 	"fmt"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -48,7 +49,7 @@ func (s *Store) syncLoop() {
 			}
 		}
 		var err error
-		if s.opts.Sync == SyncFull {
+		if s.opts.Sync == SyncFull && slices.ContainsFunc(pending, func(c *committed) bool { return len(c.events) > 0 }) {
 			err = s.syncWAL()
 		}
 		for _, c := range pending {
@@ -66,6 +67,11 @@ func (s *Store) syncLoop() {
 // syncWAL flushes the WAL file to the disk. It opens the file anew each
 // time, so that it always syncs the WAL SQLite writes now.
 func (s *Store) syncWAL() error {
+	if s.opts.syncFault != nil {
+		if err := s.opts.syncFault(); err != nil {
+			return fmt.Errorf("sync wal: %w: %w", conversation.ErrUnavailable, err)
+		}
+	}
 	f, err := os.OpenFile(s.path+"-wal", os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("sync wal: %w: %w", conversation.ErrUnavailable, err)
@@ -78,12 +84,24 @@ func (s *Store) syncWAL() error {
 }
 
 // answer tells the requests of a committed batch their outcome, or err if
-// the batch could not be made durable. Such a batch is committed all the
-// same: a retry of one of its writes is answered as a duplicate.
+// the batch could not be made durable.
+//
+// A failed fdatasync leaves the page cache in a state nobody can trust
+// (the kernel may have dropped the pages it could not write), so the store
+// stops taking writes until it is opened again, when SQLite recovers from
+// what the disk holds. The batch is committed all the same, and readers may
+// already see it: its events are still published, so that subscribers see
+// what readers see, and a retry of one of its writes after the restart
+// finds it there.
 func (s *Store) answer(c *committed, err error) {
+	if len(c.events) > 0 {
+		s.feed.publish(c.events)
+	}
 	if err != nil {
 		s.stats.fail()
-		s.log.Error("sync failed; answering the batch unavailable", "requests", len(c.reqs), "err", err)
+		if s.broken.CompareAndSwap(nil, &err) {
+			s.log.Error("sync of the WAL failed: refusing writes until liminald restarts", "err", err)
+		}
 		for _, r := range c.reqs {
 			r.out, r.err = conversation.Outcome{}, err
 			close(r.done)
@@ -91,9 +109,6 @@ func (s *Store) answer(c *committed, err error) {
 		return
 	}
 	s.stats.record(len(c.reqs), len(c.events), time.Since(c.start))
-	if len(c.events) > 0 {
-		s.feed.publish(c.events)
-	}
 	for _, r := range c.reqs {
 		close(r.done)
 	}

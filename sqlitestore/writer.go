@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"liminald/conversation"
@@ -52,6 +53,9 @@ func (s *Store) enqueue(ctx context.Context, reqs []*request) error {
 	defer s.mu.RUnlock()
 	if s.closed {
 		return conversation.ErrClosed
+	}
+	if err := s.broken.Load(); err != nil {
+		return fmt.Errorf("writes refused since a sync failed; restart liminald: %w", *err)
 	}
 	for i, r := range reqs {
 		select {
@@ -104,7 +108,6 @@ type writer struct {
 	dirtyConvs map[string]*convRow
 	dirtyMsgs  map[msgKey]*conversation.Message
 	changed    map[msgKey]*conversation.Message // the dirty messages an event changed
-	absent     map[msgKey]bool                  // messages found not to exist when the batch began
 	steps      map[stepKey]conversation.StepRecord
 	keys       keys
 }
@@ -122,7 +125,6 @@ func newWriter(s *Store) (*writer, error) {
 		dirtyConvs: make(map[string]*convRow),
 		dirtyMsgs:  make(map[msgKey]*conversation.Message),
 		changed:    make(map[msgKey]*conversation.Message),
-		absent:     make(map[msgKey]bool),
 		steps:      make(map[stepKey]conversation.StepRecord),
 	}
 	if err := w.connect(); err != nil {
@@ -284,7 +286,6 @@ func (w *writer) clearDirty() {
 	clear(w.dirtyConvs)
 	clear(w.dirtyMsgs)
 	clear(w.changed)
-	clear(w.absent)
 	clear(w.steps)
 	w.events = w.events[:0]
 	w.eventConvs = w.eventConvs[:0]
@@ -316,9 +317,13 @@ func (w *writer) write(ts int64) error {
 		w.totals = before
 		return err
 	}
-	if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
+	end := "COMMIT"
+	if len(w.events) == 0 {
+		end = "ROLLBACK" // nothing to write: a batch of decisions, duplicates and refusals
+	}
+	if _, err := w.conn.ExecContext(ctx, end); err != nil {
 		w.totals = before
-		return unavailable("commit", err)
+		return unavailable(strings.ToLower(end), err)
 	}
 	return nil
 }
@@ -328,16 +333,12 @@ func (w *writer) write(ts int64) error {
 // of the batch; the error returned fails the whole batch.
 func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	c := &r.cmd
-	conv, err := w.conversation(ctx, c.Conversation)
-	if err != nil {
-		return err
-	}
+	conv := w.conversation(c.Conversation)
 	k := conversation.Known{}
 	if conv != nil {
+		var err error
 		k.Next = conv.next
-		if k.Message, err = w.message(ctx, conv.id, c.MessageID); err != nil {
-			return err
-		}
+		k.Message = w.message(conv.id, c.MessageID)
 		// A step above the highest completed index cannot be recorded yet:
 		// only look it up when it could be.
 		if c.Op == conversation.OpStep && k.Message != nil && int64(c.StepIndex) <= k.Message.LastStep {
@@ -427,8 +428,9 @@ func (w *writer) flush(ctx context.Context, before totals) error {
 }
 
 // prefetch reads, in one statement each, the conversations and the
-// messages the batch names that the caches lack; the messages not found are
-// marked absent, so that apply reads nothing.
+// messages the batch names that the caches lack, into the caches: what is
+// not cached after it does not exist, so apply reads nothing more (but a
+// step or an event at expected_seq, when the rules need one).
 func (w *writer) prefetch(ctx context.Context) error {
 	ks := &w.keys
 	ks.reset()
@@ -459,14 +461,15 @@ func (w *writer) prefetch(ctx context.Context) error {
 		}
 	}
 	ks.reset()
+	asked := make(map[msgKey]bool)
 	for _, r := range w.batch {
 		c := w.convs[r.cmd.Conversation]
 		if c == nil {
 			continue
 		}
 		k := msgKey{c.id, r.cmd.MessageID}
-		if w.s.msgs.get(k) == nil && !w.absent[k] {
-			w.absent[k] = true // until the query finds it
+		if w.s.msgs.get(k) == nil && !asked[k] {
+			asked[k] = true
 			ks.message(k.conv, k.id)
 		}
 	}
@@ -485,57 +488,43 @@ func (w *writer) prefetch(ctx context.Context) error {
 		if err != nil {
 			return unavailable("read messages", err)
 		}
-		k := msgKey{conv, id}
-		delete(w.absent, k)
-		w.s.msgs.put(k, m)
+		w.s.msgs.put(msgKey{conv, id}, m)
 	}
 	return unavailable("read messages", rows.Err())
 }
 
 // conversation returns the batch's copy of the row of conversation name, or
-// nil if it does not exist.
-func (w *writer) conversation(ctx context.Context, name string) (*convRow, error) {
+// nil if it does not exist. The prefetch put every conversation the batch
+// names that exists in the cache.
+func (w *writer) conversation(name string) *convRow {
 	if c, ok := w.dirtyConvs[name]; ok {
-		return c, nil
+		return c
 	}
 	c := w.convs[name]
 	if c == nil {
-		c = &convRow{name: name}
-		err := w.stmts.selConv.QueryRowContext(ctx, name).Scan(&c.id, &c.next,
-			&c.counts.Received, &c.counts.InProgress, &c.counts.Errored, &c.counts.Finished)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, unavailable("read conversation", err)
-		}
+		return nil
 	}
 	cp := *c
 	w.dirtyConvs[name] = &cp
-	return &cp, nil
+	return &cp
 }
 
 // message returns the batch's copy of message id of conversation conv, or
-// nil if it was never received.
-func (w *writer) message(ctx context.Context, conv int64, id string) (*conversation.Message, error) {
+// nil if it was never received. The prefetch put every message the batch
+// names that exists in the cache; a conversation the batch created has no
+// message the batch did not append.
+func (w *writer) message(conv int64, id string) *conversation.Message {
 	k := msgKey{conv, id}
 	if m, ok := w.dirtyMsgs[k]; ok {
-		return m, nil
+		return m
 	}
 	m := w.s.msgs.get(k)
 	if m == nil {
-		if w.absent[k] {
-			return nil, nil
-		}
-		var err error
-		m, err = scanMessage(w.stmts.selMsg.QueryRowContext(ctx, conv, id), id)
-		if err != nil || m == nil {
-			return nil, err
-		}
+		return nil
 	}
 	cp := *m
 	w.dirtyMsgs[k] = &cp
-	return &cp, nil
+	return &cp
 }
 
 func (w *writer) step(ctx context.Context, conv int64, id string, index uint32) (*conversation.StepRecord, error) {

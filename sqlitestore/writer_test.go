@@ -3,10 +3,14 @@ package sqlitestore
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"liminald/conversation"
 )
@@ -281,5 +285,113 @@ func TestStore_BatchSeesEarlierRequests(t *testing.T) {
 	events := mustEvents(t, s, "c")
 	if len(events) != 4 || !bytes.Equal(events[2].Output, []byte("a")) {
 		t.Errorf("log = %+v, want 4 events with step output a", events)
+	}
+}
+
+// TestStore_SyncFailure: when the fsync of a committed batch fails, its
+// writers get unavailable, its events still reach subscribers (readers may
+// see them), the store refuses writes from then on and keeps serving reads,
+// and the database is sound when opened again.
+func TestStore_SyncFailure(t *testing.T) {
+	var fail atomic.Bool
+	path := filepath.Join(t.TempDir(), "db")
+	s, err := Open(path, Options{syncFault: func() error {
+		if fail.Load() {
+			return errors.New("injected EIO")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := s.Subscribe(16)
+	mustWrite(t, s, cmd(conversation.OpReceive, "m"))
+	fail.Store(true)
+	if _, err := s.Write(context.Background(), cmd(conversation.OpStart, "m")); !errors.Is(err, conversation.ErrUnavailable) {
+		t.Fatalf("Write with a failing sync: %v, want unavailable", err)
+	}
+	fail.Store(false)
+	var pushed []conversation.Event
+	for len(pushed) < 2 {
+		pushed = append(pushed, <-sub.Events()...)
+	}
+	if pushed[1].Type != conversation.ProcessingStarted {
+		t.Errorf("pushed %+v, want the committed start too", pushed)
+	}
+	if _, err := s.Write(context.Background(), cmd(conversation.OpFinish, "m")); !errors.Is(err, conversation.ErrUnavailable) {
+		t.Errorf("Write after a failed sync: %v, want unavailable until reopened", err)
+	}
+	if d, err := s.Decide(context.Background(), "c", "m"); err != nil || d.Action != conversation.Resume {
+		t.Errorf("Decide after a failed sync = %+v, %v; want reads to work", d, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpenPath(t, path, Options{})
+	if o := mustWrite(t, s, cmd(conversation.OpStart, "m")); !o.Duplicate || o.Seq != 1 {
+		t.Errorf("retried start after reopening = %+v, want a duplicate of seq 1", o)
+	}
+}
+
+// TestStore_OneSyncPerBatch: a batch is one transaction and at most one
+// fsync; a batch that appends nothing costs no fsync.
+func TestStore_OneSyncPerBatch(t *testing.T) {
+	var syncs atomic.Int64
+	release := make(chan struct{})
+	var once sync.Once
+	s := mustOpenStore(t, Options{
+		syncFault: func() error { syncs.Add(1); return nil },
+		gather:    func() { once.Do(func() { <-release }) },
+	})
+	var reqs []*request
+	for i := range 50 {
+		reqs = append(reqs, &request{cmd: cmd(conversation.OpReceive, fmt.Sprintf("m%d", i)), done: make(chan struct{})})
+	}
+	if err := s.enqueue(context.Background(), reqs); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	for _, r := range reqs {
+		<-r.done
+	}
+	if n := syncs.Load(); n != 1 {
+		t.Errorf("%d fsyncs for one batch of 50 appends, want 1", n)
+	}
+	mustWrite(t, s, cmd(conversation.OpReceive, "m0")) // a resume: appends nothing
+	if n := syncs.Load(); n != 1 {
+		t.Errorf("%d fsyncs after a batch that appended nothing, want still 1", n)
+	}
+}
+
+// TestStore_WritesBesideLongReader: a reader holding an old snapshot (a long
+// check or export) while the WAL passes the size that makes the
+// checkpointer restart it must not make writes fail or wait on it.
+func TestStore_WritesBesideLongReader(t *testing.T) {
+	s := mustOpenStore(t, Options{walRestartBytes: 64 << 10, Checkpoint: time.Millisecond})
+	mustWrite(t, s, cmd(conversation.OpReceive, "first"))
+	reader, err := sql.Open("sqlite", s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	tx, err := reader.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRow("SELECT count(*) FROM events").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("reader snapshot: %d events, %v", n, err)
+	}
+	big := bytes.Repeat([]byte("x"), 4096)
+	for i := range 200 { // about 1 MiB of WAL, many restart attempts
+		c := step("first", uint32(i), "")
+		c.Output = big
+		if i == 0 {
+			mustWrite(t, s, cmd(conversation.OpStart, "first"))
+		}
+		if _, err := s.Write(context.Background(), c); err != nil {
+			t.Fatalf("write %d beside a long reader: %v", i, err)
+		}
 	}
 }

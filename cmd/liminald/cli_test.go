@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -105,8 +107,18 @@ func TestCLI_Offline(t *testing.T) {
 	if _, stderr, code := runCLI(t, d, "backup", backup); code != 0 {
 		t.Fatalf("backup: %s", stderr)
 	}
-	if _, stderr, code := runCLI(t, d, "import", dump); code != 1 || !strings.Contains(stderr, "locked") {
+	if _, stderr, code := runCLI(t, d, "import", dump); code != 1 || !strings.Contains(stderr, "liminald: locked: ") {
 		t.Errorf("import beside the daemon: exit %d, %s; want refused, naming the lock", code, stderr)
+	}
+
+	missing := &daemonProc{t: t, dir: d.dir, db: filepath.Join(d.dir, "missing.db")}
+	if _, stderr, code := runCLI(t, missing, "check"); code != 1 || !strings.Contains(stderr, "liminald: not_found: ") {
+		t.Errorf("check of a missing database: exit %d, %s; want not_found", code, stderr)
+	}
+	os.WriteFile(filepath.Join(d.dir, "bad.jsonl"), []byte(`{"conversation":"c","seq":5,"ts":1,"type":"processing_started","message_id":"m"}`+"\n"), 0o600)
+	fresh := &daemonProc{t: t, dir: d.dir, db: filepath.Join(d.dir, "fresh.db")}
+	if _, stderr, code := runCLI(t, fresh, "import", filepath.Join(d.dir, "bad.jsonl")); code != 1 || !strings.Contains(stderr, "liminald: import_refused: ") {
+		t.Errorf("import of a bad line: exit %d, %s; want import_refused", code, stderr)
 	}
 
 	for _, db := range []string{backup, filepath.Join(d.dir, "imported.db")} {
@@ -122,4 +134,48 @@ func TestCLI_Offline(t *testing.T) {
 		}
 	}
 
+}
+
+// TestCLI_PingWaitsForTheDaemon: ping --wait succeeds once a daemon that
+// starts later answers.
+func TestCLI_PingWaitsForTheDaemon(t *testing.T) {
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "late.sock")
+	ping := exec.Command(binary, "ping", "--socket", socket, "--wait", "30s")
+	ping.Env = append(cleanEnv(), "HOME="+dir)
+	var out strings.Builder
+	ping.Stdout, ping.Stderr = &out, &out
+	if err := ping.Start(); err != nil {
+		t.Fatal(err)
+	}
+	startDaemonIn(t, dir, socket, filepath.Join(dir, "db"))
+	if err := ping.Wait(); err != nil || !strings.Contains(out.String(), "ok") {
+		t.Errorf("ping --wait: %v, %s", err, out.String())
+	}
+}
+
+// TestCLI_EventsFollow: events --follow prints the log, then events as they
+// commit.
+func TestCLI_EventsFollow(t *testing.T) {
+	d := startDaemon(t)
+	runCLI(t, d, "receive", "c", "m")
+	follow := exec.Command(binary, "events", "--socket", d.socket, "--follow", "--json", "c")
+	follow.Env = append(cleanEnv(), "HOME="+d.dir)
+	stdout, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { follow.Process.Kill(); follow.Wait() }()
+	lines := bufio.NewScanner(stdout)
+	for i, op := range []string{"message_received", "processing_started"} {
+		if i == 1 {
+			runCLI(t, d, "start", "c", "m") // committed after the follow began
+		}
+		if !lines.Scan() || !strings.Contains(lines.Text(), `"type":"`+op+`"`) {
+			t.Fatalf("events --follow line %d = %q, want %s", i, lines.Text(), op)
+		}
+	}
 }

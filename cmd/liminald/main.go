@@ -16,6 +16,7 @@ import (
 
 	"liminald/daemon"
 	"liminald/ipc"
+	"liminald/sqlitestore"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; else it
@@ -45,18 +46,35 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return ee.code
 	}
 	var ie *ipc.Error
-	switch {
-	case errors.As(err, &ie):
+	if errors.As(err, &ie) {
 		fmt.Fprintf(stderr, "liminald: %s\n", ie.Error())
-	case errors.Is(err, daemon.ErrLocked):
-		fmt.Fprintf(stderr, "liminald: locked: %v\n", err)
-	case isUsage(err):
-		fmt.Fprintf(stderr, "liminald: bad_request: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "liminald: %s: %v\n", commandCode(err), err)
+	if isUsage(err) {
 		return 2
-	default:
-		fmt.Fprintf(stderr, "liminald: %v\n", err)
 	}
 	return 1
+}
+
+// commandCode is the error code printed for a failure of the command line
+// itself rather than a reply of the daemon (those print the protocol's
+// code).
+func commandCode(err error) string {
+	var importErr *sqlitestore.ImportError
+	switch {
+	case isUsage(err):
+		return "bad_request"
+	case errors.Is(err, daemon.ErrLocked):
+		return "locked"
+	case errors.As(err, &importErr):
+		return "import_refused"
+	case errors.Is(err, sqlitestore.ErrNewerSchema):
+		return "newer_schema"
+	case errors.Is(err, os.ErrNotExist):
+		return "not_found"
+	}
+	return "failed"
 }
 
 func versionString() string {

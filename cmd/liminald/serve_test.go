@@ -192,35 +192,57 @@ func TestServe_StaleSocket(t *testing.T) {
 	}
 }
 
-// TestServe_DeletedSocket: the daemon re-creates its socket file.
+// TestServe_DeletedSocket: the daemon re-creates its socket file, and its
+// lock with it when the whole directory went: a second daemon still cannot
+// take the socket.
 func TestServe_DeletedSocket(t *testing.T) {
-	d := startDaemon(t)
-	if err := os.Remove(d.socket); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	sockDir := filepath.Join(dir, "run")
+	d := startDaemonIn(t, dir, filepath.Join(sockDir, "s.sock"), filepath.Join(dir, "db"))
+	for _, remove := range []func() error{
+		func() error { return os.Remove(d.socket) },
+		func() error { return os.RemoveAll(sockDir) },
+	} {
+		if err := remove(); err != nil {
+			t.Fatal(err)
+		}
+		waitForSocket(t, d)
+		if line, _ := dialRaw(t, d.socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
+			t.Errorf("ping on the re-created socket = %s", line)
+		}
 	}
+	second := exec.Command(binary, "serve", "--socket", d.socket, "--db", filepath.Join(dir, "other.db"))
+	second.Env = append(cleanEnv(), "HOME="+dir)
+	if out, err := second.CombinedOutput(); err == nil || !strings.Contains(string(out), "locked") {
+		t.Errorf("a second daemon on the re-created socket: %v\n%s\nwant refused by the lock", err, out)
+	}
+}
+
+// waitForSocket waits for d's socket file to exist again.
+func waitForSocket(t *testing.T, d *daemonProc) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if fi, err := os.Stat(d.socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("socket not re-created\n%s", d.stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond) // polling a file's existence; there is no signal to wait on
 	}
-	if line, _ := dialRaw(t, d.socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
-		t.Errorf("ping on the re-created socket = %s", line)
-	}
 }
 
-// TestServe_SocketMode: the socket has exactly the configured mode.
+// TestServe_SocketMode: the socket has exactly the configured mode and
+// group.
 func TestServe_SocketMode(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want os.FileMode
+		gid  int
 	}{
-		{nil, 0o600},
-		{[]string{"--socket-mode", "0660"}, 0o660},
+		{nil, 0o600, os.Getgid()},
+		{[]string{"--socket-mode", "0660", "--socket-group", "1"}, 0o660, 1},
 	} {
 		d := startDaemon(t, tc.args...)
 		fi, err := os.Stat(d.socket)
@@ -230,7 +252,20 @@ func TestServe_SocketMode(t *testing.T) {
 		if fi.Mode().Perm() != tc.want {
 			t.Errorf("serve %v: socket mode %o, want %o", tc.args, fi.Mode().Perm(), tc.want)
 		}
+		if gid := int(fi.Sys().(*syscall.Stat_t).Gid); gid != tc.gid {
+			t.Errorf("serve %v: socket group %d, want %d", tc.args, gid, tc.gid)
+		}
 		d.stop()
+	}
+}
+
+// TestServe_SIGINT stops the daemon as SIGTERM does.
+func TestServe_SIGINT(t *testing.T) {
+	d := startDaemon(t)
+	d.signal(syscall.SIGINT)
+	d.expectNotify("STOPPING=1")
+	if code := d.wait(); code != 0 {
+		t.Errorf("exit code %d after SIGINT\n%s", code, d.stderr.String())
 	}
 }
 
@@ -267,6 +302,7 @@ func TestServe_GracefulShutdown(t *testing.T) {
 	}
 	c.send(batch.String())
 	d.signal(syscall.SIGTERM)
+	d.expectNotify("STOPPING=1")
 	acked := 0
 	for i := range n {
 		line, err := c.r.ReadString('\n')
@@ -350,7 +386,7 @@ func TestServe_Reload(t *testing.T) {
 		t.Errorf("after a refused reload: max_line_bytes = %s, want 8192 kept", got)
 	}
 	logs := d.stderr.String()
-	if !strings.Contains(logs, "invalid configuration") || !strings.Contains(logs, "sync") {
+	if !strings.Contains(logs, "invalid configuration") || !strings.Contains(logs, "settings=[sync]") {
 		t.Errorf("refused reloads are not reported by name:\n%s", logs)
 	}
 }
