@@ -57,6 +57,10 @@ type Config struct {
 
 	// LogFormat is "text" or "json".
 	LogFormat string `toml:"log_format"`
+
+	// Metrics is where the Prometheus endpoint listens: "" (off), a loopback
+	// host:port such as "127.0.0.1:9464", or "unix:" and a socket path.
+	Metrics string `toml:"metrics"`
 }
 
 const (
@@ -202,6 +206,9 @@ func (c Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("log_format", fmt.Errorf("%q is neither \"text\" nor \"json\"", c.LogFormat))
 	}
+	if _, _, err := metricsAddress(c.Metrics); err != nil {
+		bad("metrics", err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -252,6 +259,7 @@ var settings = []setting{
 	scalar("max_connections", "LIMINAL_MAX_CONNECTIONS", changesLive, func(c *Config) *int { return &c.MaxConnections }, parseInt),
 	scalar("log_level", "LIMINAL_LOG_LEVEL", changesLive, func(c *Config) *string { return &c.LogLevel }, parseString),
 	scalar("log_format", "LIMINAL_LOG_FORMAT", needsRestart, func(c *Config) *string { return &c.LogFormat }, parseString),
+	scalar("metrics", "LIMINAL_METRICS", needsRestart, func(c *Config) *string { return &c.Metrics }, parseString),
 }
 
 func parseString(s string) (string, error) { return s, nil }

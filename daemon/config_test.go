@@ -164,6 +164,14 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "LevelTrace", change: func(c *Config) { c.LogLevel = "trace" }, setting: "log_level"},
 		{name: "LevelUpperCase", change: func(c *Config) { c.LogLevel = "INFO" }, setting: "log_level"},
 		{name: "FormatXML", change: func(c *Config) { c.LogFormat = "xml" }, setting: "log_format"},
+		{name: "MetricsLoopback", change: func(c *Config) { c.Metrics = "127.0.0.1:9464" }},
+		{name: "MetricsLocalhost", change: func(c *Config) { c.Metrics = "localhost:9464" }},
+		{name: "MetricsIPv6Loopback", change: func(c *Config) { c.Metrics = "[::1]:9464" }},
+		{name: "MetricsUnix", change: func(c *Config) { c.Metrics = "unix:/run/liminald/metrics.sock" }},
+		{name: "MetricsAllInterfaces", change: func(c *Config) { c.Metrics = ":9464" }, setting: "metrics"},
+		{name: "MetricsPublic", change: func(c *Config) { c.Metrics = "0.0.0.0:9464" }, setting: "metrics"},
+		{name: "MetricsNoPort", change: func(c *Config) { c.Metrics = "127.0.0.1" }, setting: "metrics"},
+		{name: "MetricsEmptyUnix", change: func(c *Config) { c.Metrics = "unix:" }, setting: "metrics"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

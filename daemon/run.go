@@ -41,16 +41,17 @@ type Options struct {
 
 // daemon is a running liminald: what Run set up and must tear down.
 type daemon struct {
-	opts   Options
-	log    *slog.Logger
-	level  *slog.LevelVar
-	cfg    Config // the running configuration; only Run's goroutine reads or writes it
-	file   string // the configuration file read, "" if none
-	allow  atomic.Pointer[AllowList]
-	store  *sqlitestore.Store
-	srv    *ipc.Server
-	locks  []*Lock
-	socket string // the socket file this daemon created, "" when activated
+	opts    Options
+	log     *slog.Logger
+	level   *slog.LevelVar
+	cfg     Config // the running configuration; only Run's goroutine reads or writes it
+	file    string // the configuration file read, "" if none
+	allow   atomic.Pointer[AllowList]
+	store   *sqlitestore.Store
+	srv     *ipc.Server
+	metrics *metrics // nil when the endpoint is off
+	locks   []*Lock
+	socket  string // the socket file this daemon created, "" when activated
 
 	// The socket's settings, fixed at start (they cannot change live), for
 	// the socket watcher's goroutine.
@@ -100,6 +101,9 @@ func Run(ctx context.Context, opts Options) error {
 	d.allow.Store(&allow)
 	defer d.releaseLocks()
 	if err := d.start(); err != nil {
+		if d.metrics != nil {
+			d.metrics.close()
+		}
 		if d.store != nil {
 			d.store.Close()
 		}
@@ -118,15 +122,30 @@ func (d *daemon) start() error {
 	if err := d.lock(cfg.DB + ".lock"); err != nil {
 		return err
 	}
+	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log}
+	srvCfg := ipc.Config{
+		Store: nil, Logger: d.log, Version: d.opts.Version,
+		MaxLineBytes: cfg.MaxLineBytes, MaxConns: cfg.MaxConnections, Admit: d.admit,
+	}
+	if cfg.Metrics != "" {
+		d.metrics = newMetrics()
+		storeOpts.OnBatch, srvCfg.Observe = d.metrics.observeBatch, d.metrics.observe
+	}
 	var err error
-	d.store, err = sqlitestore.Open(cfg.DB, sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log})
+	d.store, err = sqlitestore.Open(cfg.DB, storeOpts)
 	if err != nil {
 		return err
 	}
-	d.srv = ipc.NewServer(ipc.Config{
-		Store: store{d.store}, Logger: d.log, Version: d.opts.Version,
-		MaxLineBytes: cfg.MaxLineBytes, MaxConns: cfg.MaxConnections, Admit: d.admit,
-	})
+	srvCfg.Store = store{d.store}
+	d.srv = ipc.NewServer(srvCfg)
+	if d.metrics != nil {
+		d.metrics.watch(d.store, d.srv)
+		addr, err := d.metrics.serve(cfg.Metrics)
+		if err != nil {
+			return err
+		}
+		d.log.Info("metrics endpoint", "addr", addr.String())
+	}
 	activated, err := Activated()
 	if err != nil {
 		return err
@@ -393,6 +412,12 @@ func (d *daemon) shutdown() error {
 		d.log.Warn("connections closed before their replies drained", "err", err)
 	}
 	d.serving.Wait()
+	if d.metrics != nil {
+		d.metrics.close()
+		if network, addr, _ := metricsAddress(d.cfg.Metrics); network == "unix" {
+			os.Remove(addr)
+		}
+	}
 	err := d.store.Close()
 	if err != nil {
 		d.log.Error("close database", "err", err)

@@ -16,12 +16,21 @@ const maxReadReply = 4 << 20
 // exec runs request r, of any op but subscribe and unsubscribe (which
 // belong to a connection), and appends its whole reply line to dst.
 func (s *Server) exec(ctx context.Context, r *request, dst []byte) []byte {
-	start := len(dst)
+	start, began := len(dst), time.Now()
 	out, err := s.result(ctx, r, appendOK(dst, r.id))
 	if err != nil {
-		return s.appendError(dst[:start], r, err)
+		out = s.appendError(dst[:start], r, err)
+	} else {
+		out = appendEnd(out)
 	}
-	return appendEnd(out)
+	if s.observe != nil {
+		outcome := "ok"
+		if err != nil {
+			outcome = string(wireError(err).Code)
+		}
+		s.observe(r.op.String(), outcome, time.Since(began))
+	}
+	return out
 }
 
 // appendError appends the failure line of err to request r, and logs the

@@ -45,6 +45,10 @@ type Config struct {
 	// WriteTimeout bounds each write to a connection; a client that does
 	// not read for that long is disconnected (DefaultWriteTimeout).
 	WriteTimeout time.Duration
+	// Observe, when set, is told of every request answered by the store's
+	// ops: its op, its outcome ("ok" or an error code) and how long it took.
+	// It is called from the connections' goroutines and must not block.
+	Observe func(op, outcome string, took time.Duration)
 	// ShutdownGrace is how long, once Shutdown begins, connections are
 	// still read so that requests already sent get shutting_down rather
 	// than a closed connection (DefaultShutdownGrace).
@@ -58,6 +62,7 @@ type Server struct {
 	log          *slog.Logger
 	version      string
 	admit        func(net.Conn) error
+	observe      func(op, outcome string, took time.Duration)
 	subBuffer    int
 	writeTimeout time.Duration
 	grace        time.Duration
@@ -98,7 +103,7 @@ func NewServer(cfg Config) *Server {
 		cfg.ShutdownGrace = DefaultShutdownGrace
 	}
 	s := &Server{
-		store: cfg.Store, log: cfg.Logger, version: cfg.Version, admit: cfg.Admit,
+		store: cfg.Store, log: cfg.Logger, version: cfg.Version, admit: cfg.Admit, observe: cfg.Observe,
 		subBuffer: cfg.SubscriptionBuffer, writeTimeout: cfg.WriteTimeout, grace: cfg.ShutdownGrace,
 		started:   time.Now(),
 		listeners: make(map[net.Listener]struct{}),
@@ -132,6 +137,9 @@ func (s *Server) Connections() int {
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
+
+// Subscribers returns the number of live subscriptions.
+func (s *Server) Subscribers() int { return int(s.subscribers.Load()) }
 
 // Serve accepts connections on l and serves each in its own goroutines,
 // until Shutdown. It may be called for several listeners. It closes l

@@ -42,6 +42,9 @@ type Options struct {
 	Logger     *slog.Logger
 	Now        func() time.Time // the commit clock; time.Now by default
 	Checkpoint time.Duration    // how often WAL checkpoints run; 100ms by default
+	// OnBatch, when set, is told of every batch once it is answered, from
+	// the syncer's goroutine: it must not block.
+	OnBatch func(Batch)
 
 	// maxPageCount caps the database size in pages on the writer connection
 	// (PRAGMA max_page_count); tests use it to fill the "disk".
@@ -230,6 +233,17 @@ func migrate(db *sql.DB) error {
 	}
 	return unavailable("create schema", tx.Commit())
 }
+
+// Batch describes a batch of write requests once it was answered.
+type Batch struct {
+	Requests int           // write requests in the batch
+	Events   int           // events it appended
+	Commit   time.Duration // from its first request taken to its COMMIT
+	Sync     time.Duration // the fdatasync that made it durable, shared with the batches synced with it
+}
+
+// QueueDepth returns the number of write requests waiting for the writer.
+func (s *Store) QueueDepth() int { return len(s.queue) }
 
 // Path returns the absolute path of the database file.
 func (s *Store) Path() string { return s.path }

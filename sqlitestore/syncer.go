@@ -30,6 +30,7 @@ type committed struct {
 	reqs   []*request
 	events []conversation.Event
 	start  time.Time
+	commit time.Duration // from start to COMMIT
 }
 
 func (s *Store) syncLoop() {
@@ -49,11 +50,17 @@ func (s *Store) syncLoop() {
 			}
 		}
 		var err error
+		var took time.Duration
 		if s.opts.Sync == SyncFull && slices.ContainsFunc(pending, func(c *committed) bool { return len(c.events) > 0 }) {
+			t := time.Now()
 			err = s.syncWAL()
+			took = time.Since(t)
 		}
 		for _, c := range pending {
 			s.answer(c, err)
+			if s.opts.OnBatch != nil {
+				s.opts.OnBatch(Batch{Requests: len(c.reqs), Events: len(c.events), Commit: c.commit, Sync: took})
+			}
 		}
 		s.syncing.Add(-int64(len(pending)))
 		select {

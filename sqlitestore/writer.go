@@ -255,7 +255,7 @@ func (w *writer) commit() {
 	w.events = nil // the syncer and then the feed hold the slice now
 	w.clearDirty()
 	w.s.syncing.Add(1)
-	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, start: start}
+	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, start: start, commit: time.Since(start)}
 }
 
 // abort rolls the batch back and answers every request in it with err: the

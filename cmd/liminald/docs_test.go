@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -84,4 +85,41 @@ func normalizeReply(s string) string {
 		s = anyNumber.ReplaceAllString(s, ":0")
 	}
 	return s
+}
+
+// TestDocs_ShellRecipes runs the shell session of docs/OPERATIONS.md: each
+// "$ " command, with S the socket, must print exactly the lines after it.
+func TestDocs_ShellRecipes(t *testing.T) {
+	for _, tool := range []string{"socat", "nc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (.ci/run installs it)", tool)
+		}
+	}
+	doc, err := os.ReadFile("../../docs/OPERATIONS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, session, _ := strings.Cut(string(doc), "```sh\n$ ")
+	session, _, _ = strings.Cut("$ "+session, "```")
+	d := startDaemon(t)
+	var cmds []string
+	want := map[int][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(session), "\n") {
+		if cmd, ok := strings.CutPrefix(line, "$ "); ok {
+			cmds = append(cmds, cmd)
+			continue
+		}
+		want[len(cmds)-1] = append(want[len(cmds)-1], line)
+	}
+	if len(cmds) < 4 {
+		t.Fatalf("docs/OPERATIONS.md shell session has %d commands", len(cmds))
+	}
+	for i, cmd := range cmds {
+		sh := exec.Command("/bin/sh", "-c", cmd)
+		sh.Env = append(cleanEnv(), "S="+d.socket)
+		out, err := sh.Output()
+		if got := strings.TrimSpace(string(out)); err != nil || got != strings.Join(want[i], "\n") {
+			t.Errorf("$ %s\n got %q (%v)\nwant %q", cmd, got, err, strings.Join(want[i], "\n"))
+		}
+	}
 }

@@ -32,6 +32,7 @@ func serveCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-connections", Usage: "most connections at once (default 1024)"},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", Usage: "text or json"},
+			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH (default: off)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -91,6 +92,9 @@ func serveOverrides(c *cli.Context) func(*daemon.Config) error {
 		}
 		if c.IsSet("log-format") {
 			cfg.LogFormat = c.String("log-format")
+		}
+		if c.IsSet("metrics") {
+			cfg.Metrics = c.String("metrics")
 		}
 		return nil
 	}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestServe_Metrics scrapes the Prometheus endpoint, on a unix socket of its
+// own, after a lifecycle and a refused write.
+func TestServe_Metrics(t *testing.T) {
+	dir := t.TempDir()
+	metricsSock := filepath.Join(dir, "metrics.sock")
+	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"), "--metrics", "unix:"+metricsSock)
+	c := dialRaw(t, d.socket)
+	for _, req := range []string{
+		`{"op":"receive","conversation":"c","message_id":"m"}`,
+		`{"op":"start","conversation":"c","message_id":"m"}`,
+		`{"op":"step","conversation":"c","message_id":"m","step_index":0,"output":"YQ=="}`,
+		`{"op":"step","conversation":"c","message_id":"m","step_index":0,"output":"Yg=="}`,
+		`{"op":"finish","conversation":"c","message_id":"m"}`,
+	} {
+		c.do(req)
+	}
+	client := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", metricsSock)
+	}}}
+	resp, err := client.Get("http://liminald/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	text := string(body)
+	for _, tc := range []struct {
+		metric string
+		check  func(float64) bool
+	}{
+		{`liminald_requests_total{op="receive",outcome="ok"}`, func(v float64) bool { return v == 1 }},
+		{`liminald_requests_total{op="step",outcome="ok"}`, func(v float64) bool { return v == 1 }},
+		{`liminald_requests_total{op="step",outcome="step_conflict"}`, func(v float64) bool { return v == 1 }},
+		{`liminald_request_seconds_count{op="finish"}`, func(v float64) bool { return v == 1 }},
+		{`liminald_batch_requests_count`, func(v float64) bool { return v >= 1 }},
+		{`liminald_batch_events_sum`, func(v float64) bool { return v == 4 }},
+		{`liminald_commit_seconds_count`, func(v float64) bool { return v >= 1 }},
+		{`liminald_fsync_seconds_count`, func(v float64) bool { return v >= 1 }},
+		{`liminald_connections`, func(v float64) bool { return v == 1 }},
+		{`liminald_subscribers`, func(v float64) bool { return v == 0 }},
+		{`liminald_queue_depth`, func(v float64) bool { return v == 0 }},
+		{`liminald_db_bytes`, func(v float64) bool { return v > 0 }},
+		{`liminald_events`, func(v float64) bool { return v == 4 }},
+	} {
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(tc.metric) + ` (\S+)$`).FindStringSubmatch(text)
+		if m == nil {
+			t.Errorf("metric %s missing", tc.metric)
+			continue
+		}
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil || !tc.check(v) {
+			t.Errorf("metric %s = %s", tc.metric, m[1])
+		}
+	}
+}

@@ -1,0 +1,656 @@
+"""A small Python client for liminald, standard library only.
+
+liminald keeps a durable, per-conversation event log of how an application
+processes messages, and tells a redelivered message whether to ``start``,
+``resume`` (at a step) or ``skip``.  This module speaks its protocol (JSON
+lines over a unix socket, see docs/PROTOCOL.md) with one method per op::
+
+    from liminald import Client
+
+    with Client() as c:                       # the daemon's default socket
+        d = c.receive("orders", "m-17")
+        if d.action != "skip":
+            c.start("orders", "m-17")
+            c.step("orders", "m-17", 0, b"charged")
+            c.finish("orders", "m-17")
+
+A failure reply raises a subclass of :class:`LiminalError`, one per error
+code.  Socket-level failures (no daemon, the connection broke) raise
+:class:`OSError` (``ConnectionError``, ``FileNotFoundError``...); the client
+then reconnects on its next call.  The client never retries a request on its
+own: write with ``expected_seq`` and retry yourself when ``err.retryable``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+__all__ = [
+    "Client", "Subscription", "Lagged", "Decision", "Ack", "Event", "Step",
+    "MessageState", "ConversationState", "ConversationInfo",
+    "default_socket_path",
+    "LiminalError", "BadRequest", "LineTooLong", "UnknownOp", "UnknownMessage",
+    "AlreadyFinished", "StepConflict", "SequenceConflict", "Forbidden",
+    "Unavailable", "ShuttingDown", "Internal",
+]
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+class LiminalError(Exception):
+    """A failure reply from liminald.
+
+    ``code`` is the stable wire code (branch on it, or on the subclass, never
+    on ``message``); ``retryable`` says whether the same request may succeed
+    if sent again; ``details`` holds the error object's other fields (such as
+    ``field`` for bad_request, ``expected`` and ``actual`` for
+    sequence_conflict).  A code this module does not know raises a plain
+    LiminalError.
+    """
+
+    code: Optional[str] = None  # the code of a subclass
+
+    def __init__(self, code: str, message: str, retryable: bool = False,
+                 details: Optional[dict] = None):
+        super().__init__(code, message, retryable, details or {})
+        self.code = code
+        self.message = message
+        self.retryable = bool(retryable)
+        self.details = dict(details or {})
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    @classmethod
+    def from_wire(cls, err: Any) -> "LiminalError":
+        """Builds the exception for the "error" object of a failure reply."""
+        if not isinstance(err, dict):
+            return Internal("internal", f"malformed error object: {err!r}", False, {})
+        err = dict(err)
+        code = str(err.pop("code", ""))
+        message = str(err.pop("message", ""))
+        retryable = bool(err.pop("retryable", False))
+        return _ERRORS.get(code, LiminalError)(code, message, retryable, err)
+
+
+class BadRequest(LiminalError):
+    """bad_request: malformed JSON, or a missing or invalid argument."""
+    code = "bad_request"
+
+    @property
+    def field(self) -> Optional[str]:
+        """The argument at fault, when the daemon names one."""
+        return self.details.get("field")
+
+
+class LineTooLong(LiminalError):
+    """line_too_long: a request line over the daemon's limit."""
+    code = "line_too_long"
+
+
+class UnknownOp(LiminalError):
+    """unknown_op: no such op."""
+    code = "unknown_op"
+
+
+class UnknownMessage(LiminalError):
+    """unknown_message: start, step, finish or fail for a message never received."""
+    code = "unknown_message"
+
+
+class AlreadyFinished(LiminalError):
+    """already_finished: start, step or fail after finish."""
+    code = "already_finished"
+
+
+class StepConflict(LiminalError):
+    """step_conflict: a completed step recorded again with other output."""
+    code = "step_conflict"
+
+
+class SequenceConflict(LiminalError):
+    """sequence_conflict: expected_seq is not the conversation's next seq."""
+    code = "sequence_conflict"
+
+    @property
+    def expected(self) -> Optional[int]:
+        """The expected_seq the request gave."""
+        return self.details.get("expected")
+
+    @property
+    def actual(self) -> Optional[int]:
+        """The conversation's next seq."""
+        return self.details.get("actual")
+
+
+class Forbidden(LiminalError):
+    """forbidden: this peer is not allowed; the daemon closed the connection."""
+    code = "forbidden"
+
+
+class Unavailable(LiminalError):
+    """unavailable (retryable): the store cannot write now, or too many connections."""
+    code = "unavailable"
+
+
+class ShuttingDown(LiminalError):
+    """shutting_down (retryable): the daemon is stopping."""
+    code = "shutting_down"
+
+
+class Internal(LiminalError):
+    """internal (retryable): a bug in the daemon, or a reply this client cannot read."""
+    code = "internal"
+
+
+_ERRORS = {cls.code: cls for cls in (
+    BadRequest, LineTooLong, UnknownOp, UnknownMessage, AlreadyFinished,
+    StepConflict, SequenceConflict, Forbidden, Unavailable, ShuttingDown,
+    Internal)}
+
+
+# --------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The redelivery decision of ``receive`` (or ``decide``).
+
+    ``action`` is "start" (new message: run every step), "resume" (seen
+    before, not finished: run the steps from ``resume_from``) or "skip"
+    (finished: do nothing).  ``resume_from`` is 0 for "start" and None for
+    "skip", so ``range(d.resume_from, n)`` is the steps left to run.  ``seq``
+    is the seq of the recorded ``message_received`` for a "start" from
+    ``receive`` (None from ``decide``); ``duplicate`` is true when a retried
+    receive with ``expected_seq`` found its event already stored.
+    """
+    action: str
+    resume_from: Optional[int] = None
+    seq: Optional[int] = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The reply to a write: the seq of its event, and whether the write was
+    a duplicate (acknowledged, not appended: ``seq`` is the original's)."""
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event of the log.  Only the fields of its ``type`` are set:
+    message_received has ``received_at``, step_completed ``step_index`` and
+    ``output`` (bytes), error_occurred ``error``."""
+    conversation: str
+    seq: int
+    pos: int
+    ts: int
+    type: str
+    message_id: str
+    received_at: Optional[int] = None
+    step_index: Optional[int] = None
+    output: Optional[bytes] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def from_wire(cls, obj: dict) -> "Event":
+        out = obj.get("output")
+        return cls(
+            conversation=obj["conversation"], seq=obj["seq"], pos=obj["pos"],
+            ts=obj["ts"], type=obj["type"], message_id=obj["message_id"],
+            received_at=obj.get("received_at"), step_index=obj.get("step_index"),
+            output=None if out is None else base64.b64decode(out),
+            error=obj.get("error"))
+
+
+@dataclass(frozen=True)
+class Step:
+    """A completed step of a message: its index, the seq of its event and
+    its output."""
+    step_index: int
+    seq: int
+    output: bytes
+
+
+@dataclass(frozen=True)
+class MessageState:
+    """The state of one message (``state(conversation, message_id)``).
+
+    ``status`` is "unknown", "received", "in_progress", "errored" or
+    "finished"; ``error`` is the latest error text, kept after a retry."""
+    status: str
+    received_at: Optional[int]
+    last_completed_step: Optional[int]
+    steps: list = field(default_factory=list)  # of Step, by step_index
+    error: Optional[str] = None
+
+    def output(self, step_index: int) -> Optional[bytes]:
+        """The output of a completed step, or None."""
+        for s in self.steps:
+            if s.step_index == step_index:
+                return s.output
+        return None
+
+
+@dataclass(frozen=True)
+class ConversationState:
+    """The state of a conversation (``state(conversation)``): its next seq,
+    and its messages counted by status (with "total")."""
+    next_seq: int
+    messages: dict
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    """An entry of ``conversations()``."""
+    conversation: str
+    next_seq: int
+    messages: int
+
+
+# --------------------------------------------------------------------------
+# The connection
+
+
+def default_socket_path(env: Optional[dict] = None, uid: Optional[int] = None) -> str:
+    """The socket the daemon listens on by default: $LIMINAL_SOCKET, else
+    $XDG_RUNTIME_DIR/liminald/liminald.sock (an absolute XDG_RUNTIME_DIR
+    only), else /run/liminald/liminald.sock for root, else
+    /tmp/liminald-$UID/liminald.sock.  (The daemon's config file, which may
+    also name a socket, is not read.)"""
+    env = os.environ if env is None else env
+    if env.get("LIMINAL_SOCKET"):
+        return env["LIMINAL_SOCKET"]
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return os.path.join(runtime, "liminald", "liminald.sock")
+    uid = os.getuid() if uid is None else uid
+    if uid == 0:
+        return "/run/liminald/liminald.sock"
+    return f"/tmp/liminald-{uid}/liminald.sock"
+
+
+def _encode(request: dict) -> bytes:
+    # Compact, UTF-8; a str that cannot be UTF-8 (a lone surrogate) fails
+    # here rather than reaching the daemon mangled.
+    return json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _args(**kwargs: Any) -> dict:
+    """The arguments that are given: None means absent."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _b64(output: Any) -> str:
+    if isinstance(output, str):
+        raise TypeError("output must be bytes, not str (encode it first)")
+    return base64.b64encode(bytes(output)).decode("ascii")
+
+
+class _Conn:
+    """One socket and its buffered reader."""
+
+    def __init__(self, path: str, timeout: Optional[float]):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def send(self, line: bytes) -> None:
+        self.sock.sendall(line)
+
+    def recv(self) -> dict:
+        """The next line from the daemon, decoded."""
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("liminald closed the connection")
+        if not line.endswith(b"\n"):
+            raise ConnectionError("liminald closed the connection mid-line")
+        try:
+            msg = json.loads(line)
+        except ValueError as e:
+            raise Internal("internal", f"unreadable line from liminald: {e}", False, {}) from None
+        if not isinstance(msg, dict):
+            raise Internal("internal", "a line from liminald is not a JSON object", False, {})
+        return msg
+
+    def close(self) -> None:
+        # shutdown first: it wakes a thread blocked reading, which close
+        # alone does not.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.reader.close()
+        finally:
+            self.sock.close()
+
+
+class Client:
+    """A connection to liminald, with one method per op.
+
+    ``socket_path`` defaults to :func:`default_socket_path`; ``timeout``
+    (seconds, default none) bounds each socket operation.  The connection is
+    opened on first use (or by :meth:`connect`), and again after it broke.
+    A Client is safe to share between threads: each request is one round
+    trip under a lock.  Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, socket_path: Optional[str] = None, timeout: Optional[float] = None):
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: Optional[_Conn] = None
+        self._ids = itertools.count(1)
+
+    # -- connection ---------------------------------------------------------
+
+    def connect(self) -> "Client":
+        """Opens the connection now (it is otherwise opened on first use)."""
+        with self._lock:
+            self._connected()
+        return self
+
+    def close(self) -> None:
+        """Closes the connection.  The client may still be used: it then
+        connects again."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "Client":
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _connected(self) -> _Conn:
+        if self._conn is None:
+            self._conn = _Conn(self.socket_path, self.timeout)
+        return self._conn
+
+    def request(self, op: str, **args: Any) -> dict:
+        """Sends one request and returns its success reply as a dict (without
+        ``id`` and ``ok``), or raises the LiminalError of its failure.
+
+        The methods below are built on it; it also sends ops this module has
+        no method for.  Arguments that are None are left out.
+        """
+        with self._lock:
+            req_id = next(self._ids)
+            line = _encode({"id": req_id, "op": op, **_args(**args)})
+            conn = self._connected()
+            try:
+                try:
+                    conn.send(line)
+                except (BrokenPipeError, ConnectionResetError):
+                    # A refused peer (forbidden, or too many connections) is
+                    # sent one line and closed, maybe before this request
+                    # arrived: that line says why.
+                    refusal = _refusal(conn)
+                    if refusal is None:
+                        raise
+                    reply = refusal
+                else:
+                    reply = None
+                while reply is None:
+                    reply = conn.recv()
+                    rid = reply.get("id")
+                    # With one request in flight, "id": null is the answer to
+                    # it when the daemon could not read its id (line_too_long,
+                    # bad JSON), or the one line a refused peer gets.
+                    if not ("ok" in reply and (rid == req_id or rid is None)):
+                        reply = None  # a stale reply or a stray push: skip it
+            except BaseException:
+                # The stream is in an unknown state (a timeout, a broken
+                # connection, an interrupt): start over on the next call.
+                self._conn = None
+                conn.close()
+                raise
+        if reply.get("ok") is True:
+            reply.pop("id", None)
+            reply.pop("ok", None)
+            return reply
+        err = LiminalError.from_wire(reply.get("error"))
+        if err.code == "forbidden" or (err.code == "unavailable" and reply.get("id") is None):
+            # Sent once, then the daemon closes the connection.
+            self.close()
+        raise err
+
+    # -- ops ----------------------------------------------------------------
+
+    def hello(self, client: Optional[str] = "liminald.py") -> dict:
+        """The daemon's protocol version, name and version, ops and limits."""
+        return self.request("hello", client=client)
+
+    def ping(self) -> None:
+        """Raises unless the daemon answers."""
+        self.request("ping")
+
+    def receive(self, conversation: str, message_id: str, received_at: Optional[int] = None,
+                expected_seq: Optional[int] = None) -> Decision:
+        """Records a delivery of a message and returns what to do with it.
+        ``received_at`` is in epoch milliseconds (default: the daemon's now)."""
+        return _decision(self.request("receive", conversation=conversation, message_id=message_id,
+                                      received_at=received_at, expected_seq=expected_seq))
+
+    def decide(self, conversation: str, message_id: str) -> Decision:
+        """The decision ``receive`` would give, without recording anything."""
+        return _decision(self.request("decide", conversation=conversation, message_id=message_id))
+
+    def start(self, conversation: str, message_id: str, expected_seq: Optional[int] = None) -> Ack:
+        """Records that processing (re)started."""
+        return _ack(self.request("start", conversation=conversation, message_id=message_id,
+                                 expected_seq=expected_seq))
+
+    def step(self, conversation: str, message_id: str, step_index: int, output: bytes,
+             expected_seq: Optional[int] = None) -> Ack:
+        """Records a completed step and its output (bytes, may be empty)."""
+        return _ack(self.request("step", conversation=conversation, message_id=message_id,
+                                 step_index=step_index, output=_b64(output),
+                                 expected_seq=expected_seq))
+
+    def finish(self, conversation: str, message_id: str, expected_seq: Optional[int] = None) -> Ack:
+        """Records that the message is fully processed."""
+        return _ack(self.request("finish", conversation=conversation, message_id=message_id,
+                                 expected_seq=expected_seq))
+
+    def fail(self, conversation: str, message_id: str, error: str,
+             expected_seq: Optional[int] = None) -> Ack:
+        """Records that processing failed (it may be retried with ``start``)."""
+        return _ack(self.request("fail", conversation=conversation, message_id=message_id,
+                                 error=error, expected_seq=expected_seq))
+
+    def state(self, conversation: str, message_id: Optional[str] = None):
+        """A :class:`MessageState` with ``message_id``, else a
+        :class:`ConversationState`."""
+        r = self.request("state", conversation=conversation, message_id=message_id)
+        if message_id is None:
+            return ConversationState(next_seq=r["next_seq"], messages=r["messages"])
+        return MessageState(
+            status=r["status"], received_at=r.get("received_at"),
+            last_completed_step=r.get("last_completed_step"),
+            steps=[Step(s["step_index"], s["seq"], base64.b64decode(s["output"]))
+                   for s in r.get("steps") or []],
+            error=r.get("error"))
+
+    def read(self, conversation: str, from_seq: int = 0, limit: Optional[int] = None):
+        """Up to ``limit`` events (default 1000, at most 10000) of a
+        conversation from ``from_seq``: returns ``(events, next_seq)``, where
+        ``next_seq`` is where to read on from."""
+        r = self.request("read", conversation=conversation, from_seq=from_seq, limit=limit)
+        return [Event.from_wire(e) for e in r["events"]], r["next_seq"]
+
+    def read_all(self, conversation: str, from_seq: int = 0) -> Iterator[Event]:
+        """Every event of a conversation from ``from_seq``, page by page."""
+        while True:
+            events, next_seq = self.read(conversation, from_seq)
+            yield from events
+            if not events:
+                return
+            from_seq = next_seq
+
+    def subscribe(self, conversation: Optional[str] = None, from_seq: Optional[int] = None,
+                  from_pos: Optional[int] = None, *, timeout: Optional[float] = None,
+                  resume_on_lag: bool = True) -> "Subscription":
+        """Follows committed events on a connection of its own: see
+        :class:`Subscription`.  ``timeout`` defaults to the client's."""
+        return Subscription(self.socket_path, conversation, from_seq, from_pos,
+                            timeout=self.timeout if timeout is None else timeout,
+                            resume_on_lag=resume_on_lag)
+
+    def conversations(self, after: Optional[str] = None, limit: Optional[int] = None) -> list:
+        """Up to ``limit`` conversations (default 100, at most 1000), by
+        name, after the name ``after``: a list of :class:`ConversationInfo`."""
+        r = self.request("conversations", after=after, limit=limit)
+        return [ConversationInfo(c["conversation"], c["next_seq"], c["messages"])
+                for c in r["conversations"]]
+
+    def stats(self) -> dict:
+        """The daemon's figures: conversations, messages, events, db_bytes,
+        uptime_s, connections, subscribers and commits."""
+        return self.request("stats")
+
+
+def _refusal(conn: _Conn) -> Optional[dict]:
+    """The failure line a closed connection was sent, if any."""
+    try:
+        reply = conn.recv()
+    except (OSError, LiminalError):
+        return None
+    if reply.get("ok") is False and reply.get("id") is None:
+        return reply
+    return None
+
+
+def _decision(r: dict) -> Decision:
+    action = r["decision"]
+    resume_from = r.get("resume_from")
+    if action == "start":
+        resume_from = 0
+    return Decision(action=action, resume_from=resume_from, seq=r.get("seq"),
+                    duplicate=bool(r.get("duplicate", False)))
+
+
+def _ack(r: dict) -> Ack:
+    return Ack(seq=r["seq"], duplicate=bool(r.get("duplicate", False)))
+
+
+class Subscription:
+    """An iterator of the :class:`Event` objects committed to liminald, in
+    ``seq`` order within a conversation and ``pos`` order overall.
+
+    With ``conversation``, only its events, from ``from_seq`` (or
+    ``from_pos``); without, every conversation's, from ``from_pos``.  With no
+    position, only events committed after the subscription is set up (which
+    it is when the constructor returns).  Iteration waits for the next event
+    and never ends by itself; call :meth:`close` (or leave its ``with``
+    block) to stop; close may be called from another thread, and ends
+    the iteration there.
+
+    A subscriber too slow to keep up is ended by the daemon; with
+    ``resume_on_lag`` (the default) it subscribes again from where it
+    stopped, without a gap or a duplicate (``lags`` counts how often).
+    Without, iteration raises :class:`Lagged`.  Iterate from one thread at a
+    time.
+    """
+
+    def __init__(self, socket_path: str, conversation: Optional[str] = None,
+                 from_seq: Optional[int] = None, from_pos: Optional[int] = None,
+                 *, timeout: Optional[float] = None, resume_on_lag: bool = True):
+        self.conversation = conversation
+        self.resume_on_lag = resume_on_lag
+        self.lags = 0
+        self.sub: Optional[int] = None
+        self._ids = itertools.count(1)
+        self._conn = _Conn(socket_path, timeout)
+        try:
+            self._subscribe(from_seq, from_pos)
+        except BaseException:
+            self.close()
+            raise
+
+    def _subscribe(self, from_seq: Optional[int], from_pos: Optional[int]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise ValueError("subscription closed")
+        req_id = next(self._ids)
+        conn.send(_encode({"id": req_id, "op": "subscribe", **_args(
+            conversation=self.conversation, from_seq=from_seq, from_pos=from_pos)}))
+        while True:
+            reply = conn.recv()
+            # Pushes of an earlier (lagged, ended) subscription may precede it.
+            if "ok" in reply and reply.get("id") in (req_id, None):
+                break
+        if reply["ok"] is not True:
+            raise LiminalError.from_wire(reply.get("error"))
+        self.sub = reply["sub"]
+
+    def __iter__(self) -> "Subscription":
+        return self
+
+    def __next__(self) -> Event:
+        while True:
+            conn = self._conn
+            if conn is None:
+                raise StopIteration
+            try:
+                msg = conn.recv()
+                if msg.get("sub") != self.sub:
+                    continue
+                if "event" in msg:
+                    return Event.from_wire(msg["event"])
+                if msg.get("lagged"):
+                    next_pos, next_seq = msg.get("next_pos"), msg.get("next_seq")
+                    if not self.resume_on_lag:
+                        raise Lagged(self.sub, next_pos, next_seq)
+                    self.lags += 1
+                    if self.conversation is not None and next_seq is not None:
+                        self._subscribe(next_seq, None)
+                    else:
+                        self._subscribe(None, next_pos)
+            except (OSError, ValueError):
+                if self._conn is None:  # closed meanwhile, by another thread
+                    raise StopIteration from None
+                raise
+
+    def close(self) -> None:
+        """Ends the subscription by closing its connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Lagged(Exception):
+    """A subscription fell behind and was ended by the daemon; subscribe
+    again from ``next_pos`` (or, for one conversation, ``next_seq`` when it
+    is not None) to go on without a gap."""
+
+    def __init__(self, sub: int, next_pos: int, next_seq: Optional[int]):
+        super().__init__(f"subscription {sub} lagged; subscribe again from pos {next_pos}")
+        self.sub, self.next_pos, self.next_seq = sub, next_pos, next_seq
