@@ -1,0 +1,653 @@
+"""Tests of liminald.py and worker.py against a real daemon.
+
+Run from the repository root:
+
+    python3 -m unittest discover -s examples/python -v
+
+The daemon binary is $LIMINALD_BIN if set, else built once with `go build`
+into a temporary directory.  Each test class starts its own daemon, on a
+socket and database in a temporary directory, and stops it with SIGTERM
+(asserting it exits 0).  Readiness is the daemon's READY=1 on NOTIFY_SOCKET.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import liminald  # noqa: E402
+from liminald import (  # noqa: E402
+    Ack, AlreadyFinished, BadRequest, Client, Decision, Forbidden, Internal,
+    LiminalError, LineTooLong, SequenceConflict, ShuttingDown, StepConflict,
+    Unavailable, UnknownMessage, UnknownOp,
+)
+
+WORKER = HERE / "worker.py"
+READY_TIMEOUT = 30.0   # seconds for a daemon to report READY=1
+IO_TIMEOUT = 30.0      # seconds for any socket operation of a test
+
+_build_dir: str | None = None
+_binary: str | None = None
+
+
+def liminald_binary() -> str:
+    """$LIMINALD_BIN, or the daemon built once for this test run."""
+    global _build_dir, _binary
+    if _binary is None:
+        env_bin = os.environ.get("LIMINALD_BIN")
+        if env_bin:
+            _binary = env_bin
+        else:
+            _build_dir = tempfile.mkdtemp(prefix="liminald-bin-")
+            out = os.path.join(_build_dir, "liminald")
+            subprocess.run(["go", "build", "-o", out, "./cmd/liminald"], cwd=REPO, check=True,
+                           timeout=600)
+            _binary = out
+    return _binary
+
+
+def tearDownModule() -> None:
+    if _build_dir is not None:
+        shutil.rmtree(_build_dir, ignore_errors=True)
+
+
+def _short_tempdir() -> str:
+    # A unix socket path must fit in 107 bytes; a long $TMPDIR would not.
+    d = tempfile.mkdtemp(prefix="lmd-")
+    if len(d) > 60:
+        shutil.rmtree(d)
+        d = tempfile.mkdtemp(prefix="lmd-", dir="/tmp")
+    return d
+
+
+class Daemon:
+    """A liminald serving a socket and database in a temporary directory."""
+
+    def __init__(self, *flags: str):
+        self.dir = _short_tempdir()
+        self.socket = os.path.join(self.dir, "liminald.sock")
+        self.db = os.path.join(self.dir, "liminald.db")
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        notify_path = os.path.join(self.dir, "notify.sock")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        notify.settimeout(READY_TIMEOUT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIMINAL_")}
+        env["XDG_CONFIG_HOME"] = self.dir  # no user config file
+        env["NOTIFY_SOCKET"] = notify_path
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [liminald_binary(), "serve", "--socket", self.socket, "--db", self.db, *flags],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=env)
+        try:
+            while True:  # until READY=1, or the timeout raises
+                datagram = notify.recv(4096).decode()
+                if "READY=1" in datagram.split("\n"):
+                    break
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            self._log.close()
+            raise RuntimeError(f"liminald did not get ready:\n{self.log()}")
+        finally:
+            notify.close()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self._log.close()
+
+    def remove(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DaemonTestCase(unittest.TestCase):
+    """A test class with a daemon of its own, and a shared client."""
+
+    flags: tuple = ()
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.daemon = Daemon(*cls.flags)
+        cls.client = Client(cls.daemon.socket, timeout=IO_TIMEOUT)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
+        try:
+            status = cls.daemon.stop()
+            if status != 0:
+                raise AssertionError(f"liminald exited {status}:\n{cls.daemon.log()}")
+        finally:
+            cls.daemon.remove()
+
+    def conv(self, suffix: str = "") -> str:
+        """A conversation name of this test's own."""
+        return self.id().rsplit(".", 1)[-1] + suffix
+
+
+class ClientTest(DaemonTestCase):
+
+    def test_hello_and_ping(self):
+        h = self.client.hello()
+        self.assertEqual(h["protocol"], 1)
+        self.assertEqual(h["server"]["name"], "liminald")
+        for op in ("receive", "step", "subscribe"):
+            self.assertIn(op, h["ops"])
+        self.assertIsNone(self.client.ping())
+
+    def test_lifecycle(self):
+        c, conv = self.client, self.conv()
+        self.assertEqual(c.decide(conv, "m"), Decision("start", 0))
+        d = c.receive(conv, "m", received_at=1732672000000)
+        self.assertEqual(d, Decision("start", resume_from=0, seq=0))
+        self.assertEqual(c.state(conv, "m").status, "received")
+        self.assertEqual(c.start(conv, "m"), Ack(1))
+        self.assertEqual(c.state(conv, "m").status, "in_progress")
+        self.assertEqual(c.step(conv, "m", 0, b"charged"), Ack(2))
+        self.assertEqual(c.step(conv, "m", 1, b""), Ack(3))
+        self.assertEqual(c.receive(conv, "m"), Decision("resume", resume_from=2))
+        self.assertEqual(c.step(conv, "m", 2, bytes(range(256))), Ack(4))
+        self.assertEqual(c.finish(conv, "m"), Ack(5))
+        self.assertEqual(c.receive(conv, "m"), Decision("skip"))
+        self.assertEqual(c.decide(conv, "m"), Decision("skip"))
+
+        st = c.state(conv, "m")
+        self.assertEqual(st.status, "finished")
+        self.assertEqual(st.received_at, 1732672000000)
+        self.assertEqual(st.last_completed_step, 2)
+        self.assertEqual([(s.step_index, s.seq, s.output) for s in st.steps],
+                         [(0, 2, b"charged"), (1, 3, b""), (2, 4, bytes(range(256)))])
+        self.assertIsNone(st.error)
+
+        events, next_seq = c.read(conv)
+        self.assertEqual(next_seq, 6)
+        self.assertEqual([(e.seq, e.type) for e in events], [
+            (0, "message_received"), (1, "processing_started"), (2, "step_completed"),
+            (3, "step_completed"), (4, "step_completed"), (5, "processing_finished")])
+        self.assertEqual(events[0].received_at, 1732672000000)
+        self.assertEqual(events[4].output, bytes(range(256)))
+        self.assertTrue(all(e.conversation == conv and e.message_id == "m" for e in events))
+        self.assertEqual([e.pos for e in events], sorted(e.pos for e in events))
+
+        self.assertIn(liminald.ConversationInfo(conv, 6, 1), c.conversations(limit=1000))
+        stats = c.stats()
+        self.assertGreaterEqual(stats["events"], 6)
+        self.assertGreaterEqual(stats["connections"], 1)
+
+    def test_fail_and_retry(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        c.start(conv, "m")
+        c.step(conv, "m", 0, b"a")
+        self.assertEqual(c.fail(conv, "m", "boom"), Ack(3))
+        self.assertEqual(c.fail(conv, "m", "boom"), Ack(3, duplicate=True))
+        st = c.state(conv, "m")
+        self.assertEqual((st.status, st.error), ("errored", "boom"))
+        self.assertEqual(c.receive(conv, "m"), Decision("resume", resume_from=1))
+        self.assertEqual(c.start(conv, "m"), Ack(4))  # a retry appends a new start
+        st = c.state(conv, "m")
+        self.assertEqual((st.status, st.error), ("in_progress", "boom"))
+
+    def test_duplicates(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        self.assertEqual(c.start(conv, "m"), Ack(1))
+        self.assertEqual(c.start(conv, "m"), Ack(1, duplicate=True))
+        self.assertEqual(c.step(conv, "m", 0, b"out"), Ack(2))
+        self.assertEqual(c.step(conv, "m", 0, b"out"), Ack(2, duplicate=True))
+        self.assertEqual(c.finish(conv, "m"), Ack(3))
+        self.assertEqual(c.finish(conv, "m"), Ack(3, duplicate=True))
+        self.assertEqual(c.read(conv)[1], 4)  # nothing appended by the duplicates
+
+    def test_expected_seq(self):
+        c, conv = self.client, self.conv()
+        self.assertEqual(c.receive(conv, "m", received_at=5, expected_seq=0),
+                         Decision("start", 0, seq=0))
+        # The retry of a receive that landed is a duplicate start.
+        self.assertEqual(c.receive(conv, "m", received_at=5, expected_seq=0),
+                         Decision("start", 0, seq=0, duplicate=True))
+        self.assertEqual(c.start(conv, "m", expected_seq=1), Ack(1))
+        self.assertEqual(c.start(conv, "m", expected_seq=1), Ack(1, duplicate=True))
+        self.assertEqual(c.step(conv, "m", 0, b"x", expected_seq=2), Ack(2))
+        self.assertEqual(c.step(conv, "m", 0, b"x", expected_seq=2), Ack(2, duplicate=True))
+        with self.assertRaises(SequenceConflict) as cm:
+            c.step(conv, "m", 1, b"", expected_seq=9)
+        self.assertEqual((cm.exception.expected, cm.exception.actual), (9, 3))
+        self.assertEqual(c.finish(conv, "m", expected_seq=3), Ack(3))
+
+    def assertCode(self, cm, cls, code):
+        e = cm.exception
+        self.assertIs(type(e), cls)
+        self.assertIsInstance(e, LiminalError)
+        self.assertEqual(e.code, code)
+        self.assertIsInstance(e.message, str)
+        self.assertTrue(e.message)
+        self.assertFalse(e.retryable)
+
+    def test_error_codes(self):
+        c, conv = self.client, self.conv()
+        with self.assertRaises(UnknownMessage) as cm:
+            c.start(conv, "never")
+        self.assertCode(cm, UnknownMessage, "unknown_message")
+        with self.assertRaises(UnknownMessage):
+            c.step(conv, "never", 0, b"")
+        with self.assertRaises(UnknownMessage):
+            c.finish(conv, "never")
+        with self.assertRaises(UnknownMessage):
+            c.fail(conv, "never", "e")
+
+        c.receive(conv, "m")
+        c.start(conv, "m")
+        c.step(conv, "m", 0, b"one")
+        with self.assertRaises(StepConflict) as cm:
+            c.step(conv, "m", 0, b"two")
+        self.assertCode(cm, StepConflict, "step_conflict")
+
+        with self.assertRaises(SequenceConflict) as cm:
+            c.start(conv, "m", expected_seq=0)
+        self.assertCode(cm, SequenceConflict, "sequence_conflict")
+        self.assertEqual((cm.exception.expected, cm.exception.actual), (0, 3))
+        self.assertEqual(cm.exception.details, {"expected": 0, "actual": 3})
+
+        c.finish(conv, "m")
+        for write in (lambda: c.start(conv, "m"), lambda: c.step(conv, "m", 1, b""),
+                      lambda: c.fail(conv, "m", "late")):
+            with self.assertRaises(AlreadyFinished) as cm:
+                write()
+            self.assertCode(cm, AlreadyFinished, "already_finished")
+
+        with self.assertRaises(UnknownOp) as cm:
+            c.request("frobnicate")
+        self.assertCode(cm, UnknownOp, "unknown_op")
+        self.assertEqual(c.read(conv)[1], 4)  # no rejected write appended anything
+
+    def test_bad_request(self):
+        c, conv = self.client, self.conv()
+        cases = [
+            (lambda: c.step(conv, "m", -1, b""), "step_index"),
+            (lambda: c.step(conv, "m", 2**32, b""), "step_index"),
+            (lambda: c.receive("", "m"), "conversation"),
+            (lambda: c.receive(conv, "x" * 257), "message_id"),
+            (lambda: c.receive(conv, "m", expected_seq=-1), "expected_seq"),
+            (lambda: c.read(conv, limit=0), "limit"),
+            (lambda: c.read(conv, limit=10001), "limit"),
+            (lambda: c.conversations(limit=1001), "limit"),
+            (lambda: c.fail(conv, "m", ""), "error"),
+            (lambda: c.request("receive", conversation=conv), "message_id"),
+        ]
+        for call, field in cases:
+            with self.subTest(field=field), self.assertRaises(BadRequest) as cm:
+                call()
+            self.assertCode(cm, BadRequest, "bad_request")
+            self.assertEqual(cm.exception.field, field)
+        self.client.ping()  # the connection keeps working
+        self.assertEqual(c.read(conv)[1], 0)
+
+    def test_line_too_long(self):
+        limit = self.client.hello()["limits"]["max_line_bytes"]
+        with self.assertRaises(LineTooLong) as cm:
+            self.client.request("ping", padding="x" * limit)
+        self.assertCode(cm, LineTooLong, "line_too_long")
+        self.assertIsNone(self.client.ping())  # the connection keeps working
+        # A line just under the limit is served.
+        self.client.request("ping", padding="x" * (limit - 100))
+
+    def test_output_must_be_bytes(self):
+        with self.assertRaises(TypeError):
+            self.client.step(self.conv(), "m", 0, "text")
+        self.client.receive(self.conv(), "m")
+        self.client.start(self.conv(), "m")
+        self.assertEqual(self.client.step(self.conv(), "m", 0, bytearray(b"ba")), Ack(2))
+        self.assertEqual(self.client.state(self.conv(), "m").output(0), b"ba")
+
+    def test_state_and_read(self):
+        c, conv = self.client, self.conv()
+        self.assertEqual(c.state(conv), liminald.ConversationState(0, {
+            "received": 0, "in_progress": 0, "errored": 0, "finished": 0, "total": 0}))
+        unknown = c.state(conv, "nope")
+        self.assertEqual(unknown, liminald.MessageState("unknown", None, None, [], None))
+        self.assertEqual(c.read(conv), ([], 0))
+
+        for i in range(4):
+            c.receive(conv, f"m{i}")
+        c.start(conv, "m1")
+        c.start(conv, "m2")
+        c.fail(conv, "m2", "nope")
+        c.finish(conv, "m3")
+        self.assertEqual(c.state(conv), liminald.ConversationState(8, {
+            "received": 1, "in_progress": 1, "errored": 1, "finished": 1, "total": 4}))
+        self.assertEqual(c.state(conv, "m2").error, "nope")
+
+        events, next_seq = c.read(conv, from_seq=2, limit=3)
+        self.assertEqual(([e.seq for e in events], next_seq), ([2, 3, 4], 5))
+        self.assertEqual(c.read(conv, from_seq=100), ([], 100))
+        self.assertEqual([e.seq for e in c.read_all(conv)], list(range(8)))
+
+    def test_conversations_paging(self):
+        c, prefix = self.client, self.conv("-")
+        names = [f"{prefix}{i}" for i in range(5)]
+        for name in names:
+            c.receive(name, "m")
+        page = [i for i in c.conversations(after=prefix, limit=3)]
+        self.assertEqual([i.conversation for i in page], names[:3])
+        page = c.conversations(after=names[2], limit=2)
+        self.assertEqual([i.conversation for i in page], names[3:])
+
+    def test_subscribe_live(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "before")  # committed before: not pushed
+        with c.subscribe(conv, timeout=IO_TIMEOUT) as sub:
+            c.receive(conv, "m")
+            c.start(conv, "m")
+            c.step(conv, "m", 0, b"\x00\xff")
+            c.receive(self.conv("-other"), "m")  # another conversation
+            c.finish(conv, "m")
+            got = [next(sub) for _ in range(4)]
+        self.assertEqual([(e.seq, e.type) for e in got], [
+            (1, "message_received"), (2, "processing_started"), (3, "step_completed"),
+            (4, "processing_finished")])
+        self.assertEqual(got[2].output, b"\x00\xff")
+        self.assertEqual({e.message_id for e in got}, {"m"})
+
+    def test_subscribe_catch_up_then_live(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "a")
+        c.receive(conv, "b")
+        with c.subscribe(conv, from_seq=1, timeout=IO_TIMEOUT) as sub:
+            first = next(sub)
+            c.receive(conv, "c")
+            second = next(sub)
+        self.assertEqual([(e.seq, e.message_id) for e in (first, second)], [(1, "b"), (2, "c")])
+
+    def test_subscribe_every_conversation(self):
+        c = self.client
+        a, b = self.conv("-a"), self.conv("-b")
+        c.receive(a, "m")
+        start_pos = c.read(a)[0][0].pos
+        with c.subscribe(from_pos=start_pos, timeout=IO_TIMEOUT) as sub:
+            c.receive(b, "m")
+            c.start(a, "m")
+            got = []
+            for e in sub:  # other tests' events may come between
+                if e.conversation in (a, b):
+                    got.append((e.conversation, e.type))
+                if len(got) == 3:
+                    break
+        self.assertEqual(got, [(a, "message_received"), (b, "message_received"),
+                               (a, "processing_started")])
+
+    def test_subscribe_close_from_another_thread(self):
+        c, conv = self.client, self.conv()
+        sub = c.subscribe(conv, timeout=IO_TIMEOUT)
+        got, first = [], threading.Event()
+
+        def follow():
+            for e in sub:
+                got.append(e)
+                first.set()
+
+        t = threading.Thread(target=follow)
+        t.start()
+        c.receive(conv, "m")
+        self.assertTrue(first.wait(IO_TIMEOUT))
+        sub.close()  # ends the iteration in the other thread
+        t.join(IO_TIMEOUT)
+        self.assertFalse(t.is_alive())
+        self.assertEqual([e.type for e in got], ["message_received"])
+
+    def test_subscribe_after_lag(self):
+        # Not reading while many large events commit, one commit each, fills
+        # the socket and then the daemon's queue of pushes (256 batches): the
+        # daemon ends the subscriptions as lagging.  One iterator subscribes
+        # again by itself, without a gap; the other raises Lagged.
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        c.start(conv, "m")
+        big = b"\x07" * (32 * 1024)
+        n = 800
+        with c.subscribe(conv, timeout=IO_TIMEOUT) as sub, \
+                c.subscribe(conv, timeout=IO_TIMEOUT, resume_on_lag=False) as strict:
+            for i in range(n):
+                c.step(conv, "m", i, big)
+            c.finish(conv, "m")
+
+            got = [next(sub) for _ in range(n + 1)]
+            self.assertGreaterEqual(sub.lags, 1)
+            self.assertEqual([e.seq for e in got], list(range(2, n + 3)))
+            self.assertEqual(got[-1].type, "processing_finished")
+
+            before = []
+            with self.assertRaises(liminald.Lagged) as cm:
+                for e in strict:
+                    before.append(e)
+            self.assertLess(len(before), n + 1)
+            self.assertEqual([e.seq for e in before], list(range(2, 2 + len(before))))
+            self.assertEqual(cm.exception.next_seq, 2 + len(before))
+        with c.subscribe(conv, from_seq=cm.exception.next_seq, timeout=IO_TIMEOUT) as again:
+            self.assertEqual(next(again).seq, 2 + len(before))
+
+    def test_shared_between_threads(self):
+        c, conv = self.client, self.conv()
+        results, errors = [], []
+
+        def work(t):
+            try:
+                for i in range(20):
+                    m = f"t{t}-{i}"
+                    results.append(c.receive(conv, m).action)
+                    c.start(conv, m)
+                    c.step(conv, m, 0, m.encode())
+                    c.finish(conv, m)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(IO_TIMEOUT * 4)
+        self.assertEqual(errors, [])
+        self.assertEqual(results, ["start"] * 160)
+        self.assertEqual(c.state(conv).messages["finished"], 160)
+        self.assertEqual(c.state(conv, "t3-7").output(0), b"t3-7")
+
+    def test_reconnects_after_close(self):
+        c = Client(self.daemon.socket, timeout=IO_TIMEOUT)
+        with c:
+            c.ping()
+        c.ping()  # connects again
+        c.close()
+
+
+class RefusalTest(unittest.TestCase):
+    """forbidden and unavailable, the codes of a refused connection."""
+
+    def test_forbidden(self):
+        # Root is not allowed implicitly, and no test runs as uid 4242.
+        d = Daemon("--allow-uid", "4242")
+        try:
+            with Client(d.socket, timeout=IO_TIMEOUT) as c:
+                with self.assertRaises(Forbidden) as cm:
+                    c.ping()
+            self.assertEqual(cm.exception.code, "forbidden")
+            self.assertFalse(cm.exception.retryable)
+            self.assertEqual(d.stop(), 0)
+        finally:
+            d.remove()
+
+    def test_unavailable_over_max_connections(self):
+        d = Daemon("--max-connections", "1")
+        try:
+            with Client(d.socket, timeout=IO_TIMEOUT) as first:
+                first.ping()
+                with Client(d.socket, timeout=IO_TIMEOUT) as second:
+                    with self.assertRaises(Unavailable) as cm:
+                        second.ping()
+                self.assertEqual(cm.exception.code, "unavailable")
+                self.assertTrue(cm.exception.retryable)
+                first.ping()  # the others are served as before
+            self.assertEqual(d.stop(), 0)
+        finally:
+            d.remove()
+
+    def test_shutting_down(self):
+        d = Daemon()
+        try:
+            with Client(d.socket, timeout=IO_TIMEOUT) as c:
+                c.ping()
+                d.proc.send_signal(signal.SIGTERM)
+                # Ping until the daemon stops answering ok: the first failure
+                # is shutting_down (requests read once shutdown began), later
+                # ones find the connection closed.
+                while True:
+                    try:
+                        c.ping()
+                    except ShuttingDown as e:
+                        self.assertTrue(e.retryable)
+                        break
+            self.assertEqual(d.stop(), 0)
+        finally:
+            d.remove()
+
+
+class ErrorMappingTest(unittest.TestCase):
+    """The mapping of codes to classes, without a daemon."""
+
+    def test_every_code(self):
+        codes = {
+            "bad_request": BadRequest, "line_too_long": LineTooLong, "unknown_op": UnknownOp,
+            "unknown_message": UnknownMessage, "already_finished": AlreadyFinished,
+            "step_conflict": StepConflict, "sequence_conflict": SequenceConflict,
+            "forbidden": Forbidden, "unavailable": Unavailable, "shutting_down": ShuttingDown,
+            "internal": Internal,
+        }
+        for code, cls in codes.items():
+            e = LiminalError.from_wire({"code": code, "message": "m", "retryable": True, "x": 1})
+            self.assertIs(type(e), cls)
+            self.assertEqual((e.code, e.message, e.retryable, e.details), (code, "m", True, {"x": 1}))
+            self.assertEqual(str(e), f"{code}: m")
+
+    def test_unknown_code(self):
+        e = LiminalError.from_wire({"code": "brand_new", "message": "m", "retryable": False})
+        self.assertIs(type(e), LiminalError)
+        self.assertEqual(e.code, "brand_new")
+
+    def test_sequence_conflict_details(self):
+        e = LiminalError.from_wire({"code": "sequence_conflict", "message": "m", "retryable": False,
+                                    "expected": 9, "actual": 5})
+        self.assertEqual((e.expected, e.actual), (9, 5))
+
+
+class DefaultSocketPathTest(unittest.TestCase):
+
+    def test_resolution(self):
+        f = liminald.default_socket_path
+        self.assertEqual(f({"LIMINAL_SOCKET": "/x/s", "XDG_RUNTIME_DIR": "/run/user/7"}, 7), "/x/s")
+        self.assertEqual(f({"XDG_RUNTIME_DIR": "/run/user/7"}, 7),
+                         "/run/user/7/liminald/liminald.sock")
+        self.assertEqual(f({"XDG_RUNTIME_DIR": "relative"}, 0), "/run/liminald/liminald.sock")
+        self.assertEqual(f({}, 0), "/run/liminald/liminald.sock")
+        self.assertEqual(f({"LIMINAL_SOCKET": ""}, 1000), "/tmp/liminald-1000/liminald.sock")
+
+
+def expected_outputs(message_id: str, steps: int) -> list[bytes]:
+    """The outputs worker.py computes: sha256 of the id, then of each output."""
+    outs, data = [], message_id.encode()
+    for _ in range(steps):
+        data = hashlib.sha256(data).digest()
+        outs.append(data)
+    return outs
+
+
+class WorkerTest(DaemonTestCase):
+    """The worked example, end to end: crash mid-message, redelivery, skip."""
+
+    def run_worker(self, conv, message_id, *args, crash_env=None):
+        env = {k: v for k, v in os.environ.items() if k != "CRASH_AFTER_STEP"}
+        if crash_env is not None:
+            env["CRASH_AFTER_STEP"] = str(crash_env)
+        return subprocess.run(
+            [sys.executable, str(WORKER), "--socket", self.daemon.socket, "--conversation", conv,
+             "--steps", "3", *args, message_id],
+            env=env, capture_output=True, text=True, timeout=120)
+
+    def assert_ran(self, proc, status=0):
+        self.assertEqual(proc.returncode, status, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+
+    def test_crash_resume_skip(self):
+        c, conv, m = self.client, self.conv(), "msg-1"
+        outs = expected_outputs(m, 3)
+
+        # 1. The first delivery dies right after recording step 1.
+        run1 = self.run_worker(conv, m, crash_env=1)
+        self.assertNotEqual(run1.returncode, 0)
+        self.assertEqual(run1.returncode, -signal.SIGKILL)
+        self.assertIn(f"{m}: start from 0", run1.stdout)
+        self.assertIn(f"{m}: crashing after step 1", run1.stdout)
+        st = c.state(conv, m)
+        self.assertEqual((st.status, st.last_completed_step), ("in_progress", 1))
+
+        # 2. The redelivery resumes at step 2.
+        run2 = self.run_worker(conv, m)
+        self.assert_ran(run2)
+        self.assertIn(f"{m}: resume from 2", run2.stdout)
+        self.assertNotIn("step 0", run2.stdout)
+        self.assertNotIn("step 1", run2.stdout)
+        self.assertIn(f"{m}: step 2 seq 4", run2.stdout)
+
+        events, next_seq = c.read(conv)
+        self.assertEqual([(e.type, e.step_index) for e in events], [
+            ("message_received", None), ("processing_started", None),
+            ("step_completed", 0), ("step_completed", 1), ("step_completed", 2),
+            ("processing_finished", None)])
+        steps = [e for e in events if e.type == "step_completed"]
+        self.assertEqual([e.output for e in steps], outs)  # each step recorded once
+        st = c.state(conv, m)
+        self.assertEqual((st.status, st.last_completed_step), ("finished", 2))
+
+        # 3. A third delivery is skipped and appends nothing.
+        run3 = self.run_worker(conv, m)
+        self.assert_ran(run3)
+        self.assertEqual(run3.stdout.strip(), f"{m}: skip")
+        self.assertEqual(c.read(conv)[1], next_seq)
+
+    def test_crash_flag_on_the_command_line(self):
+        c, conv, m = self.client, self.conv(), "msg-2"
+        run1 = self.run_worker(conv, m, "--crash-after-step", "0")
+        self.assertEqual(run1.returncode, -signal.SIGKILL)
+        run2 = self.run_worker(conv, m)
+        self.assert_ran(run2)
+        self.assertIn(f"{m}: resume from 1", run2.stdout)
+        steps = [e for e in c.read(conv)[0] if e.type == "step_completed"]
+        self.assertEqual([(e.step_index, e.output) for e in steps],
+                         list(enumerate(expected_outputs(m, 3))))
+        self.assertEqual(c.decide(conv, m).action, "skip")
+
+
+if __name__ == "__main__":
+    unittest.main()
