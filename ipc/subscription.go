@@ -158,14 +158,7 @@ func (s *subscription) catchUp(live Subscription) (Subscription, bool) {
 			}
 			return live, false
 		}
-		var buf []byte
-		cursor, nextSeq := s.cursor, s.nextSeq
-		for i := range page {
-			if e := &page[i]; s.wants(e, cursor, nextSeq) {
-				buf = appendPush(buf, s.id, e)
-				cursor, nextSeq = e.Pos+1, e.Seq+1
-			}
-		}
+		buf, cursor, nextSeq := s.pushes(page)
 		if len(buf) > 0 {
 			select {
 			case s.c.pushes <- push{s, buf}:
@@ -183,6 +176,19 @@ func (s *subscription) catchUp(live Subscription) (Subscription, bool) {
 			s.resume = max(s.resume, pos)
 		}
 	}
+}
+
+// pushes returns the push lines of the events the subscription wants, and
+// where it will stand once they are delivered.
+func (s *subscription) pushes(events []conversation.Event) (buf []byte, cursor, nextSeq int64) {
+	cursor, nextSeq = s.cursor, s.nextSeq
+	for i := range events {
+		if e := &events[i]; s.wants(e, cursor, nextSeq) {
+			buf = appendPush(buf, s.id, e)
+			cursor, nextSeq = e.Pos+1, e.Seq+1
+		}
+	}
+	return buf, cursor, nextSeq
 }
 
 // follow pushes the live batches, skipping what catch-up delivered, until
@@ -210,14 +216,7 @@ func (s *subscription) follow(live Subscription) {
 		if s.resume < 0 {
 			s.resume = batch[0].Pos // nothing was committed between subscribing and it
 		}
-		var buf []byte
-		cursor, nextSeq := s.cursor, s.nextSeq
-		for i := range batch {
-			if e := &batch[i]; s.wants(e, cursor, nextSeq) {
-				buf = appendPush(buf, s.id, e)
-				cursor, nextSeq = e.Pos+1, e.Seq+1
-			}
-		}
+		buf, cursor, nextSeq := s.pushes(batch)
 		if len(buf) > 0 {
 			select {
 			case s.c.pushes <- push{s, buf}:

@@ -65,25 +65,24 @@ func offlineCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
-				w := c.App.Writer
-				if name := c.Args().First(); name != "" && name != "-" {
-					f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-					if err != nil {
-						return err
-					}
-					defer f.Close()
-					w = f
+				name := c.Args().First()
+				if name == "" || name == "-" {
+					_, err := sqlitestore.Export(c.Context, db, c.App.Writer, progress(c, "exported"))
+					return err
 				}
-				n, err := sqlitestore.Export(c.Context, db, w, progress(c, "exported"))
+				f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 				if err != nil {
 					return err
 				}
-				if f, ok := w.(*os.File); ok && f != os.Stdout {
-					if err := f.Close(); err != nil {
-						return err
-					}
-					report(c, map[string]any{"ok": true, "events": n}, fmt.Sprintf("exported %d events", n))
+				defer f.Close()
+				n, err := sqlitestore.Export(c.Context, db, f, progress(c, "exported"))
+				if err != nil {
+					return err
 				}
+				if err := f.Close(); err != nil {
+					return err
+				}
+				report(c, map[string]any{"ok": true, "events": n}, fmt.Sprintf("exported %d events", n))
 				return nil
 			},
 		},
