@@ -328,12 +328,10 @@ func (r *request) subscribeArgs() error {
 func (r *request) limitArg(def, max int) (int, error) {
 	n, ok, err := r.int(fLimit, int64(max))
 	switch {
-	case err != nil:
-		return 0, err
+	case err != nil || ok && n < 1:
+		return 0, fieldError("limit", fmt.Sprintf("must be an integer from 1 to %d", max))
 	case !ok:
 		return def, nil
-	case n < 1:
-		return 0, fieldError("limit", fmt.Sprintf("must be an integer from 1 to %d", max))
 	}
 	return int(n), nil
 }
@@ -353,10 +351,55 @@ func (r *request) bytes(f field) (b []byte, ok bool, err error) {
 		return raw[1 : len(raw)-1], true, nil
 	}
 	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	if err := json.Unmarshal(raw, &s); err != nil || loneSurrogate(raw) {
+		// encoding/json turns an unpaired \ud800 into U+FFFD: two ids that
+		// differ only there would name one message.
 		return nil, false, fieldError(fieldNames[f], "is not a valid string")
 	}
 	return []byte(s), true, nil
+}
+
+// loneSurrogate reports whether the JSON string raw holds a \u escape of a
+// UTF-16 surrogate that is not half of a pair.
+func loneSurrogate(raw []byte) bool {
+	pendingHigh := false
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			if pendingHigh {
+				return true
+			}
+			continue
+		}
+		i++
+		if i >= len(raw) || raw[i] != 'u' || i+4 >= len(raw) {
+			if pendingHigh {
+				return true
+			}
+			continue
+		}
+		v, err := strconv.ParseUint(string(raw[i+1:i+5]), 16, 16)
+		i += 4
+		if err != nil {
+			continue
+		}
+		switch {
+		case v >= 0xD800 && v <= 0xDBFF:
+			if pendingHigh {
+				return true
+			}
+			pendingHigh = true
+		case v >= 0xDC00 && v <= 0xDFFF:
+			if !pendingHigh {
+				return true
+			}
+			pendingHigh = false
+		default:
+			if pendingHigh {
+				return true
+			}
+		}
+	}
+	return pendingHigh
 }
 
 // str returns the string field f; ok is false when it is absent.
@@ -419,7 +462,8 @@ func (r *request) output() ([]byte, error) {
 	}
 	out := make([]byte, base64.StdEncoding.DecodedLen(len(src)))
 	n, err := base64.StdEncoding.Decode(out, src)
-	if err != nil {
+	// The decoder skips CR and LF; the wire's base64 has neither.
+	if err != nil || bytes.ContainsAny(src, "\r\n") {
 		return nil, fieldError("output", "is not standard base64")
 	}
 	return out[:n], nil

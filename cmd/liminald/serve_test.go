@@ -201,7 +201,12 @@ func TestServe_DeletedSocket(t *testing.T) {
 	d := startDaemonIn(t, dir, filepath.Join(sockDir, "s.sock"), filepath.Join(dir, "db"))
 	for _, remove := range []func() error{
 		func() error { return os.Remove(d.socket) },
-		func() error { return os.RemoveAll(sockDir) },
+		func() error { // atomically, so the daemon cannot re-create into it meanwhile
+			if err := os.Rename(sockDir, sockDir+".gone"); err != nil {
+				return err
+			}
+			return os.RemoveAll(sockDir + ".gone")
+		},
 	} {
 		if err := remove(); err != nil {
 			t.Fatal(err)
