@@ -1,0 +1,302 @@
+package reliability
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"liminald/ipc"
+)
+
+// binary is the liminald binary TestMain builds.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "liminald-reliability")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "liminald")
+	build := exec.Command("go", "build", "-o", binary, "liminald/cmd/liminald")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build liminald:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// long reports whether the long variants run (LIMINALD_LONG=1).
+func long() bool { return os.Getenv("LIMINALD_LONG") == "1" }
+
+// syncBuffer is a bytes.Buffer safe to share between the daemon's stderr
+// copier and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is one run of liminald serve.
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	exited chan struct{}
+	err    error // cmd.Wait's, once exited is closed
+}
+
+// exitCode waits for p to exit and returns its exit code (-1 when killed
+// by a signal).
+func (p *proc) exitCode(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("daemon did not exit\nstderr:\n%s", p.stderr.String())
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	return 0
+}
+
+// cleanEnv is the environment without LIMINAL_*, systemd and XDG
+// variables, so that only what the test sets reaches the daemon.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "LIMINAL_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=") || strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "XDG_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// daemon is a liminald that the test kills and restarts on one database
+// and socket. Clients learn of restarts through generations: gen grows by
+// one when a stop begins, and ready is closed once the next run is ready.
+type daemon struct {
+	t      *testing.T
+	dir    string
+	socket string
+	db     string
+	start  time.Time // the base of now()
+
+	mu      sync.Mutex
+	p       *proc
+	gen     int
+	ready   chan struct{} // closed when generation gen's daemon is ready
+	changed chan struct{} // closed when gen next grows
+	stopped []int64       // now() when each generation's daemon had exited
+}
+
+func newDaemon(t *testing.T) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), db: filepath.Join(dir, "db.sqlite"),
+		start: time.Now(), ready: make(chan struct{}), changed: make(chan struct{})}
+	d.p = d.run()
+	close(d.ready)
+	t.Cleanup(func() {
+		d.mu.Lock()
+		p := d.p
+		d.mu.Unlock()
+		select {
+		case <-p.exited:
+			return
+		default:
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(20 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return d
+}
+
+// now is the monotonic time since the daemon was created, in nanoseconds.
+func (d *daemon) now() int64 { return int64(time.Since(d.start)) }
+
+// run starts liminald serve and waits for READY=1 on NOTIFY_SOCKET.
+func (d *daemon) run() *proc {
+	t := d.t
+	t.Helper()
+	notifyPath := filepath.Join(d.dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { nl.Close(); os.Remove(notifyPath) }()
+	p := &proc{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(binary, "serve", "--socket", d.socket, "--db", d.db)
+	p.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+notifyPath, "HOME="+d.dir)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	buf := make([]byte, 4096)
+	for {
+		nl.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := nl.Read(buf)
+		if err != nil {
+			p.cmd.Process.Kill()
+			<-p.exited
+			t.Fatalf("waiting for READY=1: %v\nstderr:\n%s", err, p.stderr.String())
+		}
+		if strings.HasPrefix(string(buf[:n]), "READY=1") {
+			return p
+		}
+	}
+}
+
+// restart stops the running daemon with sig, checks its exit (SIGTERM: code
+// 0), and starts it again on the same database. It returns now() at the
+// moment the old daemon was seen to have exited: no call can take effect
+// in the stopped run after it.
+func (d *daemon) restart(sig syscall.Signal) int64 {
+	t := d.t
+	t.Helper()
+	d.mu.Lock()
+	p := d.p
+	d.gen++
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.ready = make(chan struct{})
+	ready := d.ready
+	d.mu.Unlock()
+
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	code := p.exitCode(t)
+	stoppedAt := d.now()
+	if sig == syscall.SIGTERM && code != 0 {
+		t.Fatalf("SIGTERM: exit code %d, want 0\nstderr:\n%s", code, p.stderr.String())
+	}
+	np := d.run()
+	d.mu.Lock()
+	d.p = np
+	d.stopped = append(d.stopped, stoppedAt)
+	d.mu.Unlock()
+	close(ready)
+	return stoppedAt
+}
+
+// connect dials the current daemon, waiting for a restart to finish when
+// one is under way. It returns the client and the generation it belongs
+// to.
+func (d *daemon) connect(ctx context.Context) (*ipc.Client, int, error) {
+	for {
+		d.mu.Lock()
+		gen, ready := d.gen, d.ready
+		d.mu.Unlock()
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+		c, err := ipc.Dial(ctx, d.socket)
+		if err == nil {
+			return c, gen, nil
+		}
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+		// The daemon of gen may have just been stopped: wait for the next.
+		if err := d.awaitAfter(ctx, gen); err != nil {
+			return nil, 0, fmt.Errorf("dial %s in generation %d: %v", d.socket, gen, err)
+		}
+	}
+}
+
+// awaitAfter waits until a generation after gen has begun. It gives up
+// after 30 s: a connection that breaks while no restart is under way is a
+// failure.
+func (d *daemon) awaitAfter(ctx context.Context, gen int) error {
+	d.mu.Lock()
+	cur, changed := d.gen, d.changed
+	d.mu.Unlock()
+	if cur > gen {
+		return nil
+	}
+	select {
+	case <-changed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("connection broke with no restart under way")
+	}
+}
+
+// runCheck runs liminald check --db --json and fails the test unless it
+// passes.
+func (d *daemon) runCheck() string {
+	t := d.t
+	t.Helper()
+	cmd := exec.Command(binary, "check", "--db", d.db, "--json")
+	cmd.Env = append(cleanEnv(), "HOME="+d.dir)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("liminald check: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), `"ok":true`) {
+		t.Fatalf("liminald check --json: %s", stdout.String())
+	}
+	return strings.TrimSpace(stdout.String())
+}
+
+// isReply reports whether err is a reply of the daemon (an *ipc.Error)
+// rather than a broken connection.
+func isReply(err error) (*ipc.Error, bool) {
+	var e *ipc.Error
+	if errors.As(err, &e) {
+		return e, true
+	}
+	return nil, false
+}
+
+// outcomeUnknown reports whether a call that returned err may or may not
+// have taken effect: a broken connection, or shutting_down (which the
+// daemon answers without writing, but a client treats like the others).
+func outcomeUnknown(err error) bool {
+	if err == nil {
+		return false
+	}
+	e, ok := isReply(err)
+	return !ok || e.Code == ipc.CodeShuttingDown
+}
