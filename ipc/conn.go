@@ -35,6 +35,9 @@ type conn struct {
 	pending chan *slot
 	// pushes are the subscriptions' lines, for the writer.
 	pushes chan push
+	// catchUpTurn is held by the subscription whose catch-up reads a page
+	// and hands it to the writer: one page in hand per connection.
+	catchUpTurn chan struct{}
 
 	// ctx ends the connection's subscriptions, and its store calls when
 	// Shutdown stops waiting or the connection broke.
@@ -74,20 +77,24 @@ type slot struct {
 type push struct {
 	sub *subscription
 	buf []byte
+	// written, when set, is closed once buf was handed to the socket's
+	// buffer (or dropped).
+	written chan struct{}
 }
 
 func newConn(s *Server, nc net.Conn, id uint64) *conn {
 	c := &conn{
-		srv:        s,
-		nc:         nc,
-		log:        s.log.With("conn", id, "remote", remoteName(nc)),
-		free:       make(chan *slot, MaxInflight),
-		pending:    make(chan *slot, MaxInflight),
-		pushes:     make(chan push, s.subBuffer),
-		writerDone: make(chan struct{}),
-		lr:         newLineReader(nc, 16<<10),
-		chains:     make(map[string]chan struct{}),
-		active:     make(map[int64]*subscription),
+		srv:         s,
+		nc:          nc,
+		log:         s.log.With("conn", id, "remote", remoteName(nc)),
+		free:        make(chan *slot, MaxInflight),
+		pending:     make(chan *slot, MaxInflight),
+		pushes:      make(chan push, s.subBuffer),
+		catchUpTurn: make(chan struct{}, 1),
+		writerDone:  make(chan struct{}),
+		lr:          newLineReader(nc, 16<<10),
+		chains:      make(map[string]chan struct{}),
+		active:      make(map[int64]*subscription),
 	}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	for range MaxInflight {
@@ -331,6 +338,9 @@ func (c *conn) writeLoop() {
 		case p, ok := <-pushes:
 			if ok {
 				c.writePush(p)
+				if p.written != nil {
+					close(p.written)
+				}
 			} else {
 				pushes = nil
 			}
@@ -347,6 +357,9 @@ func (c *conn) writeLoop() {
 		case p, ok := <-pushes:
 			if ok {
 				c.writePush(p)
+				if p.written != nil {
+					close(p.written)
+				}
 			} else {
 				pushes = nil
 			}

@@ -13,6 +13,10 @@ import (
 // always holds at least one, and next_seq says where to read on.
 const maxReadReply = 4 << 20
 
+// readFirstPage is how many events a read takes from the store first; each
+// next page is twice as large.
+const readFirstPage = 16
+
 // exec runs request r, of any op but subscribe and unsubscribe (which
 // belong to a connection), and appends its whole reply line to dst.
 func (s *Server) exec(ctx context.Context, r *request, dst []byte) []byte {
@@ -117,22 +121,34 @@ func (s *Server) state(ctx context.Context, r *request, dst []byte) ([]byte, err
 }
 
 func (s *Server) read(ctx context.Context, r *request, dst []byte) ([]byte, error) {
-	events, err := s.store.Events(ctx, r.conv, r.fromSeq, r.limit)
-	if err != nil {
-		return dst, err
-	}
-	next := r.fromSeq
+	// The events are read a page at a time, a page that starts small and
+	// grows only while the events are small, so that a read of large events
+	// never holds more of them than its reply can carry.
+	next, left, page := r.fromSeq, r.limit, readFirstPage
 	dst = append(dst, `,"events":[`...)
-	start := len(dst)
-	for i := range events {
-		if i > 0 {
-			if len(dst)-start > maxReadReply {
-				break
-			}
-			dst = append(dst, ',')
+	start, full := len(dst), false
+	for left > 0 && !full {
+		want := min(page, left)
+		events, err := s.store.Events(ctx, r.conv, next, want)
+		if err != nil {
+			return dst, err
 		}
-		dst = events[i].AppendJSON(dst)
-		next = events[i].Seq + 1
+		for i := range events {
+			if len(dst) > start {
+				if len(dst)-start > maxReadReply {
+					full = true
+					break
+				}
+				dst = append(dst, ',')
+			}
+			dst = events[i].AppendJSON(dst)
+			next = events[i].Seq + 1
+			left--
+		}
+		if len(events) < want {
+			break // the end of the conversation
+		}
+		page *= 2
 	}
 	dst = append(dst, ']')
 	return appendInt(dst, "next_seq", next), nil

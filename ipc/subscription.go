@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"context"
+	"math"
 	"sync/atomic"
 
 	"liminald/conversation"
@@ -10,6 +11,14 @@ import (
 // catchUpPage is how many events a subscription reads from the log at a
 // time while it catches up.
 const catchUpPage = 256
+
+// catchUpFirstPage is the size of a catch-up's first page; the next ones
+// grow to catchUpPage while the events are small.
+const catchUpFirstPage = 32
+
+// catchUpPushBytes is the most a catch-up push carries, unless one event
+// is larger.
+const catchUpPushBytes = 256 << 10
 
 // subscription is a subscribe request's feed to its connection. Its
 // goroutine (run) answers the request, catches up from the log, then
@@ -22,6 +31,9 @@ type subscription struct {
 	// unsubscribed is set by unsubscribe: the writer drops its pushes still
 	// queued, so that none follows the unsubscribe reply.
 	unsubscribed atomic.Bool
+	// counted is set while the subscription is in the server's count of
+	// subscribers; release takes it out, once.
+	counted atomic.Bool
 
 	conv    string // "" for every conversation
 	hasFrom bool   // catch up from fromSeq (conv only) or fromPos first
@@ -78,9 +90,18 @@ func (c *conn) unsubscribe(dst []byte, r *request) []byte {
 	c.mu.Unlock()
 	if s != nil {
 		s.unsubscribed.Store(true)
+		s.release() // now, so that a stats after the reply counts it out
 		s.cancel()
 	}
 	return appendEnd(appendOK(dst, r.id))
+}
+
+// release takes the subscription out of the server's count of
+// subscribers, if it is in it.
+func (s *subscription) release() {
+	if s.counted.CompareAndSwap(true, false) {
+		s.c.srv.subscribers.Add(-1)
+	}
 }
 
 // run answers the subscribe request in sl, then pushes events until the
@@ -94,9 +115,10 @@ func (s *subscription) run(sl *slot, after []chan struct{}, done chan struct{}) 
 		// then in the log pages, in the feed, or in both.
 		live = srv.store.Subscribe(srv.subBuffer)
 		srv.subscribers.Add(1)
+		s.counted.Store(true)
 		defer func() {
 			live.Close()
-			srv.subscribers.Add(-1)
+			s.release()
 		}()
 	}
 	if done != nil {
@@ -136,41 +158,68 @@ func (s *subscription) end() {
 // by page, at the client's pace. A live feed that overflows meanwhile is
 // replaced by a new one: the pages still to read cover what it dropped.
 // Returns the live feed to follow, and false if the subscription ended.
+//
+// Memory is bounded whatever the events' size and however many
+// subscriptions a connection that does not read opens: the catch-ups of a
+// connection take turns, each holding one page and one push until the push
+// is written; a page starts small and grows only while its events are
+// small, and a push carries at most catchUpPushBytes (or one event).
 func (s *subscription) catchUp(live Subscription) (Subscription, bool) {
 	srv := s.c.srv
 	seq, pos := s.fromSeq, s.fromPos
+	limit := catchUpFirstPage
 	for {
 		if live.Lagged() {
 			live.Close()
 			live = srv.store.Subscribe(srv.subBuffer)
 		}
+		select {
+		case s.c.catchUpTurn <- struct{}{}:
+		case <-s.ctx.Done():
+			return live, false
+		}
 		var page []conversation.Event
 		var err error
 		if s.byPos {
-			page, err = srv.store.EventsFrom(s.ctx, pos, catchUpPage)
+			page, err = srv.store.EventsFrom(s.ctx, pos, limit)
 		} else {
-			page, err = srv.store.Events(s.ctx, s.conv, seq, catchUpPage)
+			page, err = srv.store.Events(s.ctx, s.conv, seq, limit)
 		}
 		if err != nil {
+			<-s.c.catchUpTurn
 			if s.ctx.Err() == nil {
 				s.c.log.Warn("subscription catch-up failed", "sub", s.id, "err", err)
 				s.lag()
 			}
 			return live, false
 		}
-		buf, cursor, nextSeq := s.pushes(page)
+		buf, n, cursor, nextSeq := s.pushesUpTo(page, catchUpPushBytes)
 		if len(buf) > 0 {
+			written := make(chan struct{})
 			select {
-			case s.c.pushes <- push{s, buf}:
+			case s.c.pushes <- push{sub: s, buf: buf, written: written}:
 				s.delivered(cursor, nextSeq)
 			case <-s.ctx.Done():
+				<-s.c.catchUpTurn
+				return live, false
+			}
+			select { // one catch-up push queued per connection
+			case <-written:
+			case <-s.ctx.Done():
+				<-s.c.catchUpTurn
 				return live, false
 			}
 		}
-		if len(page) < catchUpPage {
+		<-s.c.catchUpTurn
+		if n == len(page) && len(page) < limit {
 			return live, true
 		}
-		last := &page[len(page)-1]
+		if n < len(page) {
+			limit = max(n, 1) // large events: read fewer at a time
+		} else {
+			limit = min(2*limit, catchUpPage)
+		}
+		last := &page[n-1]
 		seq, pos = last.Seq+1, last.Pos+1
 		if s.byPos {
 			s.resume = max(s.resume, pos)
@@ -181,14 +230,22 @@ func (s *subscription) catchUp(live Subscription) (Subscription, bool) {
 // pushes returns the push lines of the events the subscription wants, and
 // where it will stand once they are delivered.
 func (s *subscription) pushes(events []conversation.Event) (buf []byte, cursor, nextSeq int64) {
+	buf, _, cursor, nextSeq = s.pushesUpTo(events, math.MaxInt)
+	return buf, cursor, nextSeq
+}
+
+// pushesUpTo is pushes for the first n events of events, as many as fit in
+// maxBytes (at least one).
+func (s *subscription) pushesUpTo(events []conversation.Event, maxBytes int) (buf []byte, n int, cursor, nextSeq int64) {
 	cursor, nextSeq = s.cursor, s.nextSeq
-	for i := range events {
-		if e := &events[i]; s.wants(e, cursor, nextSeq) {
+	for n < len(events) && (n == 0 || len(buf) < maxBytes) {
+		if e := &events[n]; s.wants(e, cursor, nextSeq) {
 			buf = appendPush(buf, s.id, e)
 			cursor, nextSeq = e.Pos+1, e.Seq+1
 		}
+		n++
 	}
-	return buf, cursor, nextSeq
+	return buf, n, cursor, nextSeq
 }
 
 // follow pushes the live batches, skipping what catch-up delivered, until
@@ -219,7 +276,7 @@ func (s *subscription) follow(live Subscription) {
 		buf, cursor, nextSeq := s.pushes(batch)
 		if len(buf) > 0 {
 			select {
-			case s.c.pushes <- push{s, buf}:
+			case s.c.pushes <- push{sub: s, buf: buf}:
 				s.delivered(cursor, nextSeq)
 			default:
 				s.lag()
@@ -254,7 +311,7 @@ func (s *subscription) lag() {
 	}
 	s.c.log.Debug("subscription lagged", "sub", s.id, "next_pos", max(s.resume, 0))
 	select {
-	case s.c.pushes <- push{s, appendLagged(nil, s.id, max(s.resume, 0), nextSeq)}:
+	case s.c.pushes <- push{sub: s, buf: appendLagged(nil, s.id, max(s.resume, 0), nextSeq)}:
 	case <-s.ctx.Done():
 	}
 }

@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bufio"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The fault tests run the real daemon against faults of its environment:
+// its filesystem, its clients and its process limits.
+
+// TestFaults_ReadOnlyDatabase makes the database's filesystem read-only
+// under the running daemon: writes get unavailable, reads keep working, and
+// writes work again once it is writable, without a restart.
+func TestFaults_ReadOnlyDatabase(t *testing.T) {
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "fs")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=16m"); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root in a mount namespace that allows it): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(mnt, "db"))
+	c := dialRaw(t, d.socket)
+	if line, m := c.do(`{"op":"receive","conversation":"c","message_id":"m0"}`); m["ok"] != true {
+		t.Fatalf("receive: %s", line)
+	}
+	err := syscall.Mount("", mnt, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "")
+	if errors.Is(err, syscall.EBUSY) {
+		// Linux counts every file open for writing as a writer of the
+		// mount and refuses to make it read-only while one is open: a
+		// running SQLite never sees its filesystem turn read-only this way.
+		t.Skipf("remount read-only refused while the daemon holds the database open for writing (EBUSY): Linux never turns a filesystem read-only under an open writer")
+	}
+	if err != nil {
+		t.Skipf("cannot remount read-only: %v", err)
+	}
+	remounted := true
+	defer func() {
+		if remounted {
+			syscall.Mount("", mnt, "", syscall.MS_REMOUNT, "")
+		}
+	}()
+	line, m := c.do(`{"op":"receive","conversation":"c","message_id":"m1"}`)
+	if errCode(m) != "unavailable" || !strings.Contains(line, `"retryable":true`) {
+		t.Errorf("write on a read-only filesystem: %s, want unavailable, retryable", line)
+	}
+	for _, req := range []string{
+		`{"op":"decide","conversation":"c","message_id":"m0"}`,
+		`{"op":"state","conversation":"c"}`,
+		`{"op":"read","conversation":"c"}`,
+	} {
+		if line, m := c.do(req); m["ok"] != true {
+			t.Errorf("read on a read-only filesystem: %s -> %s", req, line)
+		}
+	}
+	if err := syscall.Mount("", mnt, "", syscall.MS_REMOUNT, ""); err != nil {
+		t.Fatalf("remount read-write: %v", err)
+	}
+	remounted = false
+	if line, m := c.do(`{"op":"receive","conversation":"c","message_id":"m1"}`); m["ok"] != true {
+		t.Errorf("write after the remount read-write: %s", line)
+	}
+	d.stop()
+	if out, stderr, code := runCLI(t, d, "check"); code != 0 {
+		t.Errorf("check: %s %s", out, stderr)
+	}
+}
+
+// TestFaults_DatabaseDirectoryRemoved removes the database's directory
+// under the running daemon: it neither crashes nor hangs, every write it
+// acknowledged is still served, and it shuts down cleanly.
+func TestFaults_DatabaseDirectoryRemoved(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dataDir, "db"))
+	c := dialRaw(t, d.socket)
+	acked := map[string]bool{}
+	write := func(msg string) string {
+		line, m := c.do(fmt.Sprintf(`{"op":"receive","conversation":"c","message_id":%q}`, msg))
+		switch {
+		case m["ok"] == true:
+			acked[msg] = true
+		case errCode(m) != "unavailable":
+			t.Errorf("write %s: %s, want ok or unavailable", msg, line)
+		}
+		return line
+	}
+	for i := range 10 {
+		write(fmt.Sprintf("before-%d", i))
+	}
+	if err := os.RemoveAll(dataDir); err != nil {
+		t.Fatal(err)
+	}
+	var after []string
+	for i := range 10 {
+		after = append(after, write(fmt.Sprintf("after-%d", i)))
+	}
+	t.Logf("writes after the directory went: first %s, last %s", after[0], after[len(after)-1])
+	if line, _ := c.do(`{"id":1,"op":"ping"}`); line != `{"id":1,"ok":true}` {
+		t.Errorf("ping: %s", line)
+	}
+	line, m := c.do(`{"op":"read","conversation":"c"}`)
+	if m["ok"] != true {
+		t.Fatalf("read: %s", line)
+	}
+	for msg := range acked {
+		if !strings.Contains(line, fmt.Sprintf(`"message_id":%q`, msg)) {
+			t.Errorf("acknowledged write %s is not served any more", msg)
+		}
+	}
+	t.Logf("%d writes acknowledged; stats: %s", len(acked), func() string { l, _ := c.do(`{"op":"stats"}`); return l }())
+	d.signal(syscall.SIGTERM)
+	d.expectNotify("STOPPING=1")
+	if code := d.wait(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM\n%s", code, d.stderr.String())
+	}
+}
+
+// TestFaults_ClientStopsMidLine: a client that sends half a line and goes
+// silent holds up nobody, and is answered once it completes the line.
+func TestFaults_ClientStopsMidLine(t *testing.T) {
+	d := startDaemon(t)
+	stuck := dialRaw(t, d.socket)
+	stuck.send(`{"id":"half","op":"rec`)
+	for i := range 20 {
+		c := dialRaw(t, d.socket)
+		if line, m := c.do(fmt.Sprintf(`{"op":"receive","conversation":"c","message_id":"m%d"}`, i)); m["ok"] != true {
+			t.Fatalf("another client: %s", line)
+		}
+	}
+	stuck.send(`eive","conversation":"c","message_id":"late"}` + "\n")
+	if line, m := stuck.reply(); m["ok"] != true || !strings.HasPrefix(line, `{"id":"half",`) || !strings.Contains(line, `"seq":20`) {
+		t.Errorf("completed half line: %s, want ok at seq 20", line)
+	}
+}
+
+// TestFaults_ClientNeverReads: a client that pipelines requests for far
+// more bytes than the daemon may buffer and never reads them holds up
+// nobody, and the daemon's memory stays bounded.
+func TestFaults_ClientNeverReads(t *testing.T) {
+	d := startDaemon(t)
+	w := dialRaw(t, d.socket)
+	// 32 events of 512 KiB in each of 4 conversations: 64 MiB of log.
+	out := base64.StdEncoding.EncodeToString(make([]byte, 512<<10))
+	const convs, steps = 4, 32
+	for cv := range convs {
+		if line, m := w.do(fmt.Sprintf(`{"op":"receive","conversation":"c%d","message_id":"m"}`, cv)); m["ok"] != true {
+			t.Fatalf("receive: %s", line)
+		}
+		w.do(fmt.Sprintf(`{"op":"start","conversation":"c%d","message_id":"m"}`, cv))
+		for i := range steps {
+			if line, m := w.do(fmt.Sprintf(`{"op":"step","conversation":"c%d","message_id":"m","step_index":%d,"output":%q}`, cv, i, out)); m["ok"] != true {
+				t.Fatalf("step: %.200s", line)
+			}
+		}
+	}
+	rssBefore := rssMiB(t, d)
+
+	// The stuck client subscribes to the whole log 100 times over, and
+	// pipelines reads of two events each, and reads nothing. (Reads of
+	// 10000 events are bounded by design at MaxInflight replies of about
+	// 4 MiB each, some 256 MiB of buffers per connection, which is more
+	// than this test's bound once garbage collection is counted.)
+	stuck, err := net.Dial("unix", d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	var asked int64
+	var b strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&b, `{"op":"read","conversation":"c%d","limit":2}`+"\n", i%convs)
+		fmt.Fprintf(&b, `{"op":"subscribe","from_pos":0}`+"\n")
+		asked += (2 + convs*steps) * int64(len(out))
+	}
+	sent := make(chan error, 1)
+	go func() {
+		stuck.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		_, err := stuck.Write([]byte(b.String()))
+		sent <- err
+	}()
+
+	// Others are served meanwhile, and the daemon's memory stays bounded.
+	peak := rssBefore
+	c := dialRaw(t, d.socket)
+	deadline := time.Now().Add(3 * time.Second)
+	for i := 0; time.Now().Before(deadline) || i < 50; i++ {
+		if line, m := c.do(fmt.Sprintf(`{"op":"receive","conversation":"other","message_id":"m%d"}`, i)); m["ok"] != true {
+			t.Fatalf("another client while one does not read: %s", line)
+		}
+		if line, m := c.do(`{"op":"read","conversation":"c0","from_seq":10,"limit":1}`); m["ok"] != true || !strings.Contains(line, `"seq":10`) {
+			t.Fatalf("another client's read: %.200s", line)
+		}
+		peak = max(peak, rssMiB(t, d))
+	}
+	select {
+	case err := <-sent:
+		t.Logf("the stuck client's requests were all written (err %v)", err)
+	default:
+		t.Logf("the stuck client's requests are not all read by the daemon (back-pressure)")
+	}
+	_, st := c.do(`{"op":"stats"}`)
+	t.Logf("subscribers: %v", st["subscribers"])
+	t.Logf("daemon RSS: %d MiB before, %d MiB peak while a client asked for %d MiB and read nothing", rssBefore, peak, asked>>20)
+	if peak > 300 {
+		t.Errorf("daemon RSS peaked at %d MiB, want at most 300 MiB", peak)
+	}
+}
+
+// rssMiB is the daemon's resident set size in MiB.
+func rssMiB(t *testing.T, d *daemonProc) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb >> 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestFaults_ThousandConnections: 1000 concurrent connections are each
+// served.
+func TestFaults_ThousandConnections(t *testing.T) {
+	const n = 1000
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur < n+100 {
+		want := lim
+		want.Cur = min(max(lim.Max, lim.Cur), n+200)
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil || want.Cur < n+100 {
+			t.Skipf("cannot raise RLIMIT_NOFILE to %d: %v", n+100, err)
+		}
+		t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
+	}
+	d := startDaemon(t, "--max-connections", "2000")
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = dialRaw(t, d.socket)
+	}
+	for i, c := range conns {
+		c.send(fmt.Sprintf(`{"id":%d,"op":"ping"}`+"\n", i))
+	}
+	for i, c := range conns {
+		if line, _ := c.reply(); line != fmt.Sprintf(`{"id":%d,"ok":true}`, i) {
+			t.Fatalf("connection %d: %s", i, line)
+		}
+	}
+	if line, m := conns[0].do(`{"op":"stats"}`); fmt.Sprint(m["connections"]) != strconv.Itoa(n) {
+		t.Errorf("stats with %d connections open: %s", n, line)
+	}
+}
+
+// TestFaults_FileDescriptorLimit: a daemon out of file descriptors keeps
+// serving its connections, does not spin, and accepts again once some
+// close.
+func TestFaults_FileDescriptorLimit(t *testing.T) {
+	dir := t.TempDir()
+	d := newDaemonProc(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"))
+	env := d.cmd.Env
+	d.cmd = exec.Command("/bin/sh", "-c", `ulimit -n 64 && exec "$0" "$@"`, binary, "serve", "--socket", d.socket, "--db", d.db)
+	d.cmd.Env = env
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
+	t.Cleanup(d.stop)
+	d.expectNotify("READY=1")
+
+	// Open connections until one is not accepted.
+	var served []net.Conn
+	var pending *bufio.Reader
+	var pendingConn net.Conn
+	for len(served) < 64 && pending == nil {
+		nc, err := net.Dial("unix", d.socket)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		r := bufio.NewReader(nc)
+		nc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := nc.Write([]byte(`{"op":"ping"}` + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		line, err := r.ReadString('\n')
+		switch {
+		case err == nil && strings.Contains(line, `"ok":true`):
+			served = append(served, nc)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			pending, pendingConn = r, nc
+		default:
+			t.Fatalf("connection %d: %q %v", len(served), line, err)
+		}
+	}
+	if pending == nil {
+		t.Fatalf("%d connections served under ulimit -n 64", len(served))
+	}
+	t.Logf("%d connections served, the next one waits to be accepted", len(served))
+	if !strings.Contains(d.stderr.String(), "accept failed") {
+		t.Errorf("no accept failure logged:\n%s", d.stderr.String())
+	}
+
+	// The daemon does not spin while it cannot accept: measure its CPU time
+	// over a second of waiting on the pending connection.
+	cpu0 := cpuTicks(t, d)
+	pendingConn.SetReadDeadline(time.Now().Add(time.Second))
+	if line, err := pending.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("pending connection answered with every descriptor in use: %q %v", line, err)
+	}
+	if used := cpuTicks(t, d) - cpu0; used > 30 {
+		t.Errorf("the daemon used %d ticks of CPU in a second while it could not accept", used)
+	}
+	for i, nc := range served {
+		nc.SetDeadline(time.Now().Add(5 * time.Second))
+		nc.Write([]byte(`{"op":"ping"}` + "\n"))
+		if line, err := bufio.NewReader(nc).ReadString('\n'); err != nil || !strings.Contains(line, `"ok":true`) {
+			t.Fatalf("served connection %d with descriptors exhausted: %q %v", i, line, err)
+		}
+	}
+
+	// Closing some lets the pending one in.
+	for _, nc := range served[:4] {
+		nc.Close()
+	}
+	pendingConn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := pending.ReadString('\n'); err != nil || !strings.Contains(line, `"ok":true`) {
+		t.Fatalf("pending connection after others closed: %q %v\n%s", line, err, d.stderr.String())
+	}
+	if line, _ := dialRaw(t, d.socket).do(`{"id":1,"op":"ping"}`); line != `{"id":1,"ok":true}` {
+		t.Errorf("new connection: %s", line)
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(); code != 0 {
+		t.Errorf("exit code %d\n%s", code, d.stderr.String())
+	}
+}
+
+// cpuTicks is the daemon's user and system CPU time, in clock ticks.
+func cpuTicks(t *testing.T, d *daemonProc) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return utime + stime
+}
