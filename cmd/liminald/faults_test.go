@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -371,4 +372,109 @@ func cpuTicks(t *testing.T, d *daemonProc) int64 {
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return utime + stime
+}
+
+// TestFaults_DiskFullUnderLoad fills a real filesystem (a tmpfs, so it needs
+// root) under concurrent clients: their writes get unavailable (retryable),
+// reads keep working, nothing acknowledged is lost, and once space is freed
+// the refused writes succeed when retried, with no restart.
+func TestFaults_DiskFullUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "fs")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=6m"); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	filler := filepath.Join(mnt, "filler")
+	if err := os.WriteFile(filler, make([]byte, 3<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(mnt, "db"))
+	output := strings.Repeat("QUFB", 1024) // 3 KiB of "AAA"
+	type ack struct {
+		conv string
+		seq  string
+		line string
+	}
+	const clients = 8
+	var mu sync.Mutex
+	var acks []ack
+	refused := make([]string, clients) // each client's request that got unavailable
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := dialRaw(t, d.socket)
+			conv := fmt.Sprintf("c%d", w)
+			for i := 0; i < 10000 && refused[w] == ""; i++ {
+				m := fmt.Sprintf("m%d", i)
+				for _, req := range []string{
+					fmt.Sprintf(`{"op":"receive","conversation":%q,"message_id":%q}`, conv, m),
+					fmt.Sprintf(`{"op":"start","conversation":%q,"message_id":%q}`, conv, m),
+					fmt.Sprintf(`{"op":"step","conversation":%q,"message_id":%q,"step_index":0,"output":%q}`, conv, m, output),
+					fmt.Sprintf(`{"op":"finish","conversation":%q,"message_id":%q}`, conv, m),
+				} {
+					line, r := c.do(req)
+					if errCode(r) == "unavailable" {
+						if !strings.Contains(line, `"retryable":true`) {
+							t.Errorf("full disk: %s, want retryable", line)
+						}
+						refused[w] = req
+						break
+					}
+					if r["ok"] != true {
+						t.Errorf("%s: %s", req, line)
+						return
+					}
+					if seq, ok := r["seq"]; ok {
+						mu.Lock()
+						acks = append(acks, ack{conv, fmt.Sprint(seq), req})
+						mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for w, req := range refused {
+		if req == "" {
+			t.Fatalf("client %d never saw the disk full", w)
+		}
+	}
+	c := dialRaw(t, d.socket)
+	if line, r := c.do(`{"op":"decide","conversation":"c0","message_id":"m0"}`); r["ok"] != true {
+		t.Errorf("decide while the disk is full: %s", line)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	for w, req := range refused {
+		if line, r := c.do(req); r["ok"] != true {
+			t.Errorf("client %d's refused write, retried after freeing space: %s", w, line)
+		}
+	}
+	// Every acknowledged write is in its conversation's log at its seq.
+	for _, a := range acks {
+		line, r := c.do(fmt.Sprintf(`{"op":"read","conversation":%q,"from_seq":%s,"limit":1}`, a.conv, a.seq))
+		events, _ := r["events"].([]any)
+		if len(events) != 1 {
+			t.Fatalf("acknowledged %s at seq %s lost: %s", a.line, a.seq, line)
+		}
+		e, _ := events[0].(map[string]any)
+		if !strings.Contains(a.line, fmt.Sprintf(`"message_id":%q`, e["message_id"])) {
+			t.Fatalf("seq %s of %s holds %v, acknowledged %s", a.seq, a.conv, e, a.line)
+		}
+	}
+	t.Logf("%d acknowledged writes verified after the disk filled under %d clients", len(acks), clients)
+	d.stop()
+	if out, stderr, code := runCLI(t, d, "check"); code != 0 {
+		t.Errorf("check after the disk filled: %s %s", out, stderr)
+	}
 }
