@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"liminald/internal/daemontest"
 	"liminald/ipc"
 )
 
@@ -22,49 +23,24 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "liminald-reliability")
+	bin, cleanup, err := daemontest.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "liminald")
-	build := exec.Command("go", "build", "-o", binary, "liminald/cmd/liminald")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build liminald:", err)
-		os.Exit(1)
-	}
+	binary = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
 // long reports whether the long variants run (LIMINALD_LONG=1).
 func long() bool { return os.Getenv("LIMINALD_LONG") == "1" }
 
-// syncBuffer is a bytes.Buffer safe to share between the daemon's stderr
-// copier and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is one run of liminald serve.
 type proc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *daemontest.Buffer
 	exited chan struct{}
 	err    error // cmd.Wait's, once exited is closed
 }
@@ -159,7 +135,7 @@ func (d *daemon) run() *proc {
 		t.Fatal(err)
 	}
 	defer func() { nl.Close(); os.Remove(notifyPath) }()
-	p := &proc{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{stderr: &daemontest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, "serve", "--socket", d.socket, "--db", d.db)
 	p.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+notifyPath, "HOME="+d.dir)
 	p.cmd.Stderr = p.stderr

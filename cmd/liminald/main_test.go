@@ -10,10 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"liminald/internal/daemontest"
 )
 
 // The end-to-end tests run the real liminald binary, built once by
@@ -24,20 +25,14 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "liminald-e2e")
+	bin, cleanup, err := daemontest.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "liminald")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build liminald:", err)
-		os.Exit(1)
-	}
+	binary = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
@@ -48,29 +43,10 @@ type daemonProc struct {
 	socket string
 	db     string
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *daemontest.Buffer
 	notify *net.UnixConn // the NOTIFY_SOCKET the daemon reports to
 	exited chan struct{}
 	err    error // cmd.Wait's, once exited is closed
-}
-
-// syncBuffer is a bytes.Buffer safe for the daemon's stderr copier and the
-// test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startDaemon starts liminald serve with args (after serve) in a new
@@ -101,7 +77,7 @@ func newDaemonProc(t *testing.T, dir, socket, db string, args ...string) *daemon
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nl.Close() })
-	d := &daemonProc{t: t, dir: dir, socket: socket, db: db, stderr: &syncBuffer{}, notify: nl, exited: make(chan struct{})}
+	d := &daemonProc{t: t, dir: dir, socket: socket, db: db, stderr: &daemontest.Buffer{}, notify: nl, exited: make(chan struct{})}
 	d.cmd = exec.Command(binary, append([]string{"serve", "--socket", socket, "--db", db}, args...)...)
 	d.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+notifyPath, "HOME="+dir)
 	d.cmd.Stderr = d.stderr
