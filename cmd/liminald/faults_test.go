@@ -20,43 +20,66 @@ import (
 // The fault tests run the real daemon against faults of its environment:
 // its filesystem, its clients and its process limits.
 
-// TestFaults_ReadOnlyDatabase makes the database's filesystem read-only
-// under the running daemon: writes get unavailable, reads keep working, and
-// writes work again once it is writable, without a restart.
+// TestFaults_ReadOnlyDatabase turns the database's filesystem read-only
+// under the running daemon, the way the kernel does after an I/O error
+// (ext4 with errors=remount-ro, on a loop device, its error triggered
+// through sysfs): writes get a retryable unavailable, reads keep working,
+// the daemon stops cleanly, and once the filesystem is repaired a restarted
+// daemon has every acknowledged write and takes writes again. (Linux
+// refuses a plain remount read-only while SQLite holds files open for
+// writing, so the error path is the way a filesystem turns read-only under
+// a running daemon.) Needs root, losetup, mkfs.ext4 and e2fsck.
 func TestFaults_ReadOnlyDatabase(t *testing.T) {
+	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed", tool)
+		}
+	}
 	dir := t.TempDir()
-	mnt := filepath.Join(dir, "fs")
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "fs")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=16m"); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root in a mount namespace that allows it): %v", err)
+	if f, err := os.Create(img); err != nil || f.Truncate(32<<20) != nil || f.Close() != nil {
+		t.Fatalf("create the image: %v", err)
 	}
-	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
-	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(mnt, "db"))
-	c := dialRaw(t, d.socket)
-	if line, m := c.do(`{"op":"receive","conversation":"c","message_id":"m0"}`); m["ok"] != true {
-		t.Fatalf("receive: %s", line)
-	}
-	err := syscall.Mount("", mnt, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "")
-	if errors.Is(err, syscall.EBUSY) {
-		// Linux counts every file open for writing as a writer of the
-		// mount and refuses to make it read-only while one is open: a
-		// running SQLite never sees its filesystem turn read-only this way.
-		t.Skipf("remount read-only refused while the daemon holds the database open for writing (EBUSY): Linux never turns a filesystem read-only under an open writer")
-	}
-	if err != nil {
-		t.Skipf("cannot remount read-only: %v", err)
-	}
-	remounted := true
-	defer func() {
-		if remounted {
-			syscall.Mount("", mnt, "", syscall.MS_REMOUNT, "")
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Skipf("%s %v: %v: %s (needs root and loop devices)", name, args, err, out)
 		}
-	}()
-	line, m := c.do(`{"op":"receive","conversation":"c","message_id":"m1"}`)
-	if errCode(m) != "unavailable" || !strings.Contains(line, `"retryable":true`) {
-		t.Errorf("write on a read-only filesystem: %s, want unavailable, retryable", line)
+		return strings.TrimSpace(string(out))
+	}
+	run("mkfs.ext4", "-q", "-F", img)
+	loop := run("losetup", "-f", "--show", img)
+	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	mount := func() {
+		t.Helper()
+		if err := syscall.Mount(loop, mnt, "ext4", 0, "errors=remount-ro"); err != nil {
+			t.Skipf("mount %s: %v", loop, err)
+		}
+	}
+	mount()
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+
+	socket, db := filepath.Join(dir, "s.sock"), filepath.Join(mnt, "db")
+	d := startDaemonIn(t, dir, socket, db)
+	c := dialRaw(t, d.socket)
+	for i := range 5 {
+		if line, m := c.do(fmt.Sprintf(`{"op":"receive","conversation":"c","message_id":"m%d"}`, i)); m["ok"] != true {
+			t.Fatalf("receive before the fault: %s", line)
+		}
+	}
+	trigger := filepath.Join("/sys/fs/ext4", filepath.Base(loop), "trigger_fs_error")
+	if err := os.WriteFile(trigger, []byte("1"), 0o200); err != nil {
+		t.Skipf("cannot trigger an ext4 error: %v", err)
+	}
+	for i := range 3 {
+		line, m := c.do(fmt.Sprintf(`{"op":"receive","conversation":"c","message_id":"late%d"}`, i))
+		if errCode(m) != "unavailable" || !strings.Contains(line, `"retryable":true`) {
+			t.Errorf("write on the read-only filesystem: %s, want unavailable, retryable", line)
+		}
 	}
 	for _, req := range []string{
 		`{"op":"decide","conversation":"c","message_id":"m0"}`,
@@ -64,19 +87,33 @@ func TestFaults_ReadOnlyDatabase(t *testing.T) {
 		`{"op":"read","conversation":"c"}`,
 	} {
 		if line, m := c.do(req); m["ok"] != true {
-			t.Errorf("read on a read-only filesystem: %s -> %s", req, line)
+			t.Errorf("read on the read-only filesystem: %s -> %s", req, line)
 		}
 	}
-	if err := syscall.Mount("", mnt, "", syscall.MS_REMOUNT, ""); err != nil {
-		t.Fatalf("remount read-write: %v", err)
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM on a read-only filesystem\n%s", code, d.stderr.String())
 	}
-	remounted = false
-	if line, m := c.do(`{"op":"receive","conversation":"c","message_id":"m1"}`); m["ok"] != true {
-		t.Errorf("write after the remount read-write: %s", line)
+
+	// Repaired, the filesystem takes the daemon again: every acknowledged
+	// write is there and writes work.
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
 	}
-	d.stop()
-	if out, stderr, code := runCLI(t, d, "check"); code != 0 {
-		t.Errorf("check: %s %s", out, stderr)
+	exec.Command("e2fsck", "-fy", loop).Run() // exit 1 means "errors corrected"
+	mount()
+	d2 := startDaemonIn(t, dir, socket, db)
+	c2 := dialRaw(t, d2.socket)
+	line, m := c2.do(`{"op":"state","conversation":"c"}`)
+	if counts, _ := m["messages"].(map[string]any); fmt.Sprint(counts["received"]) != "5" {
+		t.Errorf("after repair: %s, want the 5 acknowledged receives", line)
+	}
+	if line, m := c2.do(`{"op":"receive","conversation":"c","message_id":"after"}`); m["ok"] != true {
+		t.Errorf("write after repair: %s", line)
+	}
+	d2.stop()
+	if out, stderr, code := runCLI(t, d2, "check"); code != 0 {
+		t.Errorf("check after repair: %s %s", out, stderr)
 	}
 }
 
