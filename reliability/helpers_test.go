@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,17 +21,7 @@ import (
 // binary is the liminald binary TestMain builds.
 var binary string
 
-func TestMain(m *testing.M) {
-	bin, cleanup, err := daemontest.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = bin
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { daemontest.Main(m, &binary) }
 
 // long reports whether the long variants run (LIMINALD_LONG=1).
 func long() bool { return os.Getenv("LIMINALD_LONG") == "1" }
@@ -62,19 +51,6 @@ func (p *proc) exitCode(t *testing.T) int {
 		t.Fatal(p.err)
 	}
 	return 0
-}
-
-// cleanEnv is the environment without LIMINAL_*, systemd and XDG
-// variables, so that only what the test sets reaches the daemon.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "LIMINAL_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=") || strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "XDG_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
 }
 
 // daemon is a liminald that the test kills and restarts on one database
@@ -129,30 +105,27 @@ func (d *daemon) now() int64 { return int64(time.Since(d.start)) }
 func (d *daemon) run() *proc {
 	t := d.t
 	t.Helper()
-	notifyPath := filepath.Join(d.dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
-	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	nl, err := daemontest.ListenNotify(d.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { nl.Close(); os.Remove(notifyPath) }()
+	defer nl.Close()
 	p := &proc{stderr: &daemontest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, "serve", "--socket", d.socket, "--db", d.db)
-	p.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+notifyPath, "HOME="+d.dir)
+	p.cmd.Env = append(daemontest.Env(), "NOTIFY_SOCKET="+nl.Path, "HOME="+d.dir)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	buf := make([]byte, 4096)
 	for {
-		nl.SetReadDeadline(time.Now().Add(30 * time.Second))
-		n, err := nl.Read(buf)
+		state, err := nl.Next(30 * time.Second)
 		if err != nil {
 			p.cmd.Process.Kill()
 			<-p.exited
 			t.Fatalf("waiting for READY=1: %v\nstderr:\n%s", err, p.stderr.String())
 		}
-		if strings.HasPrefix(string(buf[:n]), "READY=1") {
+		if strings.HasPrefix(state, "READY=1") {
 			return p
 		}
 	}
@@ -244,7 +217,7 @@ func (d *daemon) runCheck() string {
 	t := d.t
 	t.Helper()
 	cmd := exec.Command(binary, "check", "--db", d.db, "--json")
-	cmd.Env = append(cleanEnv(), "HOME="+d.dir)
+	cmd.Env = append(daemontest.Env(), "HOME="+d.dir)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -24,17 +22,10 @@ import (
 
 var binary string
 
-func TestMain(m *testing.M) {
-	bin, cleanup, err := daemontest.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = bin
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { daemontest.Main(m, &binary) }
+
+// cleanEnv is the environment a test gives the processes it starts.
+var cleanEnv = daemontest.Env
 
 // daemonProc is a running liminald serve.
 type daemonProc struct {
@@ -44,7 +35,7 @@ type daemonProc struct {
 	db     string
 	cmd    *exec.Cmd
 	stderr *daemontest.Buffer
-	notify *net.UnixConn // the NOTIFY_SOCKET the daemon reports to
+	notify *daemontest.Notifier // the NOTIFY_SOCKET the daemon reports to
 	exited chan struct{}
 	err    error // cmd.Wait's, once exited is closed
 }
@@ -71,43 +62,27 @@ func startDaemonIn(t *testing.T, dir, socket, db string, args ...string) *daemon
 
 func newDaemonProc(t *testing.T, dir, socket, db string, args ...string) *daemonProc {
 	t.Helper()
-	notifyPath := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
-	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	nl, err := daemontest.ListenNotify(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nl.Close() })
 	d := &daemonProc{t: t, dir: dir, socket: socket, db: db, stderr: &daemontest.Buffer{}, notify: nl, exited: make(chan struct{})}
 	d.cmd = exec.Command(binary, append([]string{"serve", "--socket", socket, "--db", db}, args...)...)
-	d.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+notifyPath, "HOME="+dir)
+	d.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+nl.Path, "HOME="+dir)
 	d.cmd.Stderr = d.stderr
 	return d
-}
-
-// cleanEnv is the test's environment without LIMINAL_* and systemd
-// variables, so that only what a test sets reaches the daemon.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "LIMINAL_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=") || strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "XDG_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
 }
 
 // expectNotify waits for the next datagram the daemon sends to
 // NOTIFY_SOCKET and checks it starts with want.
 func (d *daemonProc) expectNotify(want string) {
 	d.t.Helper()
-	buf := make([]byte, 4096)
-	d.notify.SetReadDeadline(time.Now().Add(20 * time.Second))
-	n, err := d.notify.Read(buf)
+	got, err := d.notify.Next(20 * time.Second)
 	if err != nil {
 		d.t.Fatalf("waiting for %q on NOTIFY_SOCKET: %v\nstderr:\n%s", want, err, d.stderr.String())
 	}
-	if got := string(buf[:n]); !strings.HasPrefix(got, want) {
+	if !strings.HasPrefix(got, want) {
 		d.t.Fatalf("NOTIFY_SOCKET got %q, want %q", got, want)
 	}
 }
