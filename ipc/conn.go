@@ -338,9 +338,6 @@ func (c *conn) writeLoop() {
 		case p, ok := <-pushes:
 			if ok {
 				c.writePush(p)
-				if p.written != nil {
-					close(p.written)
-				}
 			} else {
 				pushes = nil
 			}
@@ -357,9 +354,6 @@ func (c *conn) writeLoop() {
 		case p, ok := <-pushes:
 			if ok {
 				c.writePush(p)
-				if p.written != nil {
-					close(p.written)
-				}
 			} else {
 				pushes = nil
 			}
@@ -389,9 +383,14 @@ func (c *conn) writeReply(sl *slot) {
 	c.free <- sl
 }
 
+// writePush writes p, unless its subscription was unsubscribed, and tells
+// whoever waits that it is written.
 func (c *conn) writePush(p push) {
 	if !p.sub.unsubscribed.Load() {
 		c.write(p.buf)
+	}
+	if p.written != nil {
+		close(p.written)
 	}
 }
 
