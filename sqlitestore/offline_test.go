@@ -116,6 +116,33 @@ func TestBackup(t *testing.T) {
 
 // TestCheck_FindsProblems corrupts state rows behind the store's back and
 // expects Check to name each.
+// alteredDatabase writes n lifecycles of one conversation (none when n is
+// 0) to a new database, closes it, runs stmt on it behind the store's back,
+// and returns its path.
+func alteredDatabase(t *testing.T, n int, stmt string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n > 0 {
+		writeLifecycles(t, s, 1, n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(stmt); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func TestCheck_FindsProblems(t *testing.T) {
 	tests := []struct{ name, sql, want string }{
 		{"MessageStatus", `UPDATE messages SET status = 2 WHERE message_id = 'm0'`, `message "m0"`},
@@ -129,21 +156,7 @@ func TestCheck_FindsProblems(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "db")
-			s, err := Open(path, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			writeLifecycles(t, s, 1, 3)
-			s.Close()
-			db, err := sql.Open("sqlite", path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := db.Exec(tt.sql); err != nil {
-				t.Fatal(err)
-			}
-			db.Close()
+			path := alteredDatabase(t, 3, tt.sql)
 			r, err := Check(context.Background(), path, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -156,17 +169,7 @@ func TestCheck_FindsProblems(t *testing.T) {
 }
 
 func TestOpen_NewerSchema(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "db")
-	s, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	db, _ := sql.Open("sqlite", path)
-	if _, err := db.Exec("PRAGMA user_version = 99"); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	path := alteredDatabase(t, 0, "PRAGMA user_version = 99")
 	if _, err := Open(path, Options{}); !errors.Is(err, ErrNewerSchema) || !strings.Contains(err.Error(), "99") {
 		t.Errorf("Open of a version 99 database: %v, want ErrNewerSchema naming the version", err)
 	}
@@ -282,22 +285,8 @@ func TestStore_ReadYourWrites(t *testing.T) {
 // its state tables, not from a replay of the log: with the events deleted
 // behind its back, decisions and states are still there.
 func TestStore_RestartReplaysNothing(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "db")
+	path := alteredDatabase(t, 3, `DELETE FROM events WHERE type != 3`) // keep step outputs
 	s, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeLifecycles(t, s, 1, 3)
-	s.Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`DELETE FROM events WHERE type != 3`); err != nil { // keep step outputs
-		t.Fatal(err)
-	}
-	db.Close()
-	s, err = Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
