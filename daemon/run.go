@@ -269,7 +269,7 @@ func (d *daemon) serve(ctx context.Context, signals <-chan os.Signal) error {
 			watchers = append(watchers, w)
 		}
 	}
-	d.notify(NotifyReady)
+	d.ready()
 	var fatal error
 	for {
 		select {
@@ -367,7 +367,7 @@ func (d *daemon) relock() error {
 // change live, is logged and the running configuration kept.
 func (d *daemon) reload(why string) {
 	d.notify(NotifyReloading())
-	defer d.notify(NotifyReady)
+	defer d.ready()
 	next, _, err := Load(d.opts.ConfigPath, d.opts.Env, d.opts.Overrides)
 	if err != nil {
 		d.log.Error("reload refused: invalid configuration; keeping the running one", "trigger", why, "err", err)
@@ -391,6 +391,12 @@ func (d *daemon) reload(why string) {
 	}
 	d.cfg = next
 	d.log.Info("configuration reloaded", "trigger", why, "changed", live)
+}
+
+// ready tells systemd the daemon serves, with a status line naming its
+// database for systemctl status.
+func (d *daemon) ready() {
+	d.notify(NotifyReady + "\n" + NotifyStatus("serving "+d.cfg.DB))
 }
 
 func (d *daemon) notify(state string) {

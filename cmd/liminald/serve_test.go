@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -430,5 +431,34 @@ func TestServe_SocketActivation(t *testing.T) {
 	}
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
 		t.Errorf("an activated daemon created its own socket too: %v", err)
+	}
+}
+
+// TestServe_Logs: each connection's peer uid and pid are logged at debug
+// level, and payloads (outputs, error texts) are never logged above it.
+func TestServe_Logs(t *testing.T) {
+	const secret = "s3cret-payload"
+	write := func(d *daemonProc) {
+		c := dialRaw(t, d.socket)
+		for _, req := range []string{
+			`{"op":"receive","conversation":"c","message_id":"m"}`,
+			`{"op":"step","conversation":"c","message_id":"m","step_index":0,"output":"` + base64.StdEncoding.EncodeToString([]byte(secret)) + `"}`,
+			`{"op":"step","conversation":"c","message_id":"m","step_index":0,"output":""}`, // step_conflict
+			`{"op":"fail","conversation":"c","message_id":"m","error":"` + secret + `"}`,
+		} {
+			c.do(req)
+		}
+		d.stop()
+	}
+	info := startDaemon(t)
+	write(info)
+	if logs := info.stderr.String(); strings.Contains(logs, secret) || strings.Contains(logs, base64.StdEncoding.EncodeToString([]byte(secret))) {
+		t.Errorf("a payload is logged at info level:\n%s", logs)
+	}
+	debug := startDaemon(t, "--log-level", "debug")
+	write(debug)
+	want := fmt.Sprintf("uid=%d", os.Getuid())
+	if logs := debug.stderr.String(); !strings.Contains(logs, want) || !strings.Contains(logs, "pid=") {
+		t.Errorf("connections are not logged with their peer uid and pid at debug level:\n%s", logs)
 	}
 }
