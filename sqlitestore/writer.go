@@ -307,14 +307,14 @@ func (w *writer) write(ts int64) error {
 	if err := w.prefetch(ctx); err != nil {
 		return err
 	}
+	// On any error below, abort reloads the counters the batch advanced
+	// (totals, next pos, next conversation id) from the database.
 	for _, r := range w.batch {
 		if err := w.apply(ctx, r, ts); err != nil {
-			w.totals = before
 			return err
 		}
 	}
 	if err := w.flush(ctx, before); err != nil {
-		w.totals = before
 		return err
 	}
 	end := "COMMIT"
@@ -322,7 +322,6 @@ func (w *writer) write(ts int64) error {
 		end = "ROLLBACK" // nothing to write: a batch of decisions, duplicates and refusals
 	}
 	if _, err := w.conn.ExecContext(ctx, end); err != nil {
-		w.totals = before
 		return unavailable(strings.ToLower(end), err)
 	}
 	return nil
