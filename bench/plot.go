@@ -1,0 +1,156 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// writePlot draws the lifecycle load of r into a PNG at path: events/s
+// against clients (with the single-commit floor) beside p99 latency
+// against clients, a line per system.
+func writePlot(r *Results, path string) error {
+	clients := slices.Clone(r.Settings.Clients)
+	slices.Sort(clients)
+	if len(clients) == 0 {
+		return fmt.Errorf("plot: no clients")
+	}
+	xTicks := make([]plot.Tick, len(clients))
+	for i, c := range clients {
+		xTicks[i] = plot.Tick{Value: float64(c), Label: strconv.Itoa(c)}
+	}
+	// A log axis needs a range, even with one number of clients.
+	xMin, xMax := float64(clients[0])/1.5, float64(clients[len(clients)-1])*1.5
+
+	tp := plot.New()
+	tp.Title.Text = "Lifecycle throughput (sync=full)"
+	tp.X.Label.Text = "clients"
+	tp.Y.Label.Text = "events/s"
+	tp.X.Scale = plot.LogScale{}
+	tp.X.Tick.Marker = plot.ConstantTicks(xTicks)
+	tp.X.Min, tp.X.Max = xMin, xMax
+	tp.Y.Min = 0
+	tp.Y.Tick.Marker = rateTicks{}
+	tp.Legend.Top, tp.Legend.Left = true, true
+	tp.Legend.XOffs, tp.Legend.YOffs = vg.Points(8), -vg.Points(4)
+
+	lp := plot.New()
+	lp.Title.Text = "Lifecycle p99 latency (log scale)"
+	lp.X.Label.Text = "clients"
+	lp.Y.Label.Text = "p99 (ms)"
+	lp.X.Scale = plot.LogScale{}
+	lp.X.Tick.Marker = plot.ConstantTicks(xTicks)
+	lp.X.Min, lp.X.Max = xMin, xMax
+	lp.Y.Scale = plot.LogScale{}
+	lp.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	// Latency grows with clients: the bottom right is where the lines are
+	// not.
+	lp.Legend.Top, lp.Legend.Left = false, false
+	lp.Legend.XOffs, lp.Legend.YOffs = -vg.Points(8), vg.Points(8)
+
+	yMin, yMax := math.Inf(1), math.Inf(-1)
+	for i, sys := range orderSystems(r.Systems) {
+		var events, p99 plotter.XYs
+		for _, c := range clients {
+			if p, ok := r.point(sys.Name, modeLifecycle, c); ok {
+				events = append(events, plotter.XY{X: float64(c), Y: p.EventsPerSec})
+				if p.P99Ms > 0 {
+					p99 = append(p99, plotter.XY{X: float64(c), Y: p.P99Ms})
+					yMin, yMax = min(yMin, p.P99Ms), max(yMax, p.P99Ms)
+				}
+			}
+		}
+		if len(events) == 0 {
+			continue
+		}
+		if err := addLine(tp, sys.Name, i, events); err != nil {
+			return err
+		}
+		if len(p99) > 0 {
+			if err := addLine(lp, sys.Name, i, p99); err != nil {
+				return err
+			}
+		}
+	}
+	if yMin <= yMax {
+		// Whole decades, so that the log axis has labelled ticks.
+		lp.Y.Min = math.Pow(10, math.Floor(math.Log10(yMin)))
+		lp.Y.Max = math.Pow(10, math.Ceil(math.Log10(yMax)))
+		if lp.Y.Min == lp.Y.Max {
+			lp.Y.Max *= 10
+		}
+	} else {
+		lp.Y.Min, lp.Y.Max = 0.1, 10
+	}
+	if f, ok := r.floor(floorSQLiteCommit); ok {
+		floor := plotter.NewFunction(func(float64) float64 { return f.OpsPerSec })
+		floor.Color = color.Gray{Y: 90}
+		floor.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
+		floor.Width = vg.Points(1.5)
+		tp.Add(floor)
+		tp.Legend.Add("single-commit floor", floor)
+		tp.Y.Max = max(tp.Y.Max, f.OpsPerSec)
+	}
+	tp.Y.Max *= 1.4 // room for the legend above the lines
+	tp.Add(plotter.NewGrid())
+	lp.Add(plotter.NewGrid())
+
+	img := vgimg.NewWith(vgimg.UseWH(13*vg.Inch, 5*vg.Inch), vgimg.UseDPI(110))
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 2, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 4}
+	tp.Draw(tiles.At(dc, 0, 0))
+	lp.Draw(tiles.At(dc, 1, 0))
+
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// addLine adds the line and points of system number i to p.
+func addLine(p *plot.Plot, name string, i int, xys plotter.XYs) error {
+	l, s, err := plotter.NewLinePoints(xys)
+	if err != nil {
+		return fmt.Errorf("plot %s: %w", name, err)
+	}
+	l.Color, l.Width = plotutil.Color(i), vg.Points(2)
+	s.Color, s.Shape = plotutil.Color(i), plotutil.Shape(i)
+	s.Radius = vg.Points(3.5)
+	p.Add(l, s)
+	p.Legend.Add(name, l, s)
+	return nil
+}
+
+// rateTicks are the default ticks with labels in thousands ("20k").
+type rateTicks struct{}
+
+func (rateTicks) Ticks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i, t := range ticks {
+		if t.Label == "" {
+			continue
+		}
+		switch {
+		case t.Value >= 1000:
+			ticks[i].Label = strconv.FormatFloat(t.Value/1000, 'f', -1, 64) + "k"
+		default:
+			ticks[i].Label = strconv.FormatFloat(t.Value, 'f', -1, 64)
+		}
+	}
+	return ticks
+}
