@@ -250,7 +250,8 @@ func TestStore_Subscribe(t *testing.T) {
 
 // TestStore_ReadYourWrites: once a write is acknowledged, reads see it,
 // whether they are served from the writer's cache of committed states or
-// from the database (a cache of one message is cleared at every commit).
+// from the database (a cache of one message is cleared at every commit),
+// and the caches stay bounded.
 func TestStore_ReadYourWrites(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -259,15 +260,15 @@ func TestStore_ReadYourWrites(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := mustOpenStore(t, Options{CacheSize: tc.cache})
 			ctx := context.Background()
-			for i := range 20 {
-				m := fmt.Sprintf("m%d", i)
-				for k, c := range lifecycle("c", m) {
+			for i := range 30 {
+				conv, m := fmt.Sprintf("c%d", i%3), fmt.Sprintf("m%d", i)
+				for k, c := range lifecycle(conv, m) {
 					mustWrite(t, s, c)
-					got, err := s.Message(ctx, "c", m)
-					if err != nil || got == nil || got.LastSeq != int64(5*i+k) {
-						t.Fatalf("after %v of %s: Message = %+v, %v; want last seq %d", c.Op, m, got, err, 5*i+k)
+					got, err := s.Message(ctx, conv, m)
+					if err != nil || got == nil || got.LastSeq != int64(5*(i/3)+k) {
+						t.Fatalf("after %v of %s: Message = %+v, %v; want last seq %d", c.Op, m, got, err, 5*(i/3)+k)
 					}
-					d, _ := s.Decide(ctx, "c", m)
+					d, _ := s.Decide(ctx, conv, m)
 					want := conversation.Resume
 					if c.Op == conversation.OpFinish {
 						want = conversation.Skip
@@ -276,6 +277,14 @@ func TestStore_ReadYourWrites(t *testing.T) {
 						t.Fatalf("after %v of %s: Decide = %+v, want %v", c.Op, m, d, want)
 					}
 				}
+			}
+			// One write at a time: one conversation a batch, so the
+			// caches hold at most CacheSize + 1 entries.
+			bound := s.opts.CacheSize + 1
+			convIDs := 0
+			s.convIDs.Range(func(any, any) bool { convIDs++; return true })
+			if n := s.msgs.len(); n > bound || convIDs > bound {
+				t.Errorf("caches hold %d messages and %d conversation ids; want at most %d", n, convIDs, bound)
 			}
 		})
 	}

@@ -72,21 +72,29 @@ func (b *bulk) close() {
 	clear(b.stmts)
 }
 
-// The bulk writes of a batch.
+// The bulk writes of a batch. They are INSERT OR FAIL: a constraint
+// failure fails the whole batch, which is rolled back anyway, and a
+// multi-row statement that cannot abort needs no statement journal (a copy
+// of every page it touches, to undo it alone). The appends of events and
+// steps keep none; an upsert's update always may abort, so the messages
+// and conversations statements still do.
 func newEventsBulk() *bulk {
-	return newBulk(`INSERT INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error) VALUES `, 10, "")
+	return newBulk(`INSERT OR FAIL INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error) VALUES `, 10, "")
 }
 
 func newStepsBulk() *bulk {
-	return newBulk(`INSERT INTO steps (conversation_id, message_id, step_index, seq) VALUES `, 4, "")
+	return newBulk(`INSERT OR FAIL INTO steps (conversation_id, message_id, step_index, seq) VALUES `, 4, "")
 }
 
 func newMessagesBulk() *bulk {
-	return newBulk(`INSERT OR REPLACE INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 10, "")
+	return newBulk(`INSERT OR FAIL INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 10,
+		` ON CONFLICT (conversation_id, message_id) DO UPDATE SET status = excluded.status,
+		received_at = excluded.received_at, received_seq = excluded.received_seq, started_seq = excluded.started_seq,
+		last_step = excluded.last_step, error = excluded.error, last_type = excluded.last_type, last_seq = excluded.last_seq`)
 }
 
 func newConversationsBulk() *bulk {
-	return newBulk(`INSERT INTO conversations (`+convColumns+`) VALUES `, 7,
+	return newBulk(`INSERT OR FAIL INTO conversations (`+convColumns+`) VALUES `, 7,
 		` ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, received = excluded.received,
 		in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished`)
 }

@@ -38,7 +38,7 @@ type Options struct {
 	Readers    int  // read connections; 4 by default
 	QueueSize  int  // write requests waiting for the writer; 4096 by default
 	MaxBatch   int  // write requests in one transaction; 1024 by default
-	CacheSize  int  // messages the writer keeps in memory; 65536 by default
+	CacheSize  int  // messages, and conversations, the writer keeps in memory; 65536 by default
 	Logger     *slog.Logger
 	Now        func() time.Time // the commit clock; time.Now by default
 	Checkpoint time.Duration    // how often WAL checkpoints run; 100ms by default
@@ -53,6 +53,9 @@ type Options struct {
 	// request of a batch and gathering the rest; tests use it to hold a
 	// batch open.
 	gather func()
+	// staged, when set, is called by the writer after it wrote requests
+	// into the open transaction of a batch, with their number.
+	staged func(requests int)
 	// syncFault, when set, is called before each sync of the WAL; an error
 	// from it is a failed sync.
 	syncFault func() error
@@ -102,8 +105,8 @@ type Store struct {
 	reads *readStmts
 	feed  feed
 	msgs  *msgCache // committed message states, put by the writer, read by all
-	// convIDs maps the name of every conversation the writer committed to
-	// since the store opened to its id, which never changes.
+	// convIDs maps the names of the conversations the writer committed to
+	// lately (at most about CacheSize) to their ids, which never change.
 	convIDs sync.Map
 	stats   commitStats
 	queue   chan *request   // write requests, to the writer
@@ -166,8 +169,10 @@ func dsn(path string, pragmas ...string) string {
 
 func (s *Store) open() error {
 	// The writer never waits for the disk; with SyncFull the syncer fsyncs
-	// the WAL before any write is answered (see syncer.go).
-	writerPragmas := []string{"journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "journal_size_limit(67108864)"}
+	// the WAL before any write is answered (see syncer.go). Its statement
+	// journals stay in memory (temp_store): in a file they cost a file
+	// created and written per statement.
+	writerPragmas := []string{"journal_mode(WAL)", "synchronous(NORMAL)", "wal_autocheckpoint(0)", "journal_size_limit(67108864)", "temp_store(MEMORY)"}
 	if s.opts.maxPageCount > 0 {
 		writerPragmas = append(writerPragmas, fmt.Sprintf("max_page_count(%d)", s.opts.maxPageCount))
 	}

@@ -76,7 +76,7 @@ type convRow struct {
 	name    string
 	next    int64
 	counts  conversation.Counts
-	changed bool // the batch appended to it
+	changed bool // the batch appended to it since its last flush
 }
 
 type msgKey struct {
@@ -177,7 +177,6 @@ func (w *writer) disconnect() {
 }
 
 func (w *writer) run() {
-	max := w.s.opts.MaxBatch
 	for {
 		r, ok := <-w.s.queue
 		if !ok {
@@ -189,39 +188,65 @@ func (w *writer) run() {
 		if w.s.opts.gather != nil {
 			w.s.opts.gather()
 		}
-		w.gather(max)
 		w.commit()
 		clear(w.batch)
 	}
 }
 
-// gather adds waiting requests to the batch, up to max. While the syncer is
-// still making an earlier batch durable, it waits for more requests until
-// that sync ends: the requests gathered could not be answered before the
-// next sync anyway, and one larger batch costs the disk less than several
-// small ones. When nothing is syncing it takes only what is waiting, so a
-// lone request is committed at once.
-func (w *writer) gather(max int) {
-	for len(w.batch) < max {
-		if w.s.syncing.Load() == 0 {
-			select {
-			case r, ok := <-w.s.queue:
-				if !ok {
-					return
-				}
-				w.batch = append(w.batch, r)
-				continue
-			default:
-				return
+// build opens the batch's transaction and writes into it the requests
+// waiting, up to MaxBatch. While the syncer is still making an earlier
+// batch durable, it goes on writing the requests that arrive until that
+// sync ends: they could not be answered before the next sync anyway, one
+// larger transaction costs the disk less than several small ones, and the
+// statements they need run while the disk works, so that only the COMMIT
+// is left once the sync ends. When nothing is syncing it takes only what is
+// waiting, so a lone request is committed at once.
+func (w *writer) build(ts int64) error {
+	if err := w.begin(); err != nil {
+		return err
+	}
+	written := 0
+	for {
+		w.take()
+		full, synced := len(w.batch) >= w.s.opts.MaxBatch, w.s.syncing.Load() == 0
+		if full || synced || len(w.batch)-written >= stageMin {
+			if err := w.stage(w.batch[written:], ts); err != nil {
+				return err
 			}
+			if w.s.opts.staged != nil {
+				w.s.opts.staged(len(w.batch) - written)
+			}
+			written = len(w.batch)
 		}
+		if full || synced {
+			return nil
+		}
+		select {
+		case r, ok := <-w.s.queue:
+			if !ok {
+				return nil
+			}
+			w.batch = append(w.batch, r)
+		case <-w.s.syncDone:
+		}
+	}
+}
+
+// stageMin is the fewest requests the writer stages at a time while a sync
+// is in flight: each stage costs a few statements whatever its size.
+const stageMin = 16
+
+// take adds the requests waiting now to the batch, up to MaxBatch.
+func (w *writer) take() {
+	for len(w.batch) < w.s.opts.MaxBatch {
 		select {
 		case r, ok := <-w.s.queue:
 			if !ok {
 				return
 			}
 			w.batch = append(w.batch, r)
-		case <-w.s.syncDone:
+		default:
+			return
 		}
 	}
 }
@@ -230,7 +255,10 @@ func (w *writer) gather(max int) {
 // which answers its requests once the commit is durable.
 func (w *writer) commit() {
 	start := time.Now()
-	err := w.write(w.s.opts.Now().UnixMilli())
+	err := w.build(w.s.opts.Now().UnixMilli())
+	if err == nil {
+		err = w.end()
+	}
 	if err != nil {
 		w.abort(err)
 		return
@@ -244,6 +272,7 @@ func (w *writer) commit() {
 	}
 	if len(w.convs) > w.s.opts.CacheSize {
 		w.convs = make(map[string]*convRow)
+		w.s.convIDs.Clear()
 	}
 	if w.s.msgs.len() > w.s.opts.CacheSize {
 		w.s.msgs.clear()
@@ -291,37 +320,48 @@ func (w *writer) clearDirty() {
 	w.eventConvs = w.eventConvs[:0]
 }
 
-func (w *writer) write(ts int64) error {
+// begin opens the batch's transaction, on a new connection if the last
+// one was dropped.
+func (w *writer) begin() error {
 	if w.conn == nil {
 		if err := w.connect(); err != nil {
 			return err
 		}
 	}
-	ctx := context.Background()
-	if _, err := w.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+	if _, err := w.conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
 		err = unavailable("begin", err)
 		w.disconnect()
 		return err
 	}
-	before := w.totals
-	if err := w.prefetch(ctx); err != nil {
+	return nil
+}
+
+// stage evaluates reqs in order against the state the batch left and
+// writes what they append into the open transaction. On an error, abort
+// reloads the counters the batch advanced (totals, next pos, next
+// conversation id) from the database.
+func (w *writer) stage(reqs []*request, ts int64) error {
+	ctx := context.Background()
+	before, first := w.totals, len(w.events)
+	if err := w.prefetch(ctx, reqs); err != nil {
 		return err
 	}
-	// On any error below, abort reloads the counters the batch advanced
-	// (totals, next pos, next conversation id) from the database.
-	for _, r := range w.batch {
+	for _, r := range reqs {
 		if err := w.apply(ctx, r, ts); err != nil {
 			return err
 		}
 	}
-	if err := w.flush(ctx, before); err != nil {
-		return err
-	}
+	return w.flush(ctx, before, first)
+}
+
+// end commits the batch's transaction, or rolls it back when it appended
+// nothing: a batch of decisions, duplicates and refusals.
+func (w *writer) end() error {
 	end := "COMMIT"
 	if len(w.events) == 0 {
-		end = "ROLLBACK" // nothing to write: a batch of decisions, duplicates and refusals
+		end = "ROLLBACK"
 	}
-	if _, err := w.conn.ExecContext(ctx, end); err != nil {
+	if _, err := w.conn.ExecContext(context.Background(), end); err != nil {
 		return unavailable(strings.ToLower(end), err)
 	}
 	return nil
@@ -388,11 +428,11 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	return nil
 }
 
-// flush writes what the batch appended and the state rows it changed, a
-// few multi-row statements a table.
-func (w *writer) flush(ctx context.Context, before totals) error {
+// flush writes the events the batch appended from first on and the state
+// rows they changed, a few multi-row statements a table.
+func (w *writer) flush(ctx context.Context, before totals, first int) error {
 	st := w.stmts
-	for i := range w.events {
+	for i := first; i < len(w.events); i++ {
 		st.events.addEvent(w.eventConvs[i], &w.events[i])
 		if e := &w.events[i]; e.Type == conversation.StepCompleted {
 			st.steps.add(w.eventConvs[i], e.MessageID, int64(e.StepIndex), e.Seq)
@@ -407,12 +447,14 @@ func (w *writer) flush(ctx context.Context, before totals) error {
 	for k, m := range w.changed {
 		st.messages.addMessage(k.conv, m)
 	}
+	clear(w.changed)
 	if err := st.messages.exec(ctx, w.conn); err != nil {
 		return unavailable("update messages", err)
 	}
 	for _, c := range w.dirtyConvs {
 		if c.changed {
 			st.conversations.addConversation(c)
+			c.changed = false
 		}
 	}
 	if err := st.conversations.exec(ctx, w.conn); err != nil {
@@ -427,16 +469,18 @@ func (w *writer) flush(ctx context.Context, before totals) error {
 }
 
 // prefetch reads, in one statement each, the conversations and the
-// messages the batch names that the caches lack, into the caches: what is
-// not cached after it does not exist, so apply reads nothing more (but a
-// step or an event at expected_seq, when the rules need one).
-func (w *writer) prefetch(ctx context.Context) error {
+// messages reqs name that neither the caches nor the batch hold, into the
+// caches: what is not found after it does not exist, so apply reads nothing
+// more (but a step or an event at expected_seq, when the rules need one).
+// What the batch wrote itself is never read back: it is not committed, and
+// the caches hold only what is.
+func (w *writer) prefetch(ctx context.Context, reqs []*request) error {
 	ks := &w.keys
 	ks.reset()
 	seen := make(map[string]bool)
-	for _, r := range w.batch {
+	for _, r := range reqs {
 		name := r.cmd.Conversation
-		if w.convs[name] == nil && !seen[name] {
+		if w.convs[name] == nil && w.dirtyConvs[name] == nil && !seen[name] {
 			seen[name] = true
 			ks.name(name)
 		}
@@ -461,13 +505,13 @@ func (w *writer) prefetch(ctx context.Context) error {
 	}
 	ks.reset()
 	asked := make(map[msgKey]bool)
-	for _, r := range w.batch {
+	for _, r := range reqs {
 		c := w.convs[r.cmd.Conversation]
 		if c == nil {
 			continue
 		}
 		k := msgKey{c.id, r.cmd.MessageID}
-		if w.s.msgs.get(k) == nil && !asked[k] {
+		if _, dirty := w.dirtyMsgs[k]; !dirty && w.s.msgs.get(k) == nil && !asked[k] {
 			asked[k] = true
 			ks.message(k.conv, k.id)
 		}

@@ -395,3 +395,71 @@ func TestStore_WritesBesideLongReader(t *testing.T) {
 		}
 	}
 }
+
+// TestStore_StagesWhileSyncing: while the syncer makes a batch durable, the
+// writer writes the requests that arrive into the next batch's open
+// transaction, a stage at a time, and commits them together once the sync
+// ends. A stage builds on the stages before it, and nothing of the open
+// transaction reaches the cache that readers share before it commits.
+func TestStore_StagesWhileSyncing(t *testing.T) {
+	syncing, release := make(chan struct{}), make(chan struct{})
+	staged := make(chan int, 8)
+	var once sync.Once
+	s := mustOpenStore(t, Options{
+		syncFault: func() error {
+			once.Do(func() { close(syncing); <-release })
+			return nil
+		},
+		staged: func(n int) { staged <- n },
+	})
+	unhold := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unhold) // before the store closes, should the test fail
+	c := cmd(conversation.OpReceive, "first")
+	c.Conversation = "conv"
+	first := &request{cmd: c, done: make(chan struct{})}
+	if err := s.enqueue(context.Background(), []*request{first}); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-staged; n != 1 {
+		t.Fatalf("first batch staged %d requests, want 1", n)
+	}
+	<-syncing // the first batch is committed; its sync is held
+	queue := func(op conversation.Op) []*request {
+		reqs := make([]*request, stageMin)
+		for i := range reqs {
+			c := cmd(op, fmt.Sprintf("m%d", i))
+			c.Conversation = "conv"
+			reqs[i] = &request{cmd: c, done: make(chan struct{})}
+		}
+		if err := s.enqueue(context.Background(), reqs); err != nil {
+			t.Fatal(err)
+		}
+		if n := <-staged; n != len(reqs) {
+			t.Fatalf("staged %d requests, want %d", n, len(reqs))
+		}
+		return reqs
+	}
+	notShared := func(when string) {
+		t.Helper()
+		if m, err := s.Message(context.Background(), "conv", "m0"); m != nil || err != nil {
+			t.Fatalf("%s: Message = %+v, %v before the commit; want nil", when, m, err)
+		}
+	}
+	receives := queue(conversation.OpReceive)
+	notShared("after the receives")
+	starts := queue(conversation.OpStart) // needs the messages the receives made
+	notShared("after the starts")
+	unhold()
+	for i, r := range append(receives, starts...) {
+		<-r.done
+		if r.err != nil || r.out.Seq != int64(i+1) {
+			t.Errorf("request %d (%v): seq %d, %v; want seq %d", i, r.cmd.Op, r.out.Seq, r.err, i+1)
+		}
+	}
+	if st, _ := s.Stats(context.Background()); st.Commits != 2 || st.MaxBatch != 2*stageMin {
+		t.Errorf("Stats: %d commits, largest batch %d; want 2 commits, the second of %d", st.Commits, st.MaxBatch, 2*stageMin)
+	}
+	if m, err := s.Message(context.Background(), "conv", "m0"); err != nil || m == nil || m.Status != conversation.StatusInProgress {
+		t.Errorf("after the commit: Message = %+v, %v; want in progress", m, err)
+	}
+}
