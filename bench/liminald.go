@@ -104,11 +104,7 @@ func (s *liminaldSystem) kill() {
 
 // Dial opens one connection to the daemon.
 func (s *liminaldSystem) Dial(ctx context.Context) (Client, error) {
-	c, err := ipc.Dial(ctx, s.socket)
-	if err != nil {
-		return nil, err
-	}
-	return &liminaldClient{c: c}, nil
+	return dialLine(ctx, s.socket)
 }
 
 // Usage reports the daemon's CPU time and peak RSS so far.
@@ -156,61 +152,6 @@ func (s *liminaldSystem) Settings() string {
 	return "`liminald serve` with its defaults: sync=full (an acknowledged write is fsynced), " +
 		"group commit, SQLite WAL; one unix-socket connection per client"
 }
-
-// liminaldClient is a Client over one ipc connection.
-type liminaldClient struct{ c *ipc.Client }
-
-// benchError maps an ipc error to the errors of SPEC §2 that every Client
-// returns, keeping the others as they are.
-func benchError(err error) error {
-	for code, e := range map[ipc.Code]error{
-		ipc.CodeUnknownMessage:  ErrUnknownMessage,
-		ipc.CodeAlreadyFinished: ErrAlreadyFinished,
-		ipc.CodeStepConflict:    ErrStepConflict,
-	} {
-		if errors.Is(err, code) {
-			return fmt.Errorf("%w: %v", e, err)
-		}
-	}
-	return err
-}
-
-func decision(d ipc.Decision) Decision {
-	return Decision{Action: d.Action.String(), ResumeFrom: uint32(d.ResumeFrom), Seq: d.Seq}
-}
-
-func (c *liminaldClient) Receive(ctx context.Context, conv, msg string, receivedAt int64) (Decision, error) {
-	d, err := c.c.Receive(ctx, conv, msg, ipc.ReceivedAt(receivedAt))
-	if err != nil {
-		return Decision{}, benchError(err)
-	}
-	return decision(d), nil
-}
-
-func (c *liminaldClient) Decide(ctx context.Context, conv, msg string) (Decision, error) {
-	d, err := c.c.Decide(ctx, conv, msg)
-	if err != nil {
-		return Decision{}, benchError(err)
-	}
-	return decision(d), nil
-}
-
-func (c *liminaldClient) Start(ctx context.Context, conv, msg string) error {
-	_, err := c.c.Start(ctx, conv, msg)
-	return benchError(err)
-}
-
-func (c *liminaldClient) Step(ctx context.Context, conv, msg string, index uint32, output []byte) error {
-	_, err := c.c.Step(ctx, conv, msg, index, output)
-	return benchError(err)
-}
-
-func (c *liminaldClient) Finish(ctx context.Context, conv, msg string) error {
-	_, err := c.c.Finish(ctx, conv, msg)
-	return benchError(err)
-}
-
-func (c *liminaldClient) Close() error { return c.c.Close() }
 
 // cleanEnv is the environment without the LIMINAL_*, systemd and XDG
 // variables.

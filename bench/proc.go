@@ -27,13 +27,15 @@ type procWatch struct {
 	last Usage
 }
 
-// watchProcess starts sampling the tree rooted at pid every 50 ms.
+// watchProcess starts sampling the tree rooted at pid every 250 ms: the
+// peak of a process alone is the kernel's own (VmHWM), and a tree's memory
+// moves slowly.
 func watchProcess(pid int) *procWatch {
 	w := &procWatch{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
 	w.sample()
 	go func() {
 		defer close(w.done)
-		t := time.NewTicker(50 * time.Millisecond)
+		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
