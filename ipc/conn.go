@@ -17,8 +17,9 @@ import (
 // conn is one client connection. Its reader goroutine (serve) reads and
 // dispatches requests; its writer goroutine (writeLoop) writes replies in
 // request order and pushes as they come; each request in flight and each
-// subscription has its own goroutine. serve owns them all and returns once
-// they ended.
+// subscription has its own goroutine, but a write that waits for no earlier
+// request, which the store answers itself when it is an AsyncWriter.
+// serve owns them all and returns once they ended.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -227,6 +228,19 @@ func (c *conn) dispatch(sl *slot, line []byte) {
 		if done != nil {
 			close(done)
 		}
+		return
+	}
+	if aw, ok := c.srv.store.(AsyncWriter); ok && r.op.isWrite() && len(after) == 0 {
+		// A write that waits for no earlier request needs no goroutine:
+		// the store answers it when it is durable.
+		c.reqs.Add(1)
+		c.srv.writeAsync(c.ctx, aw, r, sl.buf, func(reply []byte) {
+			c.reply(sl, reply)
+			if done != nil {
+				close(done)
+			}
+			c.reqs.Done()
+		})
 		return
 	}
 	c.reqs.Add(1)

@@ -22,7 +22,10 @@
 // Each connection has a reader goroutine that reads lines and dispatches
 // requests, a writer goroutine that writes replies in request order and
 // pushes as they come, and a goroutine per request in flight (at most 64;
-// with 64 unanswered the reader stops reading until replies drain).
+// with 64 unanswered the reader stops reading until replies drain). A
+// write that waits for no earlier request has no goroutine when the store
+// is an AsyncWriter: the store calls back with its outcome once it is
+// durable, and the callback hands the reply to the writer goroutine.
 //
 // Requests run concurrently, so that the writes of one pipelining client
 // are group-committed together, but the requests of one connection that

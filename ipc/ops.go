@@ -20,10 +20,16 @@ const readFirstPage = 16
 // exec runs request r, of any op but subscribe and unsubscribe (which
 // belong to a connection), and appends its whole reply line to dst.
 func (s *Server) exec(ctx context.Context, r *request, dst []byte) []byte {
-	start, began := len(dst), time.Now()
+	began := time.Now()
 	out, err := s.result(ctx, r, appendOK(dst, r.id))
+	return s.end(dst, out, r, err, began)
+}
+
+// end ends the reply to r, begun at time began: out is dst with the reply's
+// start and result appended, or err its failure, which replaces them.
+func (s *Server) end(dst, out []byte, r *request, err error, began time.Time) []byte {
 	if err != nil {
-		out = s.appendError(dst[:start], r, err)
+		out = s.appendError(dst, r, err)
 	} else {
 		out = appendEnd(out)
 	}
@@ -59,14 +65,7 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 		if err != nil {
 			return dst, err
 		}
-		if r.op != opReceive {
-			return appendSeq(dst, o), nil
-		}
-		dst = appendDecision(dst, o.Decision)
-		if o.Decision.Action == conversation.Start {
-			dst = appendSeq(dst, o)
-		}
-		return dst, nil
+		return appendOutcome(dst, r.op, o), nil
 	case opDecide:
 		d, err := s.store.Decide(ctx, r.conv, r.msg)
 		return appendDecision(dst, d), err
@@ -80,6 +79,31 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 		return s.stats(ctx, dst)
 	}
 	return dst, &Error{Code: CodeInternal, Message: "internal error: op " + r.op.String() + " has no handler"}
+}
+
+// writeAsync runs write request r through the store's WriteAsync, and
+// calls then with its whole reply line appended to dst.
+func (s *Server) writeAsync(ctx context.Context, aw AsyncWriter, r *request, dst []byte, then func([]byte)) {
+	began := time.Now()
+	aw.WriteAsync(ctx, r.cmd, func(o conversation.Outcome, err error) {
+		out := appendOK(dst, r.id)
+		if err == nil {
+			out = appendOutcome(out, r.op, o)
+		}
+		then(s.end(dst, out, r, err, began))
+	})
+}
+
+// appendOutcome appends the result of write op to dst.
+func appendOutcome(dst []byte, op op, o conversation.Outcome) []byte {
+	if op != opReceive {
+		return appendSeq(dst, o)
+	}
+	dst = appendDecision(dst, o.Decision)
+	if o.Decision.Action == conversation.Start {
+		dst = appendSeq(dst, o)
+	}
+	return dst
 }
 
 // hello appends the result of hello to dst.

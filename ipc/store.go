@@ -30,6 +30,14 @@ type Store interface {
 	Stats(ctx context.Context) (StoreStats, error)
 }
 
+// AsyncWriter is a Store that takes a write without a goroutine waiting
+// for it: WriteAsync queues cmd and returns, and then is called once with
+// what Write would return. then must not block. The server uses it, when
+// the store has it, for a write that waits for no earlier request.
+type AsyncWriter interface {
+	WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error))
+}
+
 // Subscription is a store's live feed of committed batches.
 type Subscription interface {
 	// Events returns the committed batches, in pos order, from the

@@ -111,12 +111,12 @@ func (s *Store) answer(c *committed, err error) {
 		}
 		for _, r := range c.reqs {
 			r.out, r.err = conversation.Outcome{}, err
-			close(r.done)
+			r.finish()
 		}
 		return
 	}
 	s.stats.record(len(c.reqs), len(c.events), time.Since(c.start))
 	for _, r := range c.reqs {
-		close(r.done)
+		r.finish()
 	}
 }

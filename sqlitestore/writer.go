@@ -13,14 +13,25 @@ import (
 	"liminald/conversation"
 )
 
-// request is one write waiting for the writer. The writer sets out and err,
-// then closes done.
+// request is one write waiting for the writer. The writer or the syncer
+// sets out and err, then answers it (finish): by closing done, or by
+// calling then when it is set.
 type request struct {
 	cmd  conversation.Command
 	ts   int64 // the commit time to record, when not the batch's own (imports)
 	out  conversation.Outcome
 	err  error
 	done chan struct{}
+	then func(conversation.Outcome, error)
+}
+
+// finish answers r with its out and err.
+func (r *request) finish() {
+	if r.then != nil {
+		r.then(r.out, r.err)
+		return
+	}
+	close(r.done)
 }
 
 // Write evaluates cmd against the current state and, when the write rules
@@ -43,6 +54,21 @@ func (s *Store) Write(ctx context.Context, cmd conversation.Command) (conversati
 	}
 	<-r.done
 	return r.out, r.err
+}
+
+// WriteAsync is Write without a goroutine waiting for the outcome: it
+// queues cmd and returns, and then is called once with what Write would
+// return, from one of the store's goroutines once the write is durable (or
+// from the caller's, when cmd is refused before it is queued). then must
+// not block: the writes committed after this one wait for it.
+func (s *Store) WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error)) {
+	if err := cmd.Validate(); err != nil {
+		then(conversation.Outcome{}, err)
+		return
+	}
+	if err := s.enqueue(ctx, []*request{{cmd: cmd, then: then}}); err != nil {
+		then(conversation.Outcome{}, err)
+	}
 }
 
 // enqueue hands reqs to the writer, in order. Returns conversation.ErrClosed after Close,
@@ -307,7 +333,7 @@ func (w *writer) abort(err error) {
 	}
 	for _, r := range w.batch {
 		r.out, r.err = conversation.Outcome{}, err
-		close(r.done)
+		r.finish()
 	}
 }
 
