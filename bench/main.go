@@ -37,6 +37,7 @@ type config struct {
 	out         string
 	preload     int
 	render      bool
+	scale       int64  // events to store for the scale measurement; 0: the sweep
 	command     string // the bench/run command line, for the report
 }
 
@@ -81,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	out := fs.String("out", "docs", "directory for results.json, BENCHMARKS.md and benchmarks.png")
 	smoke := fs.Bool("smoke", false, "a quick check that every system runs: 8 clients, 300ms per point")
 	render := fs.Bool("render", false, "only render BENCHMARKS.md and benchmarks.png from the results.json in --out")
+	scale := fs.Int64("scale", 0, "instead of the sweep: store this many events in liminald, then measure its memory and a restart, into the results.json in --out (10000000 for the goals)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -90,7 +92,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	cfg := config{duration: *duration, repetitions: *repetitions, liminald: *liminald, out: *out, preload: 2000, render: *render}
+	cfg := config{duration: *duration, repetitions: *repetitions, liminald: *liminald, out: *out, preload: 2000, render: *render, scale: *scale}
+	if cfg.scale < 0 {
+		return config{}, errors.New("--scale must not be negative")
+	}
 	var err error
 	if cfg.clients, err = parseInts(*clients); err != nil {
 		return config{}, fmt.Errorf("--clients: %w", err)
@@ -115,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if cfg.duration <= 0 || cfg.repetitions < 1 {
 		return config{}, errors.New("--duration and --repetitions must be positive")
 	}
-	if !cfg.render && slices.Contains(cfg.systems, "liminald") && cfg.liminald == "" {
+	if !cfg.render && (cfg.scale > 0 || slices.Contains(cfg.systems, "liminald")) && cfg.liminald == "" {
 		return config{}, errors.New("--liminald: the path of the liminald binary is needed (bench/run builds it)")
 	}
 	// The command that reproduces the run, without the flags bench/run
@@ -195,6 +200,9 @@ func run(ctx context.Context, cfg config, progress io.Writer) error {
 	if err := os.Chmod(base, 0o711); err != nil {
 		return err
 	}
+	if cfg.scale > 0 {
+		return runScale(ctx, cfg, base, progress)
+	}
 
 	r := &Results{
 		Generated: time.Now().UTC(),
@@ -229,6 +237,22 @@ func run(ctx context.Context, cfg config, progress io.Writer) error {
 	}
 	fmt.Fprintf(progress, "bench: wrote %s\n", filepath.Join(cfg.out, "BENCHMARKS.md"))
 	return nil
+}
+
+// runScale measures liminald at scale and writes it into the results in
+// cfg.out, which an earlier run wrote.
+func runScale(ctx context.Context, cfg config, base string, progress io.Writer) error {
+	path := filepath.Join(cfg.out, "results.json")
+	r, err := readResults(path)
+	if err != nil {
+		return fmt.Errorf("--scale adds to the results of a run (bench/run first): %w", err)
+	}
+	fmt.Fprintf(progress, "bench: scale: storing %s events in liminald\n", rate(float64(cfg.scale)))
+	if r.Scale, err = measureScale(ctx, cfg.liminald, base, cfg.scale, progress); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "bench: scale: %+v\n", *r.Scale)
+	return writeOutputs(cfg.out, r)
 }
 
 // runSystem starts sys in a fresh directory under base, measures every

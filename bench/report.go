@@ -12,12 +12,17 @@ import (
 // at.
 const ratioClients = 64
 
-// The goals for the lifecycle load at ratioClients clients, sync=full.
+// The goals: for the lifecycle load at ratioClients clients, sync=full, and
+// for the scale run.
 const (
 	goalVsRedis    = 1.0  // events/s, times Redis with appendfsync always
 	goalVsPostgres = 3.0  // events/s, times PostgreSQL
 	goalVsFloor    = 20.0 // events/s, times the single-commit floor
 	goalP99Ms      = 10.0 // p99 latency
+
+	goalScaleEvents    = 10_000_000 // events stored for the two goals below
+	goalRSSBytes       = 100 << 20  // the daemon's RSS after storing them
+	goalRestartSeconds = 1.0        // restart to ready with them stored
 )
 
 // peerOrder is the order of the systems in tables.
@@ -197,7 +202,22 @@ func goals(r *Results, at int) []goal {
 	if lok {
 		p99 = goal{p99.name, num(l.P99Ms) + " ms", metText(l.P99Ms < goalP99Ms)}
 	}
-	return append(gs, p99)
+	return append(append(gs, p99), scaleGoals(r.Scale)...)
+}
+
+// scaleGoals are the goals the scale run measures: met only when it stored
+// goalScaleEvents events at least.
+func scaleGoals(s *ScaleResult) []goal {
+	rss := goal{fmt.Sprintf("daemon RSS < %d MiB after %s events", goalRSSBytes>>20, rate(goalScaleEvents)), "–", "not measured"}
+	restart := goal{fmt.Sprintf("restart to ready < %.0f s with %s events stored", goalRestartSeconds, rate(goalScaleEvents)), "–", "not measured"}
+	if s == nil {
+		return []goal{rss, restart}
+	}
+	at := fmt.Sprintf(" (%s events)", rate(float64(s.Events)))
+	enough := s.Events >= goalScaleEvents
+	rss.measured, rss.met = bytesText(s.RSSAfterBytes)+at, metText(enough && s.RSSAfterBytes < goalRSSBytes)
+	restart.measured, restart.met = num(s.RestartToReadySeconds)+" s"+at, metText(enough && s.RestartToReadySeconds < goalRestartSeconds)
+	return []goal{rss, restart}
 }
 
 func metText(ok bool) string {
@@ -209,7 +229,7 @@ func metText(ok bool) string {
 
 func writeGoals(b *strings.Builder, r *Results, at int) {
 	fmt.Fprintf(b, "## Goals\n\n")
-	fmt.Fprintf(b, "For the lifecycle load at %d clients, liminald with sync=full.\n\n", at)
+	fmt.Fprintf(b, "liminald with sync=full: the first four under the lifecycle load at %d clients, the last two from the scale run (below).\n\n", at)
 	fmt.Fprintf(b, "| goal | measured | |\n|---|---|---|\n")
 	for _, g := range goals(r, at) {
 		fmt.Fprintf(b, "| %s | %s | %s |\n", g.name, g.measured, g.met)

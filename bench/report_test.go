@@ -151,6 +151,21 @@ func TestRenderReport(t *testing.T) {
 				t.Errorf("scale section lacks %q:\n%s", want, s)
 			}
 		}
+		g := section(t, renderReport(r), "Goals")
+		for _, want := range []string{
+			"| daemon RSS < 100 MiB after 10,000,000 events | 50.0 MiB (10,000,000 events) | met |",
+			"| restart to ready < 1 s with 10,000,000 events stored | 0.250 s (10,000,000 events) | met |",
+		} {
+			if !strings.Contains(g, want) {
+				t.Errorf("goals lack %q:\n%s", want, g)
+			}
+		}
+		// Fewer events than the goal names meet nothing.
+		r.Scale.Events = 1000
+		g = section(t, renderReport(r), "Goals")
+		if n := strings.Count(g, "(1,000 events) | not met |"); n != 2 {
+			t.Errorf("goals measured at 1,000 events: %d not met, want 2:\n%s", n, g)
+		}
 	})
 	t.Run("WithoutSixtyFourClients", func(t *testing.T) {
 		r := fixedResults()
