@@ -16,10 +16,11 @@ import (
 
 // conn is one client connection. Its reader goroutine (serve) reads and
 // dispatches requests; its writer goroutine (writeLoop) writes replies in
-// request order and pushes as they come; each request in flight and each
-// subscription has its own goroutine, but a write that waits for no earlier
-// request, which the store answers itself when it is an AsyncWriter.
-// serve owns them all and returns once they ended.
+// request order and pushes as they come; each subscription, and each
+// request in flight, has its own goroutine. The exception is a write that
+// waits for no earlier request when the store is an AsyncWriter: the store
+// answers it through a callback. serve owns them all and returns once they
+// ended.
 type conn struct {
 	srv *Server
 	nc  net.Conn

@@ -88,7 +88,9 @@ func (s *Store) enqueue(ctx context.Context, reqs []*request) error {
 		case s.queue <- r:
 		case <-ctx.Done():
 			for _, r := range reqs[:i] {
-				<-r.done
+				if r.done != nil { // else its then is called when it is answered
+					<-r.done
+				}
 			}
 			return ctx.Err()
 		}
@@ -231,28 +233,29 @@ func (w *writer) build(ts int64) error {
 	if err := w.begin(); err != nil {
 		return err
 	}
-	written := 0
+	written, closed := 0, false
 	for {
-		w.take()
-		full, synced := len(w.batch) >= w.s.opts.MaxBatch, w.s.syncing.Load() == 0
-		if full || synced || len(w.batch)-written >= stageMin {
+		closed = w.take() || closed
+		last := closed || len(w.batch) >= w.s.opts.MaxBatch || w.s.syncing.Load() == 0
+		if n := len(w.batch) - written; n > 0 && (last || n >= stageMin) {
 			if err := w.stage(w.batch[written:], ts); err != nil {
 				return err
 			}
 			if w.s.opts.staged != nil {
-				w.s.opts.staged(len(w.batch) - written)
+				w.s.opts.staged(n)
 			}
 			written = len(w.batch)
 		}
-		if full || synced {
+		if last {
 			return nil
 		}
 		select {
 		case r, ok := <-w.s.queue:
-			if !ok {
-				return nil
+			if ok {
+				w.batch = append(w.batch, r)
+			} else {
+				closed = true
 			}
-			w.batch = append(w.batch, r)
 		case <-w.s.syncDone:
 		}
 	}
@@ -263,18 +266,20 @@ func (w *writer) build(ts int64) error {
 const stageMin = 16
 
 // take adds the requests waiting now to the batch, up to MaxBatch.
-func (w *writer) take() {
+// Returns true if the queue is closed.
+func (w *writer) take() (closed bool) {
 	for len(w.batch) < w.s.opts.MaxBatch {
 		select {
 		case r, ok := <-w.s.queue:
 			if !ok {
-				return
+				return true
 			}
 			w.batch = append(w.batch, r)
 		default:
-			return
+			return false
 		}
 	}
+	return false
 }
 
 // commit writes the batch in one transaction and hands it to the syncer,

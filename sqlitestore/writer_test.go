@@ -420,7 +420,7 @@ func TestStore_StagesWhileSyncing(t *testing.T) {
 	if err := s.enqueue(context.Background(), []*request{first}); err != nil {
 		t.Fatal(err)
 	}
-	if n := <-staged; n != 1 {
+	if n := receiveWithin(t, staged); n != 1 {
 		t.Fatalf("first batch staged %d requests, want 1", n)
 	}
 	<-syncing // the first batch is committed; its sync is held
@@ -434,7 +434,7 @@ func TestStore_StagesWhileSyncing(t *testing.T) {
 		if err := s.enqueue(context.Background(), reqs); err != nil {
 			t.Fatal(err)
 		}
-		if n := <-staged; n != len(reqs) {
+		if n := receiveWithin(t, staged); n != len(reqs) {
 			t.Fatalf("staged %d requests, want %d", n, len(reqs))
 		}
 		return reqs
@@ -462,4 +462,118 @@ func TestStore_StagesWhileSyncing(t *testing.T) {
 	if m, err := s.Message(context.Background(), "conv", "m0"); err != nil || m == nil || m.Status != conversation.StatusInProgress {
 		t.Errorf("after the commit: Message = %+v, %v; want in progress", m, err)
 	}
+}
+
+// receiveWithin receives from ch, failing the test after 10 s.
+func receiveWithin[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing received within 10s")
+		panic("unreachable")
+	}
+}
+
+// TestStore_CloseWhileStaging: requests queued while a sync is in flight,
+// too few to be staged yet, are still written and committed when the store
+// closes, and answered only once durable.
+func TestStore_CloseWhileStaging(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "test.db")
+	syncing, release := make(chan struct{}), make(chan struct{})
+	staged := make(chan int, 8)
+	var once sync.Once
+	s, err := Open(path, Options{
+		syncFault: func() error {
+			once.Do(func() { close(syncing); <-release })
+			return nil
+		},
+		staged: func(n int) { staged <- n },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unhold := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unhold)
+	outcomes := make(chan error, 3)
+	answer := func(_ conversation.Outcome, err error) { outcomes <- err }
+	s.WriteAsync(context.Background(), cmd(conversation.OpReceive, "first"), answer)
+	receiveWithin(t, staged)
+	<-syncing
+	for _, m := range []string{"m1", "m2"} {
+		s.WriteAsync(context.Background(), cmd(conversation.OpReceive, m), answer)
+	}
+	closed := make(chan error)
+	go func() { closed <- s.Close() }()
+	if n := receiveWithin(t, staged); n != 2 {
+		t.Fatalf("staged %d requests at close, want 2", n)
+	}
+	unhold()
+	for range 3 {
+		if err := receiveWithin(t, outcomes); err != nil {
+			t.Errorf("write answered %v, want success", err)
+		}
+	}
+	if err := receiveWithin(t, closed); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	s = mustOpenPath(t, path, Options{})
+	for _, m := range []string{"first", "m1", "m2"} {
+		if msg, err := s.Message(context.Background(), "c", m); err != nil || msg == nil {
+			t.Errorf("after reopening, message %s = %+v, %v; want it received", m, msg, err)
+		}
+	}
+}
+
+// TestStore_WriteAsync: the callback gets what Write would return, once;
+// a write refused before it is queued is answered on the caller's
+// goroutine, before WriteAsync returns.
+func TestStore_WriteAsync(t *testing.T) {
+	s := mustOpenStore(t, Options{})
+	ctx := context.Background()
+	type result struct {
+		out conversation.Outcome
+		err error
+	}
+	write := func(c conversation.Command) result {
+		ch := make(chan result, 2)
+		s.WriteAsync(ctx, c, func(o conversation.Outcome, err error) { ch <- result{o, err} })
+		r := receiveWithin(t, ch)
+		select {
+		case extra := <-ch:
+			t.Fatalf("%v answered twice: %+v then %+v", c.Op, r, extra)
+		default:
+		}
+		return r
+	}
+	if r := write(cmd(conversation.OpReceive, "m")); r.err != nil || r.out.Decision.Action != conversation.Start || r.out.Seq != 0 {
+		t.Errorf("receive = %+v, want start at seq 0", r)
+	}
+	if r := write(cmd(conversation.OpStart, "unknown")); !errors.Is(r.err, conversation.ErrUnknownMessage) {
+		t.Errorf("start of an unknown message = %+v, want ErrUnknownMessage", r)
+	}
+	refused := func(c conversation.Command, want error) {
+		t.Helper()
+		var got error
+		called := false
+		s.WriteAsync(ctx, c, func(_ conversation.Outcome, err error) { got, called = err, true })
+		if !called || !errors.Is(got, want) {
+			t.Errorf("WriteAsync(%v) returned with called=%v, err %v; want %v at once", c.Op, called, got, want)
+		}
+	}
+	bad := cmd(conversation.OpReceive, "")
+	var fe *conversation.FieldError
+	s.WriteAsync(ctx, bad, func(_ conversation.Outcome, err error) {
+		if !errors.As(err, &fe) {
+			t.Errorf("receive without a message id: %v, want a FieldError", err)
+		}
+	})
+	if fe == nil {
+		t.Error("a receive without a message id was not refused at once")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	refused(cmd(conversation.OpReceive, "late"), conversation.ErrClosed)
 }
