@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,8 +176,27 @@ func checkDurableSettings(ctx context.Context, t *testing.T, sys System) {
 			err = conn.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v)
 			return v, err
 		}
-	default:
+	case *sqliteSystem:
+		// What each client's connection runs with.
+		want = map[string]string{"synchronous": "2", "journal_mode": "wal"} // 2: FULL
+		c, err := s.Dial(ctx)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer c.Close()
+		get = func(name string) (v string, err error) {
+			err = c.(*sqliteClient).db.QueryRowContext(ctx, "PRAGMA "+name).Scan(&v)
+			return v, err
+		}
+	case *liminaldSystem:
+		// The daemon logs its settings when it starts serving.
+		log, err := os.ReadFile(s.srv.log)
+		if err != nil || !strings.Contains(string(log), "sync=full") {
+			t.Fatalf("liminald's log does not say sync=full (%v):\n%s", err, log)
+		}
 		return
+	default:
+		t.Fatalf("no durable settings to check for %s", sys.Name())
 	}
 	for name, w := range want {
 		v, err := get(name)

@@ -96,7 +96,10 @@ func writeMachine(b *strings.Builder, r *Results) {
 func writeSystems(b *strings.Builder, r *Results) {
 	fmt.Fprintf(b, "## Systems\n\n")
 	fmt.Fprintf(b, "Every system replies to a write only after an fsync'd commit (group commit allowed) and makes\n")
-	fmt.Fprintf(b, "each decision atomic with its append, under the same rules (SPEC §1–§2).\n\n")
+	fmt.Fprintf(b, "each decision atomic with its append, under the rules of SPEC §1–§2 for receive, decide, start,\n")
+	fmt.Fprintf(b, "step and finish (bench/conformance_test.go holds each to them). The peers keep less than liminald\n")
+	fmt.Fprintf(b, "does: no fail, no expected_seq, no pos across conversations, no totals or counts by status, and a\n")
+	fmt.Fprintf(b, "duplicate does not return the original seq.\n\n")
 	fmt.Fprintf(b, "| system | version | settings |\n|---|---|---|\n")
 	for _, s := range orderSystems(r.Systems) {
 		fmt.Fprintf(b, "| %s | %s | %s |\n", s.Name, s.Version, s.Settings)
@@ -234,7 +237,7 @@ func writeGoals(b *strings.Builder, r *Results, at int) {
 	for _, g := range goals(r, at) {
 		fmt.Fprintf(b, "| %s | %s | %s |\n", g.name, g.measured, g.met)
 	}
-	fmt.Fprintf(b, "\n")
+	fmt.Fprintf(b, "\nWhere liminald's time goes, and what keeps a goal out of reach: [PERFORMANCE.md](PERFORMANCE.md).\n\n")
 }
 
 func writeMode(b *strings.Builder, r *Results, mode string) {
@@ -261,6 +264,9 @@ func writeScale(b *strings.Builder, r *Results) {
 		return
 	}
 	fmt.Fprintf(b, "## Scale\n\n")
+	fmt.Fprintf(b, "`bench/run --scale N`: %d clients run lifecycles on a fresh liminald until N events are stored; its\n", scaleClients)
+	fmt.Fprintf(b, "RSS is read then, it is stopped with SIGTERM and started again on the same database, and the\n")
+	fmt.Fprintf(b, "restart is timed from the start of the process until ping answers (polled every 10 ms).\n\n")
 	fmt.Fprintf(b, "| | |\n|---|---|\n")
 	fmt.Fprintf(b, "| events stored | %s |\n", rate(float64(s.Events)))
 	fmt.Fprintf(b, "| time to store them | %s s |\n", num(s.LoadSeconds))

@@ -37,7 +37,7 @@ func measureScale(ctx context.Context, bin, base string, events int64, progress 
 		return nil, err
 	}
 	r := &ScaleResult{LoadSeconds: time.Since(start).Seconds()}
-	status := fmt.Sprintf("/proc/%d/status", sys.cmd.Process.Pid)
+	status := fmt.Sprintf("/proc/%d/status", sys.srv.cmd.Process.Pid)
 	r.RSSAfterBytes, r.PeakRSSBytes = statusKB(status, "VmRSS"), statusKB(status, "VmHWM")
 	if err := sys.Stop(); err != nil {
 		return nil, err
@@ -66,14 +66,14 @@ func measureScale(ctx context.Context, bin, base string, events int64, progress 
 func storeEvents(ctx context.Context, sys System, events int64, progress io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	clients, err := dialAll(ctx, sys, scaleClients)
+	if err != nil {
+		return err
+	}
 	var stored atomic.Int64
 	var wg sync.WaitGroup
 	errs := make([]error, scaleClients)
-	for i := range scaleClients {
-		c, err := sys.Dial(ctx)
-		if err != nil {
-			return err
-		}
+	for i, c := range clients {
 		wg.Go(func() {
 			defer c.Close()
 			for n := 0; stored.Load() < events; n++ {

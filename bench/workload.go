@@ -187,19 +187,11 @@ func runPoint(ctx context.Context, sys System, p point) (pointResult, error) {
 	if r, ok := sys.(pointRunner); ok {
 		return r.runPoint(ctx, p)
 	}
-	clients := make([]Client, 0, p.Clients)
-	defer func() {
-		for _, c := range clients {
-			c.Close()
-		}
-	}()
-	for range p.Clients {
-		c, err := sys.Dial(ctx)
-		if err != nil {
-			return pointResult{}, fmt.Errorf("%s: dial: %w", sys.Name(), err)
-		}
-		clients = append(clients, c)
+	clients, err := dialAll(ctx, sys, p.Clients)
+	if err != nil {
+		return pointResult{}, err
 	}
+	defer closeAll(clients)
 	return runClients(ctx, p, clients, sys.Usage)
 }
 
@@ -340,4 +332,24 @@ func preload(ctx context.Context, sys System, count int) error {
 		return fmt.Errorf("%s: preload: %w", sys.Name(), err)
 	}
 	return nil
+}
+
+// dialAll opens n clients of sys; on an error it closes those it opened.
+func dialAll(ctx context.Context, sys System, n int) ([]Client, error) {
+	clients := make([]Client, 0, n)
+	for range n {
+		c, err := sys.Dial(ctx)
+		if err != nil {
+			closeAll(clients)
+			return nil, fmt.Errorf("%s: dial: %w", sys.Name(), err)
+		}
+		clients = append(clients, c)
+	}
+	return clients, nil
+}
+
+func closeAll(clients []Client) {
+	for _, c := range clients {
+		c.Close()
+	}
 }
