@@ -117,6 +117,9 @@ func TestStore_MaxPageCount(t *testing.T) {
 		t.Errorf("Decide while full = %+v, %v; want skip", d, err)
 	}
 	verifyLog(t, s, acked)
+	if n := s.unstaged.Load(); n != 0 { // the failed batches left the count
+		t.Errorf("%d requests counted as unstaged after the failed batches", n)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,11 @@ func mustOpenPath(tb testing.TB, path string, opts Options) *Store {
 		tb.Fatalf("Open(%s): %v", path, err)
 	}
 	tb.Cleanup(func() {
+		// Every request of the test was answered: none is counted as
+		// waiting for a stage, whatever path its batch took.
+		if n := s.unstaged.Load(); n != 0 {
+			tb.Errorf("%d requests counted as unstaged at the end", n)
+		}
 		if err := s.Close(); err != nil {
 			tb.Errorf("Close: %v", err)
 		}

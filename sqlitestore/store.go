@@ -112,9 +112,14 @@ type Store struct {
 	queue   chan *request   // write requests, to the writer
 	synced  chan *committed // committed batches, to the syncer
 
-	syncing  atomic.Int64          // batches committed and not yet answered
-	broken   atomic.Pointer[error] // the failed sync after which writes are refused
-	syncDone chan struct{}         // the syncer answered batches
+	syncing atomic.Int64          // batches committed and not yet answered
+	broken  atomic.Pointer[error] // the failed sync after which writes are refused
+	// wake tells a writer waiting out a sync to look again: the sync
+	// ended, the queue closed, or enough requests for a stage (stageMin)
+	// are waiting. unstaged counts the requests queued and not yet written
+	// into a batch.
+	wake     chan struct{}
+	unstaged atomic.Int64
 	opened   time.Time
 
 	mu     sync.RWMutex // guards closed against sends on queue
@@ -136,7 +141,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), syncDone: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
+	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), wake: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
 	if err := s.open(); err != nil {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -264,11 +269,20 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	close(s.queue)
+	s.poke()
 	close(s.stop)
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.feed.closeAll()
 	return s.closeDBs()
+}
+
+// poke wakes the writer if it waits out a sync.
+func (s *Store) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (s *Store) closeDBs() error {

@@ -63,10 +63,7 @@ func (s *Store) syncLoop() {
 			}
 		}
 		s.syncing.Add(-int64(len(pending)))
-		select {
-		case s.syncDone <- struct{}{}:
-		default:
-		}
+		s.poke()
 		clear(pending)
 	}
 }

@@ -86,6 +86,9 @@ func (s *Store) enqueue(ctx context.Context, reqs []*request) error {
 	for i, r := range reqs {
 		select {
 		case s.queue <- r:
+			if s.unstaged.Add(1) >= stageMin {
+				s.poke()
+			}
 		case <-ctx.Done():
 			for _, r := range reqs[:i] {
 				if r.done != nil { // else its then is called when it is answered
@@ -227,13 +230,16 @@ func (w *writer) run() {
 // sync ends: they could not be answered before the next sync anyway, one
 // larger transaction costs the disk less than several small ones, and the
 // statements they need run while the disk works, so that only the COMMIT
-// is left once the sync ends. When nothing is syncing it takes only what is
-// waiting, so a lone request is committed at once.
+// is left once the sync ends. It wakes for a stage's worth of requests,
+// not for each. When nothing is syncing it takes only what is waiting, so
+// a lone request is committed at once.
 func (w *writer) build(ts int64) error {
 	if err := w.begin(); err != nil {
 		return err
 	}
 	written, closed := 0, false
+	// What the batch took and did not write leaves the count too.
+	defer func() { w.s.unstaged.Add(-int64(len(w.batch) - written)) }()
 	for {
 		closed = w.take() || closed
 		last := closed || len(w.batch) >= w.s.opts.MaxBatch || w.s.syncing.Load() == 0
@@ -241,6 +247,7 @@ func (w *writer) build(ts int64) error {
 			if err := w.stage(w.batch[written:], ts); err != nil {
 				return err
 			}
+			w.s.unstaged.Add(-int64(n))
 			if w.s.opts.staged != nil {
 				w.s.opts.staged(n)
 			}
@@ -249,15 +256,7 @@ func (w *writer) build(ts int64) error {
 		if last {
 			return nil
 		}
-		select {
-		case r, ok := <-w.s.queue:
-			if ok {
-				w.batch = append(w.batch, r)
-			} else {
-				closed = true
-			}
-		case <-w.s.syncDone:
-		}
+		<-w.s.wake
 	}
 }
 
