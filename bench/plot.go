@@ -32,25 +32,24 @@ func writePlot(r *Results, path string) error {
 	// A log axis needs a range, even with one number of clients.
 	xMin, xMax := float64(clients[0])/1.5, float64(clients[len(clients)-1])*1.5
 
-	tp := plot.New()
-	tp.Title.Text = "Lifecycle throughput (sync=full)"
-	tp.X.Label.Text = "clients"
-	tp.Y.Label.Text = "events/s"
-	tp.X.Scale = plot.LogScale{}
-	tp.X.Tick.Marker = plot.ConstantTicks(xTicks)
-	tp.X.Min, tp.X.Max = xMin, xMax
+	// Both panels: clients on a log axis, one tick per number measured.
+	panel := func(title, yLabel string) *plot.Plot {
+		p := plot.New()
+		p.Title.Text = title
+		p.X.Label.Text, p.Y.Label.Text = "clients", yLabel
+		p.X.Scale = plot.LogScale{}
+		p.X.Tick.Marker = plot.ConstantTicks(xTicks)
+		p.X.Min, p.X.Max = xMin, xMax
+		return p
+	}
+
+	tp := panel("Lifecycle throughput (sync=full)", "events/s")
 	tp.Y.Min = 0
 	tp.Y.Tick.Marker = rateTicks{}
 	tp.Legend.Top, tp.Legend.Left = true, true
 	tp.Legend.XOffs, tp.Legend.YOffs = vg.Points(8), -vg.Points(4)
 
-	lp := plot.New()
-	lp.Title.Text = "Lifecycle p99 latency (log scale)"
-	lp.X.Label.Text = "clients"
-	lp.Y.Label.Text = "p99 (ms)"
-	lp.X.Scale = plot.LogScale{}
-	lp.X.Tick.Marker = plot.ConstantTicks(xTicks)
-	lp.X.Min, lp.X.Max = xMin, xMax
+	lp := panel("Lifecycle p99 latency (log scale)", "p99 (ms)")
 	lp.Y.Scale = plot.LogScale{}
 	lp.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	// Latency grows with clients: the bottom right is where the lines are
