@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,11 +16,13 @@ import (
 type liminaldSystem struct {
 	bin    string
 	socket string
-	srv    *peerServer
+	running
 }
 
 // newLiminald returns the System of the liminald binary at bin.
-func newLiminald(bin string) System { return &liminaldSystem{bin: bin} }
+func newLiminald(bin string) System {
+	return &liminaldSystem{bin: bin, running: running{name: "liminald", quit: syscall.SIGTERM}}
+}
 
 func (s *liminaldSystem) Name() string { return "liminald" }
 
@@ -60,28 +61,6 @@ func (s *liminaldSystem) ping(ctx context.Context) error {
 // Dial opens one connection to the daemon.
 func (s *liminaldSystem) Dial(ctx context.Context) (Client, error) {
 	return dialLine(ctx, s.socket)
-}
-
-// Usage reports the daemon's CPU time and peak RSS so far.
-func (s *liminaldSystem) Usage() (Usage, error) {
-	if s.srv == nil {
-		return Usage{}, errors.New("liminald is not running")
-	}
-	return s.srv.watch.Usage(), nil
-}
-
-// Stop sends SIGTERM and waits for the daemon to exit; it kills it after
-// peerStopTimeout. Returns an error if it did not exit cleanly.
-func (s *liminaldSystem) Stop() error {
-	if s.srv == nil {
-		return nil
-	}
-	srv := s.srv
-	s.srv = nil
-	if err := srv.stop(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("liminald: %w", err)
-	}
-	return nil
 }
 
 // Version is the daemon's version, as liminald --version prints it.

@@ -220,11 +220,15 @@ var postgresSettings = []string{
 // socket, as the postgres user when run as root (the server refuses root).
 type postgresSystem struct {
 	socketDir string
-	srv       *peerServer
+	running
 }
 
 // newPostgres returns the PostgreSQL peer.
-func newPostgres() System { return &postgresSystem{} }
+// SIGINT asks postgres for a fast shutdown: roll back open transactions,
+// checkpoint, exit.
+func newPostgres() System {
+	return &postgresSystem{running: running{name: "postgres", quit: syscall.SIGINT}}
+}
 
 func (s *postgresSystem) Name() string { return "postgres" }
 
@@ -405,29 +409,6 @@ func (s *postgresSystem) Dial(ctx context.Context) (Client, error) {
 		}
 	}
 	return &postgresClient{conn: conn}, nil
-}
-
-// Usage reports the CPU time and the peak memory of the server's processes
-// (the postmaster and its backends) so far.
-func (s *postgresSystem) Usage() (Usage, error) {
-	if s.srv == nil {
-		return Usage{}, errors.New("postgres: not started")
-	}
-	return s.srv.watch.Usage(), nil
-}
-
-// Stop asks for a fast shutdown (SIGINT: roll back open transactions,
-// checkpoint, exit) and waits for it.
-func (s *postgresSystem) Stop() error {
-	if s.srv == nil {
-		return nil
-	}
-	srv := s.srv
-	s.srv = nil
-	if err := srv.stop(syscall.SIGINT); err != nil {
-		return fmt.Errorf("postgres: %w", err)
-	}
-	return nil
 }
 
 // Version is the server's version, as postgres --version prints it.

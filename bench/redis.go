@@ -115,11 +115,14 @@ func redisKeys(conv, msg string) []string {
 // with the append-only file fsynced before every reply.
 type redisSystem struct {
 	socket string
-	srv    *peerServer
+	running
 }
 
 // newRedis returns the Redis peer.
-func newRedis() System { return &redisSystem{} }
+// On SIGTERM Redis fsyncs the append-only file and exits.
+func newRedis() System {
+	return &redisSystem{running: running{name: "redis-server", quit: syscall.SIGTERM}}
+}
 
 func (s *redisSystem) Name() string { return "redis" }
 
@@ -185,28 +188,6 @@ func (s *redisSystem) Dial(ctx context.Context) (Client, error) {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	return &redisClient{rdb: rdb}, nil
-}
-
-// Usage reports the server's CPU time and peak RSS so far.
-func (s *redisSystem) Usage() (Usage, error) {
-	if s.srv == nil {
-		return Usage{}, errors.New("redis: not started")
-	}
-	return s.srv.watch.Usage(), nil
-}
-
-// Stop sends SIGTERM, on which Redis fsyncs the append-only file and
-// exits, and waits for it.
-func (s *redisSystem) Stop() error {
-	if s.srv == nil {
-		return nil
-	}
-	srv := s.srv
-	s.srv = nil
-	if err := srv.stop(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("redis-server: %w", err)
-	}
-	return nil
 }
 
 // Version is the server's version, as redis-server --version prints it.

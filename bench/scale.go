@@ -27,7 +27,7 @@ func measureScale(ctx context.Context, bin, base string, events int64, progress 
 	if err != nil {
 		return nil, err
 	}
-	sys := &liminaldSystem{bin: bin}
+	sys := newLiminald(bin).(*liminaldSystem)
 	if err := sys.Start(ctx, dir); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,36 @@ import (
 	"time"
 )
 
+// running is the server a System started, embedded in the System: its
+// Usage and Stop are the System's.
+type running struct {
+	name string    // the server's, for errors
+	quit os.Signal // what asks it to stop cleanly
+	srv  *peerServer
+}
+
+// Usage reports the server's CPU time and peak memory so far.
+func (r *running) Usage() (Usage, error) {
+	if r.srv == nil {
+		return Usage{}, fmt.Errorf("%s is not running", r.name)
+	}
+	return r.srv.watch.Usage(), nil
+}
+
+// Stop sends the server its quit signal and waits for it to exit, killing
+// it after peerStopTimeout. Returns an error if it did not exit cleanly.
+func (r *running) Stop() error {
+	if r.srv == nil {
+		return nil
+	}
+	srv := r.srv
+	r.srv = nil
+	if err := srv.stop(r.quit); err != nil {
+		return fmt.Errorf("%s: %w", r.name, err)
+	}
+	return nil
+}
+
 // peerServer is the server process of a system (liminald, redis-server,
 // postgres): its exit, its log and the sampling of its usage.
 type peerServer struct {
