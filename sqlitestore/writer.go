@@ -459,7 +459,12 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 }
 
 // flush writes the events the batch appended from first on and the state
-// rows they changed, a few multi-row statements a table.
+// rows they changed, a few multi-row statements a table. A state row that
+// two stages of one batch change (a conversation, the totals) is written by
+// both: the second write lands on a page the first made dirty, so the
+// COMMIT writes it once, and the stages run while the disk works, where
+// deferring every state row to the end of the batch would put them after
+// the sync.
 func (w *writer) flush(ctx context.Context, before totals, first int) error {
 	st := w.stmts
 	for i := first; i < len(w.events); i++ {
