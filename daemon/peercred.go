@@ -8,9 +8,10 @@ import (
 
 // PeerCred returns the credentials of the process at the other end of a unix
 // socket connection, as the kernel recorded them when it connected
-// (SO_PEERCRED on Linux): its effective uid and gid, and its pid. It returns
-// an error when c is not a *net.UnixConn or the credentials cannot be read
-// (errors.ErrUnsupported on a platform without SO_PEERCRED).
+// (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS and FreeBSD): its
+// effective uid and gid, and its pid (0 where the platform does not say:
+// FreeBSD). It returns an error when c is not a *net.UnixConn or the
+// credentials cannot be read (errors.ErrUnsupported on other platforms).
 func PeerCred(c net.Conn) (uid, gid uint32, pid int32, err error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {

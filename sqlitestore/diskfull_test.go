@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"liminald/conversation"
@@ -53,55 +51,6 @@ func verifyLog(t *testing.T, s *Store, acked map[int64]conversation.Command) {
 			t.Fatalf("seq %d: stored %v of %s, acknowledged %v of %s", seq, e.Type, e.MessageID, c.Op, c.MessageID)
 		}
 	}
-}
-
-// TestStore_DiskFull fills a real, small filesystem (a tmpfs mounted for the
-// test; it needs root): writes get a retryable unavailable, reads keep
-// working, nothing acknowledged is lost, and writes work again once space
-// is freed, without a restart.
-func TestStore_DiskFull(t *testing.T) {
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
-	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(filler, make([]byte, 2<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "full.db")
-	s, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-
-	acked, failed := fillUntilUnavailable(t, s)
-	if len(acked) == 0 {
-		t.Fatal("no write succeeded before the disk filled")
-	}
-	// Still full: the write that failed fails again, reads work.
-	if _, err := s.Write(context.Background(), failed); !errors.Is(err, conversation.ErrUnavailable) {
-		t.Errorf("Write while full: %v, want unavailable", err)
-	}
-	if d, err := s.Decide(context.Background(), "c", "m0"); err != nil || d.Action != conversation.Skip {
-		t.Errorf("Decide while full = %+v, %v; want skip", d, err)
-	}
-	verifyLog(t, s, acked)
-
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
-	o, err := s.Write(context.Background(), failed)
-	if err != nil || !o.Append {
-		t.Fatalf("Write after freeing space = %+v, %v; want an append", o, err)
-	}
-	acked[o.Seq] = failed
-	verifyLog(t, s, acked)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	mustCheck(t, path)
 }
 
 // TestStore_MaxPageCount fills the database to its page limit, the way a

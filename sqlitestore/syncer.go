@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"syscall"
 	"time"
 
 	"liminald/conversation"
@@ -81,7 +80,7 @@ func (s *Store) syncWAL() error {
 		return fmt.Errorf("sync wal: %w: %w", conversation.ErrUnavailable, err)
 	}
 	defer f.Close()
-	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+	if err := datasync(int(f.Fd())); err != nil {
 		return fmt.Errorf("sync wal: %w: %w", conversation.ErrUnavailable, err)
 	}
 	return nil
