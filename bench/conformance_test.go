@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"liminald/internal/daemontest"
-
 	"github.com/jackc/pgx/v5"
 )
 
@@ -20,12 +18,7 @@ import (
 // concurrent receives, and that an acknowledged write survives a restart.
 // The servers must be installed: a missing one fails the test.
 func TestConformance(t *testing.T) {
-	bin, cleanup, err := daemontest.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cleanup)
-	for _, sys := range []System{newLiminald(bin), newSQLite(), newRedis(), newPostgres()} {
+	for _, sys := range []System{newLiminald(buildLiminald(t)), newSQLite(), newRedis(), newPostgres()} {
 		t.Run(sys.Name(), func(t *testing.T) {
 			t.Parallel()
 			testConformance(t, sys)

@@ -4,21 +4,14 @@ import (
 	"context"
 	"io"
 	"testing"
-
-	"liminald/internal/daemontest"
 )
 
 // TestMeasureScale stores a few thousand events, then checks that the
 // figures are there and that the restarted daemon counts them all (which
 // measureScale itself checks, with a finished message skipped).
 func TestMeasureScale(t *testing.T) {
-	bin, cleanup, err := daemontest.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cleanup)
 	const events = 3000
-	r, err := measureScale(context.Background(), bin, t.TempDir(), events, io.Discard)
+	r, err := measureScale(context.Background(), buildLiminald(t), t.TempDir(), events, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"liminald/internal/daemontest"
 )
 
 func TestMain(m *testing.M) {
@@ -78,12 +76,7 @@ func testPoints(t *testing.T, sys System, clients int) {
 }
 
 func TestRunPoint_Liminald(t *testing.T) {
-	bin, cleanup, err := daemontest.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cleanup)
-	sys := newLiminald(bin)
+	sys := newLiminald(buildLiminald(t))
 	mustStart(t, sys)
 	testPoints(t, sys, 4)
 
