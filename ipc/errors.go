@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"liminald/conversation"
 )
@@ -52,22 +51,12 @@ func (c Code) Error() string { return string(c) }
 // Retryable reports whether a request that failed with c may succeed if
 // sent again unchanged: true for unavailable, shutting_down and internal.
 func (c Code) Retryable() bool {
-	switch c {
-	case CodeUnavailable, CodeShuttingDown, CodeInternal:
-		return true
-	}
-	return false
+	row := rowOf(c)
+	return row != nil && row.retryable
 }
 
 // Known reports whether c is one of the codes of SPEC §3.
-func (c Code) Known() bool {
-	switch c {
-	case CodeBadRequest, CodeLineTooLong, CodeUnknownOp, CodeUnknownMessage, CodeAlreadyFinished,
-		CodeStepConflict, CodeSequenceConflict, CodeForbidden, CodeUnavailable, CodeShuttingDown, CodeInternal:
-		return true
-	}
-	return false
-}
+func (c Code) Known() bool { return rowOf(c) != nil }
 
 // Error is a failure reply: its code, message, whether it may be retried,
 // and the details the error object carries beside them (numbers as
@@ -97,31 +86,21 @@ func (e *Error) Is(target error) bool {
 	return ok && c == e.Code
 }
 
-// Unwrap returns the domain error of e's code: conversation.ErrUnknownMessage,
-// ErrAlreadyFinished, ErrStepConflict, ErrUnavailable, ErrClosed (for
-// shutting_down), a *conversation.SequenceConflictError, a
-// *conversation.FieldError naming the field, or ErrForbidden; nil for the
-// others.
+// Unwrap returns the domain error of e's code, as the table of codes
+// gives it: conversation.ErrUnknownMessage, ErrAlreadyFinished,
+// ErrStepConflict, ErrUnavailable, ErrClosed (for shutting_down), a
+// *conversation.SequenceConflictError, a *conversation.FieldError naming
+// the field of the "field" detail (its Problem is the whole message), or
+// ErrForbidden; nil for the others.
 func (e *Error) Unwrap() error {
-	switch e.Code {
-	case CodeUnknownMessage:
-		return conversation.ErrUnknownMessage
-	case CodeAlreadyFinished:
-		return conversation.ErrAlreadyFinished
-	case CodeStepConflict:
-		return conversation.ErrStepConflict
-	case CodeUnavailable:
-		return conversation.ErrUnavailable
-	case CodeShuttingDown:
-		return conversation.ErrClosed
-	case CodeForbidden:
-		return ErrForbidden
-	case CodeSequenceConflict:
-		return &conversation.SequenceConflictError{Expected: e.detailInt("expected"), Actual: e.detailInt("actual")}
-	case CodeBadRequest:
-		if f, ok := e.Details["field"].(string); ok {
-			return &conversation.FieldError{Field: f, Problem: strings.TrimPrefix(e.Message, f+" ")}
-		}
+	row := rowOf(e.Code)
+	switch {
+	case row == nil:
+		return nil
+	case row.fromWire != nil:
+		return row.fromWire(e)
+	case len(row.errs) > 0:
+		return row.errs[0]
 	}
 	return nil
 }
@@ -139,43 +118,94 @@ func (e *Error) detailInt(key string) int64 {
 	return 0
 }
 
-// errorCodes is the one table from errors to wire codes, tried in order
-// with errors.Is after the structured errors (see wireError).
-var errorCodes = []struct {
-	err  error
-	code Code
-}{
-	{conversation.ErrUnknownMessage, CodeUnknownMessage},
-	{conversation.ErrAlreadyFinished, CodeAlreadyFinished},
-	{conversation.ErrStepConflict, CodeStepConflict},
-	{conversation.ErrUnavailable, CodeUnavailable},
-	{conversation.ErrClosed, CodeShuttingDown},
-	{ErrForbidden, CodeForbidden},
-	// The store's context is only cancelled when Shutdown gives up waiting.
-	{context.Canceled, CodeShuttingDown},
+// codeRow is a row of codes: a wire code and the domain errors it stands
+// for. A code stands for sentinel errors (errs, matched with errors.Is; the
+// first is the one a client unwraps to), or for a structured error, which
+// toWire recognises and gives its details and fromWire builds back from
+// them, or for no domain error at all.
+type codeRow struct {
+	code      Code
+	retryable bool
+	errs      []error
+	toWire    func(err error) (details map[string]any, ok bool)
+	fromWire  func(e *Error) error
 }
 
-// wireError returns the wire error of err: an *Error as it is, a
-// *conversation.FieldError as bad_request naming the field, a
-// *conversation.SequenceConflictError as sequence_conflict with expected
-// and actual, the errors of errorCodes by their code, and anything else as
+// codes is the one table between domain errors and wire codes, read both
+// ways: wireError finds the first row whose domain error err is, and
+// (*Error).Unwrap the domain error of a code. A code is known when it has
+// a row.
+var codes = []codeRow{
+	{code: CodeBadRequest, toWire: fieldDetails, fromWire: fieldFromWire},
+	{code: CodeLineTooLong},
+	{code: CodeUnknownOp},
+	{code: CodeUnknownMessage, errs: []error{conversation.ErrUnknownMessage}},
+	{code: CodeAlreadyFinished, errs: []error{conversation.ErrAlreadyFinished}},
+	{code: CodeStepConflict, errs: []error{conversation.ErrStepConflict}},
+	{code: CodeSequenceConflict, toWire: sequenceDetails, fromWire: sequenceFromWire},
+	{code: CodeForbidden, errs: []error{ErrForbidden}},
+	{code: CodeUnavailable, retryable: true, errs: []error{conversation.ErrUnavailable}},
+	// The store's context is only cancelled when Shutdown gives up waiting.
+	{code: CodeShuttingDown, retryable: true, errs: []error{conversation.ErrClosed, context.Canceled}},
+	{code: CodeInternal, retryable: true},
+}
+
+// rowOf returns the row of code c, or nil for a code it does not know.
+func rowOf(c Code) *codeRow {
+	for i := range codes {
+		if codes[i].code == c {
+			return &codes[i]
+		}
+	}
+	return nil
+}
+
+func fieldDetails(err error) (map[string]any, bool) {
+	var fe *conversation.FieldError
+	if !errors.As(err, &fe) {
+		return nil, false
+	}
+	return map[string]any{"field": fe.Field}, true
+}
+
+func fieldFromWire(e *Error) error {
+	f, ok := e.Details["field"].(string)
+	if !ok {
+		return nil
+	}
+	return &conversation.FieldError{Field: f, Problem: e.Message}
+}
+
+func sequenceDetails(err error) (map[string]any, bool) {
+	var sc *conversation.SequenceConflictError
+	if !errors.As(err, &sc) {
+		return nil, false
+	}
+	return map[string]any{"expected": sc.Expected, "actual": sc.Actual}, true
+}
+
+func sequenceFromWire(e *Error) error {
+	return &conversation.SequenceConflictError{Expected: e.detailInt("expected"), Actual: e.detailInt("actual")}
+}
+
+// wireError returns the wire error of err: an *Error as it is, a domain
+// error by its row of codes (with its details), and anything else as
 // internal.
 func wireError(err error) *Error {
 	var we *Error
 	if errors.As(err, &we) {
 		return we
 	}
-	var fe *conversation.FieldError
-	if errors.As(err, &fe) {
-		return &Error{Code: CodeBadRequest, Message: fe.Error(), Details: map[string]any{"field": fe.Field}}
-	}
-	var sc *conversation.SequenceConflictError
-	if errors.As(err, &sc) {
-		return &Error{Code: CodeSequenceConflict, Message: sc.Error(), Details: map[string]any{"expected": sc.Expected, "actual": sc.Actual}}
-	}
-	for _, m := range errorCodes {
-		if errors.Is(err, m.err) {
-			return &Error{Code: m.code, Message: err.Error(), Retryable: m.code.Retryable()}
+	for _, row := range codes {
+		if row.toWire != nil {
+			if details, ok := row.toWire(err); ok {
+				return &Error{Code: row.code, Message: err.Error(), Retryable: row.retryable, Details: details}
+			}
+		}
+		for _, target := range row.errs {
+			if errors.Is(err, target) {
+				return &Error{Code: row.code, Message: err.Error(), Retryable: row.retryable}
+			}
 		}
 	}
 	return &Error{Code: CodeInternal, Message: "internal error: " + err.Error(), Retryable: true}
