@@ -12,15 +12,17 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"liminald/conversation"
 )
 
 // conn is one client connection. Its reader goroutine (serve) reads and
 // dispatches requests; its writer goroutine (writeLoop) writes replies in
 // request order and pushes as they come; each subscription, and each
-// request in flight, has its own goroutine. The exception is a write that
-// waits for no earlier request when the store is an AsyncWriter: the store
-// answers it through a callback. serve owns them all and returns once they
-// ended.
+// request in flight that must wait for an earlier one or reads the store
+// while others are in flight, has its own goroutine. A write needs none:
+// the store answers it through a callback. serve owns them all and
+// returns once they ended.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -68,6 +70,12 @@ type conn struct {
 type slot struct {
 	req request
 	buf []byte
+	// A write's outcome, which the writer goroutine encodes into buf
+	// when encode is set: the store's callback only hands it over.
+	out    conversation.Outcome
+	err    error
+	began  time.Time
+	encode bool
 	// ready gets a token when buf holds the whole reply.
 	ready chan struct{}
 	// written, when set, is closed once the reply was handed to the socket's
@@ -231,17 +239,8 @@ func (c *conn) dispatch(sl *slot, line []byte) {
 		}
 		return
 	}
-	if aw, ok := c.srv.store.(AsyncWriter); ok && r.op.isWrite() && len(after) == 0 {
-		// A write that waits for no earlier request needs no goroutine:
-		// the store answers it when it is durable.
-		c.reqs.Add(1)
-		c.srv.writeAsync(c.ctx, aw, r, sl.buf, func(reply []byte) {
-			c.reply(sl, reply)
-			if done != nil {
-				close(done)
-			}
-			c.reqs.Done()
-		})
+	if r.op.isWrite() {
+		c.submit(sl, after, done)
 		return
 	}
 	c.reqs.Add(1)
@@ -255,6 +254,40 @@ func (c *conn) dispatch(sl *slot, line []byte) {
 			return
 		}
 		c.reply(sl, c.srv.exec(c.ctx, r, sl.buf))
+	}()
+}
+
+// submit hands the write request of sl to the store, once the requests of
+// after are done, and closes done when it is answered. The store's
+// callback hands the outcome to the writer goroutine, which encodes the
+// reply: nothing the connection does runs on the store's goroutine.
+func (c *conn) submit(sl *slot, after []chan struct{}, done chan struct{}) {
+	c.reqs.Add(1)
+	began := time.Now()
+	answered := func() {
+		if done != nil {
+			close(done)
+		}
+		c.reqs.Done()
+	}
+	send := func() {
+		c.srv.store.WriteAsync(c.ctx, sl.req.cmd, func(o conversation.Outcome, err error) {
+			sl.out, sl.err, sl.began, sl.encode = o, err, began, true
+			sl.ready <- struct{}{}
+			answered()
+		})
+	}
+	if len(after) == 0 {
+		send()
+		return
+	}
+	go func() {
+		if !c.wait(c.ctx, after) {
+			c.reply(sl, appendFailure(sl.buf, sl.req.id, &Error{Code: CodeShuttingDown, Message: "the daemon is shutting down"}))
+			answered()
+			return
+		}
+		send()
 	}()
 }
 
@@ -385,6 +418,10 @@ func keepIf[T any](ok bool, ch chan T) chan T {
 }
 
 func (c *conn) writeReply(sl *slot) {
+	if sl.encode {
+		sl.buf = c.srv.appendWrite(sl.buf, &sl.req, sl.out, sl.err, sl.began)
+		sl.out, sl.err, sl.encode = conversation.Outcome{}, nil, false
+	}
 	c.write(sl.buf)
 	if sl.written != nil {
 		close(sl.written)

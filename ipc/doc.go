@@ -21,20 +21,23 @@
 //
 // Each connection has a reader goroutine that reads lines and dispatches
 // requests, a writer goroutine that writes replies in request order and
-// pushes as they come, and a goroutine per request in flight (at most 64;
-// with 64 unanswered the reader stops reading until replies drain). A
-// write that waits for no earlier request has no goroutine when the store
-// is an AsyncWriter: the store calls back with its outcome once it is
-// durable, and the callback hands the reply to the writer goroutine.
+// pushes as they come, and a goroutine per read in flight beside others
+// (at most 64 requests in flight; with 64 unanswered the reader stops
+// reading until replies drain). A read on an idle connection runs on the
+// reader. A write has no goroutine of its own unless it waits for an
+// earlier request: the store's WriteAsync calls back with its outcome once
+// it is durable, and the callback only hands that outcome to the writer
+// goroutine, which encodes the reply and tells Observe. So no reply is
+// encoded, and no metric observed, on the store's goroutines.
 //
 // Requests run concurrently, so that the writes of one pipelining client
 // are group-committed together, but the requests of one connection that
 // name the same conversation run one after another, in request order: a
 // pipelined receive then start of a message are never reordered, a read
 // sees the writes before it, and writes with expected_seq land in the order
-// they were sent. The store's Write only returns after its commit and does
-// not say when a request was queued, so ordering by conversation is the
-// finest order that keeps these promises. A conversations request waits for
+// they were sent. The store answers a write only after its commit and does
+// not say when it was queued, so ordering by conversation is the finest
+// order that keeps these promises. A conversations request waits for
 // every request before it on the connection.
 //
 // Replies are buffered and flushed when no further reply or push is ready;

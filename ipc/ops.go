@@ -17,8 +17,9 @@ const maxReadReply = 4 << 20
 // next page is twice as large.
 const readFirstPage = 16
 
-// exec runs request r, of any op but subscribe and unsubscribe (which
-// belong to a connection), and appends its whole reply line to dst.
+// exec runs request r, of any op but the writes (see conn.submit),
+// subscribe and unsubscribe (which belong to a connection), and appends
+// its whole reply line to dst.
 func (s *Server) exec(ctx context.Context, r *request, dst []byte) []byte {
 	began := time.Now()
 	out, err := s.result(ctx, r, appendOK(dst, r.id))
@@ -60,12 +61,6 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 		return s.hello(dst), nil
 	case opPing:
 		return dst, nil
-	case opReceive, opStart, opStep, opFinish, opFail:
-		o, err := s.store.Write(ctx, r.cmd)
-		if err != nil {
-			return dst, err
-		}
-		return appendOutcome(dst, r.op, o), nil
 	case opDecide:
 		d, err := s.store.Decide(ctx, r.conv, r.msg)
 		return appendDecision(dst, d), err
@@ -81,17 +76,14 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 	return dst, &Error{Code: CodeInternal, Message: "internal error: op " + r.op.String() + " has no handler"}
 }
 
-// writeAsync runs write request r through the store's WriteAsync, and
-// calls then with its whole reply line appended to dst.
-func (s *Server) writeAsync(ctx context.Context, aw AsyncWriter, r *request, dst []byte, then func([]byte)) {
-	began := time.Now()
-	aw.WriteAsync(ctx, r.cmd, func(o conversation.Outcome, err error) {
-		out := appendOK(dst, r.id)
-		if err == nil {
-			out = appendOutcome(out, r.op, o)
-		}
-		then(s.end(dst, out, r, err, began))
-	})
+// appendWrite appends the whole reply line of write request r, begun at
+// time began, whose outcome is o or err, to dst.
+func (s *Server) appendWrite(dst []byte, r *request, o conversation.Outcome, err error, began time.Time) []byte {
+	out := appendOK(dst, r.id)
+	if err == nil {
+		out = appendOutcome(out, r.op, o)
+	}
+	return s.end(dst, out, r, err, began)
 }
 
 // appendOutcome appends the result of write op to dst.

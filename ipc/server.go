@@ -47,9 +47,8 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Observe, when set, is told of every request answered by the store's
 	// ops: its op, its outcome ("ok" or an error code) and how long it took.
-	// It is called from the connections' goroutines, and for the writes
-	// an AsyncWriter store answers, from the store's: it must not block,
-	// and should be quick, for the writes committed after one wait for it.
+	// It is called from the connections' goroutines, never the store's: a
+	// slow Observe delays the replies of its connection, not the commits.
 	Observe func(op, outcome string, took time.Duration)
 	// ShutdownGrace is how long, once Shutdown begins, connections are
 	// still read so that requests already sent get shutting_down rather

@@ -578,3 +578,40 @@ func TestServer_Shutdown(t *testing.T) {
 		c.eof()
 	})
 }
+
+// TestServer_SlowObserve: an Observe that does not return holds up only
+// the replies of its own connection: the writes of another connection are
+// still committed and answered.
+func TestServer_SlowObserve(t *testing.T) {
+	stuck, release := make(chan struct{}), make(chan struct{})
+	unhold := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unhold) // before the server shuts down, should the test fail
+	var once sync.Once
+	ts := startServer(t, Config{Observe: func(op, outcome string, took time.Duration) {
+		if op == "fail" {
+			once.Do(func() { close(stuck); <-release })
+		}
+	}})
+	a := dialRaw(t, ts.path)
+	a.roundTrip(`{"op":"receive","conversation":"a","message_id":"m"}`)
+	a.send(`{"op":"fail","conversation":"a","message_id":"m","error":"boom"}` + "\n")
+	<-stuck // a's fail is answered by the store; its observation is held
+
+	b := dialRaw(t, ts.path)
+	for i := range 10 {
+		m := fmt.Sprintf("m%d", i)
+		for _, req := range []string{
+			`{"op":"receive","conversation":"b","message_id":"` + m + `"}`,
+			`{"op":"start","conversation":"b","message_id":"` + m + `"}`,
+			`{"op":"finish","conversation":"b","message_id":"` + m + `"}`,
+		} {
+			if r := b.roundTrip(req); r["ok"] != true {
+				t.Fatalf("%s while another connection's Observe is stuck: %v", req, r)
+			}
+		}
+	}
+	unhold()
+	if r := a.reply(); r["ok"] != true {
+		t.Errorf("the held fail: %v", r)
+	}
+}

@@ -10,12 +10,18 @@ import (
 // Store is the event log the server serves. The daemon implements it with
 // a small adapter around *sqlitestore.Store.
 //
-// Write, Decide and the reads return the errors of the domain
+// WriteAsync, Decide and the reads give the errors of the domain
 // (*conversation.FieldError, ErrUnknownMessage, ErrAlreadyFinished,
 // ErrStepConflict, *SequenceConflictError, errors wrapping ErrUnavailable,
 // ErrClosed); the server maps them to wire codes.
 type Store interface {
-	Write(ctx context.Context, cmd conversation.Command) (conversation.Outcome, error)
+	// WriteAsync queues cmd and returns; then is called exactly once with
+	// its outcome, once the write is durable, or at once when it is
+	// refused before it is queued. then may run on the store's own
+	// goroutine between two commits, so it must not block: the server's
+	// only hands the outcome to the connection's writer goroutine, which
+	// encodes the reply.
+	WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error))
 	Decide(ctx context.Context, conv, id string) (conversation.Decision, error)
 	// Message returns nil if the message was never received.
 	Message(ctx context.Context, conv, id string) (*conversation.Message, error)
@@ -28,14 +34,6 @@ type Store interface {
 	// holding up to capacity batches not yet received.
 	Subscribe(capacity int) Subscription
 	Stats(ctx context.Context) (StoreStats, error)
-}
-
-// AsyncWriter is a Store that takes a write without a goroutine waiting
-// for it: WriteAsync queues cmd and returns, and then is called once with
-// what Write would return. then must not block. The server uses it, when
-// the store has it, for a write that waits for no earlier request.
-type AsyncWriter interface {
-	WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error))
 }
 
 // Subscription is a store's live feed of committed batches.

@@ -44,7 +44,7 @@ func (c *rawConn) subscribe(args string) int64 {
 }
 
 // mustWrite writes cmd to the store, failing tb on an error.
-func mustWrite(tb testing.TB, s Store, cmd conversation.Command) conversation.Outcome {
+func mustWrite(tb testing.TB, s testStore, cmd conversation.Command) conversation.Outcome {
 	tb.Helper()
 	cmd.ExpectedSeq = conversation.NoExpectedSeq
 	o, err := s.Write(context.Background(), cmd)
@@ -56,7 +56,7 @@ func mustWrite(tb testing.TB, s Store, cmd conversation.Command) conversation.Ou
 
 // receiveMany receives n new messages in each of convs, concurrently, so
 // that they are group-committed.
-func receiveMany(tb testing.TB, s Store, prefix string, n int, convs ...string) {
+func receiveMany(tb testing.TB, s testStore, prefix string, n int, convs ...string) {
 	var wg sync.WaitGroup
 	for _, conv := range convs {
 		for w := range 8 {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"liminald/conversation"
 )
@@ -91,6 +92,10 @@ func (s *Store) Import(ctx context.Context, r io.Reader, progress Progress) (int
 	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
 	var appended int64
 	line := 0
+	// Each request is answered in place (its out and err); Import waits
+	// for a whole batch of them.
+	var wg sync.WaitGroup
+	answered := func(conversation.Outcome, error) { wg.Done() }
 	for {
 		reqs := make([]*request, 0, importBatch)
 		lines := make([]int, 0, importBatch)
@@ -108,24 +113,20 @@ func (s *Store) Import(ctx context.Context, r io.Reader, progress Progress) (int
 				}
 				return appended, &ImportError{Line: line, Err: fmt.Errorf("not an event object: %w", err)}
 			}
-			reqs = append(reqs, &request{cmd: conversation.CommandOf(&e), ts: e.TS, done: make(chan struct{})})
+			reqs = append(reqs, &request{cmd: conversation.CommandOf(&e), ts: e.TS, then: answered})
 			lines = append(lines, line)
 		}
 		if len(reqs) == 0 {
 			return appended, nil
 		}
-		if err := s.enqueue(ctx, reqs); err != nil {
-			return appended, err
-		}
+		wg.Add(len(reqs))
+		s.enqueue(ctx, reqs)
+		wg.Wait()
 		for i, r := range reqs {
-			<-r.done
 			if r.err == nil && r.out.Seq != r.cmd.ExpectedSeq {
 				r.err = fmt.Errorf("the write rules do not append this event (duplicate of seq %d)", r.out.Seq)
 			}
 			if r.err != nil {
-				for _, rest := range reqs[i+1:] {
-					<-rest.done
-				}
 				return appended, &ImportError{Line: lines[i], Err: r.err}
 			}
 			if r.out.Append {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"liminald/conversation"
@@ -63,4 +64,16 @@ func mustWrite(tb testing.TB, s *Store, cmd conversation.Command) conversation.O
 		tb.Fatalf("Write(%+v): %v", cmd, err)
 	}
 	return out
+}
+
+// requestsFor returns write requests for cmds, and a function that waits
+// until every one of them is answered.
+func requestsFor(cmds ...conversation.Command) ([]*request, func()) {
+	var wg sync.WaitGroup
+	wg.Add(len(cmds))
+	reqs := make([]*request, len(cmds))
+	for i, c := range cmds {
+		reqs[i] = &request{cmd: c, then: func(conversation.Outcome, error) { wg.Done() }}
+	}
+	return reqs, wg.Wait
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,6 +18,8 @@ type commitStats struct {
 	maxBatch    int
 	commitTotal time.Duration
 	commitMax   time.Duration
+	// unreported counts the batches OnBatch was not told of.
+	unreported atomic.Int64
 }
 
 func (c *commitStats) record(requests, events int, d time.Duration) {
@@ -52,6 +55,9 @@ type Stats struct {
 	MaxBatch      int           // most requests in one transaction
 	CommitTotal   time.Duration // time spent writing and committing batches
 	CommitMax     time.Duration // longest batch
+	// UnreportedBatches counts the batches not reported to Options.OnBatch
+	// because it was too far behind.
+	UnreportedBatches int64
 }
 
 // Stats returns the store's figures.
@@ -73,5 +79,6 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	defer c.mu.Unlock()
 	st.Commits, st.FailedBatches, st.Requests, st.Appended = c.commits, c.failures, c.requests, c.appended
 	st.MaxBatch, st.CommitTotal, st.CommitMax = c.maxBatch, c.commitTotal, c.commitMax
+	st.UnreportedBatches = c.unreported.Load()
 	return st, nil
 }

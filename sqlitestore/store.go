@@ -42,8 +42,11 @@ type Options struct {
 	Logger     *slog.Logger
 	Now        func() time.Time // the commit clock; time.Now by default
 	Checkpoint time.Duration    // how often WAL checkpoints run; 100ms by default
-	// OnBatch, when set, is told of every batch once it is answered, from
-	// the syncer's goroutine: it must not block.
+	// OnBatch, when set, is told of every batch once it is answered, in
+	// order, from a goroutine of its own: a slow OnBatch never holds up a
+	// commit. While it is more than reportBacklog batches behind, the
+	// batches answered meanwhile are not reported to it (Stats counts them
+	// in UnreportedBatches).
 	OnBatch func(Batch)
 
 	// maxPageCount caps the database size in pages on the writer connection
@@ -111,6 +114,7 @@ type Store struct {
 	stats   commitStats
 	queue   chan *request   // write requests, to the writer
 	synced  chan *committed // committed batches, to the syncer
+	reports chan Batch      // answered batches, to OnBatch; nil without it
 
 	syncing atomic.Int64          // batches committed and not yet answered
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
@@ -155,6 +159,16 @@ func Open(path string, opts Options) (*Store, error) {
 	go func() { defer s.wg.Done(); w.run() }()
 	go func() { defer s.wg.Done(); s.syncLoop() }()
 	go func() { defer s.wg.Done(); s.checkpointLoop() }()
+	if opts.OnBatch != nil {
+		s.reports = make(chan Batch, reportBacklog)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for b := range s.reports {
+				opts.OnBatch(b)
+			}
+		}()
+	}
 	return s, nil
 }
 
@@ -250,6 +264,23 @@ type Batch struct {
 	Events   int           // events it appended
 	Commit   time.Duration // from its first request taken to its COMMIT
 	Sync     time.Duration // the fdatasync that made it durable, shared with the batches synced with it
+}
+
+// reportBacklog is how many answered batches may wait for OnBatch.
+const reportBacklog = 4096
+
+// report hands b to OnBatch's goroutine, if there is one, without waiting.
+func (s *Store) report(b Batch) {
+	if s.reports == nil {
+		return
+	}
+	select {
+	case s.reports <- b:
+	default:
+		if s.stats.unreported.Add(1) == 1 {
+			s.log.Warn("batch observer is behind: batches go unreported", "backlog", reportBacklog)
+		}
+	}
 }
 
 // QueueDepth returns the number of write requests waiting for the writer.

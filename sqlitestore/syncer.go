@@ -57,13 +57,14 @@ func (s *Store) syncLoop() {
 		}
 		for _, c := range pending {
 			s.answer(c, err)
-			if s.opts.OnBatch != nil {
-				s.opts.OnBatch(Batch{Requests: len(c.reqs), Events: len(c.events), Commit: c.commit, Sync: took})
-			}
+			s.report(Batch{Requests: len(c.reqs), Events: len(c.events), Commit: c.commit, Sync: took})
 		}
 		s.syncing.Add(-int64(len(pending)))
 		s.poke()
 		clear(pending)
+	}
+	if s.reports != nil {
+		close(s.reports)
 	}
 }
 

@@ -14,29 +14,22 @@ import (
 )
 
 // request is one write waiting for the writer. The writer or the syncer
-// sets out and err, then answers it (finish): by closing done, or by
-// calling then when it is set.
+// sets out and err, then answers it: then is called exactly once.
 type request struct {
 	cmd  conversation.Command
 	ts   int64 // the commit time to record, when not the batch's own (imports)
 	out  conversation.Outcome
 	err  error
-	done chan struct{}
 	then func(conversation.Outcome, error)
 }
 
 // finish answers r with its out and err.
-func (r *request) finish() {
-	if r.then != nil {
-		r.then(r.out, r.err)
-		return
-	}
-	close(r.done)
-}
+func (r *request) finish() { r.then(r.out, r.err) }
 
 // Write evaluates cmd against the current state and, when the write rules
 // accept it and it appends an event, commits that event and the state it
 // changes. It returns only after the commit (with SyncFull, after the fsync).
+// It is WriteAsync waiting for its answer.
 //
 // Returns a *conversation.FieldError for invalid arguments, the rule errors
 // of package conversation (ErrUnknownMessage, ErrAlreadyFinished,
@@ -45,60 +38,62 @@ func (r *request) finish() {
 // if ctx ends before the request is queued. Once queued, a request is always
 // answered.
 func (s *Store) Write(ctx context.Context, cmd conversation.Command) (conversation.Outcome, error) {
-	if err := cmd.Validate(); err != nil {
-		return conversation.Outcome{}, err
-	}
-	r := &request{cmd: cmd, done: make(chan struct{})}
-	if err := s.enqueue(ctx, []*request{r}); err != nil {
-		return conversation.Outcome{}, err
-	}
-	<-r.done
-	return r.out, r.err
+	var out conversation.Outcome
+	var err error
+	done := make(chan struct{})
+	s.WriteAsync(ctx, cmd, func(o conversation.Outcome, e error) {
+		out, err = o, e
+		close(done)
+	})
+	<-done
+	return out, err
 }
 
-// WriteAsync is Write without a goroutine waiting for the outcome: it
-// queues cmd and returns, and then is called once with what Write would
-// return, from one of the store's goroutines once the write is durable (or
-// from the caller's, when cmd is refused before it is queued). then must
-// not block: the writes committed after this one wait for it.
+// WriteAsync is the store's one way in for writes: it queues cmd and
+// returns, and then is called once with what Write returns, from one of the
+// store's goroutines once the write is durable (or from the caller's, when
+// cmd is refused before it is queued). then must not block, and should
+// only hand the outcome on: the syncer calls it between two syncs.
 func (s *Store) WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error)) {
 	if err := cmd.Validate(); err != nil {
 		then(conversation.Outcome{}, err)
 		return
 	}
-	if err := s.enqueue(ctx, []*request{{cmd: cmd, then: then}}); err != nil {
-		then(conversation.Outcome{}, err)
-	}
+	s.enqueue(ctx, []*request{{cmd: cmd, then: then}})
 }
 
-// enqueue hands reqs to the writer, in order. Returns conversation.ErrClosed after Close,
-// or ctx's error if it ends first; then no request of reqs was queued, or
-// every one queued is answered and the rest are not.
-func (s *Store) enqueue(ctx context.Context, reqs []*request) error {
+// enqueue hands reqs to the writer, in order, and every one of them is
+// answered: those it could not queue at once with conversation.ErrClosed
+// after Close, the error of a failed sync, or ctx's error if ctx ended
+// first, the rest by the writer and the syncer.
+func (s *Store) enqueue(ctx context.Context, reqs []*request) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.closed {
-		return conversation.ErrClosed
-	}
-	if err := s.broken.Load(); err != nil {
-		return fmt.Errorf("writes refused since a sync failed; restart liminald: %w", *err)
+	var err error
+	switch broken := s.broken.Load(); {
+	case s.closed:
+		err = conversation.ErrClosed
+	case broken != nil:
+		err = fmt.Errorf("writes refused since a sync failed; restart liminald: %w", *broken)
 	}
 	for i, r := range reqs {
-		select {
-		case s.queue <- r:
-			if s.unstaged.Add(1) >= stageMin {
-				s.poke()
-			}
-		case <-ctx.Done():
-			for _, r := range reqs[:i] {
-				if r.done != nil { // else its then is called when it is answered
-					<-r.done
+		if err == nil {
+			select {
+			case s.queue <- r:
+				if s.unstaged.Add(1) >= stageMin {
+					s.poke()
 				}
+				continue
+			case <-ctx.Done():
+				err = ctx.Err()
 			}
-			return ctx.Err()
 		}
+		for _, r := range reqs[i:] {
+			r.out, r.err = conversation.Outcome{}, err
+			r.finish()
+		}
+		return
 	}
-	return nil
 }
 
 // convRow is a row of the conversations table.

@@ -238,19 +238,12 @@ func TestStore_BatchSeesEarlierRequests(t *testing.T) {
 		cmd(conversation.OpFinish, "m"),
 		cmd(conversation.OpStart, "m"), // already_finished
 	}
-	reqs := make([]*request, len(cmds))
-	for i, c := range cmds {
-		reqs[i] = &request{cmd: c, done: make(chan struct{})}
-	}
+	reqs, wait := requestsFor(cmds...)
 	// The writer holds the first request until all are queued, then
 	// gathers the rest into the same batch.
-	if err := s.enqueue(context.Background(), reqs); err != nil {
-		t.Fatal(err)
-	}
+	s.enqueue(context.Background(), reqs)
 	close(release)
-	for _, r := range reqs {
-		<-r.done
-	}
+	wait()
 	if st, _ := s.Stats(context.Background()); st.Commits != 1 || st.MaxBatch != len(reqs) {
 		t.Fatalf("Stats: %d commits, largest batch %d; want one batch of %d", st.Commits, st.MaxBatch, len(reqs))
 	}
@@ -343,17 +336,14 @@ func TestStore_OneSyncPerBatch(t *testing.T) {
 		syncFault: func() error { syncs.Add(1); return nil },
 		gather:    func() { once.Do(func() { <-release }) },
 	})
-	var reqs []*request
+	var cmds []conversation.Command
 	for i := range 50 {
-		reqs = append(reqs, &request{cmd: cmd(conversation.OpReceive, fmt.Sprintf("m%d", i)), done: make(chan struct{})})
+		cmds = append(cmds, cmd(conversation.OpReceive, fmt.Sprintf("m%d", i)))
 	}
-	if err := s.enqueue(context.Background(), reqs); err != nil {
-		t.Fatal(err)
-	}
+	reqs, wait := requestsFor(cmds...)
+	s.enqueue(context.Background(), reqs)
 	close(release)
-	for _, r := range reqs {
-		<-r.done
-	}
+	wait()
 	if n := syncs.Load(); n != 1 {
 		t.Errorf("%d fsyncs for one batch of 50 appends, want 1", n)
 	}
@@ -416,24 +406,22 @@ func TestStore_StagesWhileSyncing(t *testing.T) {
 	t.Cleanup(unhold) // before the store closes, should the test fail
 	c := cmd(conversation.OpReceive, "first")
 	c.Conversation = "conv"
-	first := &request{cmd: c, done: make(chan struct{})}
-	if err := s.enqueue(context.Background(), []*request{first}); err != nil {
-		t.Fatal(err)
-	}
+	first, _ := requestsFor(c)
+	s.enqueue(context.Background(), first)
 	if n := receiveWithin(t, staged); n != 1 {
 		t.Fatalf("first batch staged %d requests, want 1", n)
 	}
 	<-syncing // the first batch is committed; its sync is held
+	var waits []func()
 	queue := func(op conversation.Op) []*request {
-		reqs := make([]*request, stageMin)
-		for i := range reqs {
-			c := cmd(op, fmt.Sprintf("m%d", i))
-			c.Conversation = "conv"
-			reqs[i] = &request{cmd: c, done: make(chan struct{})}
+		cmds := make([]conversation.Command, stageMin)
+		for i := range cmds {
+			cmds[i] = cmd(op, fmt.Sprintf("m%d", i))
+			cmds[i].Conversation = "conv"
 		}
-		if err := s.enqueue(context.Background(), reqs); err != nil {
-			t.Fatal(err)
-		}
+		reqs, wait := requestsFor(cmds...)
+		waits = append(waits, wait)
+		s.enqueue(context.Background(), reqs)
 		if n := receiveWithin(t, staged); n != len(reqs) {
 			t.Fatalf("staged %d requests, want %d", n, len(reqs))
 		}
@@ -450,8 +438,10 @@ func TestStore_StagesWhileSyncing(t *testing.T) {
 	starts := queue(conversation.OpStart) // needs the messages the receives made
 	notShared("after the starts")
 	unhold()
+	for _, wait := range waits {
+		wait()
+	}
 	for i, r := range append(receives, starts...) {
-		<-r.done
 		if r.err != nil || r.out.Seq != int64(i+1) {
 			t.Errorf("request %d (%v): seq %d, %v; want seq %d", i, r.cmd.Op, r.out.Seq, r.err, i+1)
 		}
@@ -576,4 +566,36 @@ func TestStore_WriteAsync(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused(cmd(conversation.OpReceive, "late"), conversation.ErrClosed)
+}
+
+// TestStore_SlowBatchObserver: an OnBatch that does not return holds up
+// no commit; once it returns it is told of the batches in order, and
+// when it fell more than reportBacklog batches behind, Stats counts the
+// ones it missed.
+func TestStore_SlowBatchObserver(t *testing.T) {
+	release := make(chan struct{})
+	unhold := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unhold) // before the store closes, should the test fail
+	reports := make(chan Batch, 64)
+	s := mustOpenStore(t, Options{OnBatch: func(b Batch) {
+		<-release
+		reports <- b
+	}})
+	outcomes := make(chan error, 1)
+	for i := range 20 {
+		// One at a time: each is its own batch, and the next waits for it.
+		s.WriteAsync(context.Background(), cmd(conversation.OpReceive, fmt.Sprintf("m%d", i)), func(_ conversation.Outcome, err error) { outcomes <- err })
+		if err := receiveWithin(t, outcomes); err != nil {
+			t.Fatalf("write %d while the observer is stuck: %v", i, err)
+		}
+	}
+	unhold()
+	for i := range 20 {
+		if b := receiveWithin(t, reports); b.Requests != 1 || b.Events != 1 {
+			t.Errorf("report %d = %+v, want one request and one event", i, b)
+		}
+	}
+	if st, err := s.Stats(context.Background()); err != nil || st.UnreportedBatches != 0 {
+		t.Errorf("Stats: %d unreported batches, %v; want 0", st.UnreportedBatches, err)
+	}
 }
