@@ -2,21 +2,21 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"time"
-	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 
-	"liminald/conversation"
 	"liminald/ipc"
 )
 
-func eventsCommand() *cli.Command {
+// eventsCommand prints the events of one conversation, or of every
+// conversation, and with --follow keeps printing them as they commit:
+// liminald events [CONV].
+type eventsCommand struct{}
+
+// Command describes events.
+func (cmd eventsCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:      "events",
 		Usage:     "print a conversation's events, or every conversation's",
@@ -27,28 +27,31 @@ func eventsCommand() *cli.Command {
 			&cli.Int64Flag{Name: "from-pos", Usage: "start at position `POS` (with --follow)"},
 		),
 		Description: "With --json each event is one JSON object per line, as in the protocol and liminald export.",
-		Action: func(c *cli.Context) error {
-			if c.NArg() > 1 {
-				return usagef("events takes [CONV], got %d arguments", c.NArg())
-			}
-			conv := c.Args().First()
-			if c.IsSet("from-seq") && conv == "" {
-				return usagef("--from-seq needs CONV")
-			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			if c.Bool("follow") {
-				return follow(c, cl, conv)
-			}
-			if conv != "" {
-				return readAll(c, cl, conv, c.Int64("from-seq"))
-			}
-			return readEvery(c, cl)
-		},
+		Action:      cmd.Run,
 	}
+}
+
+// Run prints the events the arguments ask for.
+func (eventsCommand) Run(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return usagef("events takes [CONV], got %d arguments", c.NArg())
+	}
+	conv := c.Args().First()
+	if c.IsSet("from-seq") && conv == "" {
+		return usagef("--from-seq needs CONV")
+	}
+	cl, err := dial(c)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if c.Bool("follow") {
+		return follow(c, cl, conv)
+	}
+	if conv != "" {
+		return readAll(c, cl, conv, c.Int64("from-seq"))
+	}
+	return readEvery(c, cl)
 }
 
 // readAll prints the events of conv from seq from on, page by page.
@@ -126,51 +129,4 @@ func follow(c *cli.Context, cl *ipc.Client, conv string) error {
 		}
 		printEvent(c.App.Writer, &e, c.Bool("json"))
 	}
-}
-
-// printEvent prints e as its event object (--json) or as one readable line.
-func printEvent(w io.Writer, e *conversation.Event, asJSON bool) {
-	if asJSON {
-		w.Write(append(e.AppendJSON(nil), '\n'))
-		return
-	}
-	ts := time.UnixMilli(e.TS).UTC().Format("2006-01-02T15:04:05.000Z")
-	line := fmt.Sprintf("%s %s #%d (pos %d) %-19s %s", ts, e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID)
-	switch e.Type {
-	case conversation.StepCompleted:
-		line += fmt.Sprintf(" step %d output %s", e.StepIndex, showBytes(e.Output))
-	case conversation.ErrorOccurred:
-		line += fmt.Sprintf(" error %q", e.Error)
-	case conversation.MessageReceived:
-		line += " received " + time.UnixMilli(e.ReceivedAt).UTC().Format(time.RFC3339Nano)
-	}
-	fmt.Fprintln(w, line)
-}
-
-// showBytes shows b as quoted text when it is printable UTF-8, else as
-// base64.
-func showBytes(b []byte) string {
-	if utf8.Valid(b) && len(b) <= 200 {
-		printable := true
-		for _, r := range string(b) {
-			if r < 0x20 && r != '\t' {
-				printable = false
-				break
-			}
-		}
-		if printable {
-			return fmt.Sprintf("%q", b)
-		}
-	}
-	return "base64:" + base64.StdEncoding.EncodeToString(b)
-}
-
-// jsonNumber returns v, a number decoded with UseNumber, as an int64.
-func jsonNumber(v any) (int64, bool) {
-	n, ok := v.(json.Number)
-	if !ok {
-		return 0, false
-	}
-	i, err := n.Int64()
-	return i, err == nil
 }

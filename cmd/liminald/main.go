@@ -2,6 +2,13 @@
 // the daemon; the client subcommands speak its protocol over the unix
 // socket for local debugging; check, export, import and backup work on a
 // database file.
+//
+// Each subcommand is a type in a file of its name (check.go holds
+// checkCommand) with a Command method that describes it to urfave/cli and a
+// Run method that does it. What several share lives in one place each:
+// finding the configuration in config.go, talking to the daemon in
+// client.go, opening the database in offline.go, printing replies in
+// output.go, and the errors and exit codes in errors.go.
 package main
 
 import (
@@ -14,9 +21,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"liminald/daemon"
 	"liminald/ipc"
-	"liminald/sqlitestore"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; else it
@@ -26,12 +31,6 @@ var version = ""
 func main() {
 	os.Exit(run(context.Background(), os.Args, os.Stdin, os.Stdout, os.Stderr))
 }
-
-// exitError is a failure the command already printed; it carries the exit
-// code.
-type exitError struct{ code int }
-
-func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
 
 // run runs the command line args and returns the exit code: 0 on success,
 // 1 on a failure (its error code printed), 2 on a usage error.
@@ -57,24 +56,45 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return 1
 }
 
-// commandCode is the error code printed for a failure of the command line
-// itself rather than a reply of the daemon (those print the protocol's
-// code).
-func commandCode(err error) string {
-	var importErr *sqlitestore.ImportError
-	switch {
-	case isUsage(err):
-		return "bad_request"
-	case errors.Is(err, daemon.ErrLocked):
-		return "locked"
-	case errors.As(err, &importErr):
-		return "import_refused"
-	case errors.Is(err, sqlitestore.ErrNewerSchema):
-		return "newer_schema"
-	case errors.Is(err, os.ErrNotExist):
-		return "not_found"
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:            "liminald",
+		Usage:           "durable memory of message processing: skip, resume or start a redelivered message",
+		Version:         versionString(),
+		Reader:          stdin,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		Commands:        commands(),
+		ExitErrHandler:  func(*cli.Context, error) {}, // run prints errors and picks the exit code
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err.Error()}
+		},
 	}
-	return "failed"
+}
+
+// commands returns every subcommand, in the order help lists them.
+func commands() []*cli.Command {
+	return []*cli.Command{
+		serveCommand{}.Command(),
+
+		receiveCommand{}.Command(),
+		decideCommand{}.Command(),
+		startCommand.Command(),
+		stepCommand{}.Command(),
+		finishCommand.Command(),
+		failCommand{}.Command(),
+		stateCommand{}.Command(),
+		eventsCommand{}.Command(),
+		conversationsCommand{}.Command(),
+		statsCommand{}.Command(),
+		pingCommand{}.Command(),
+
+		checkCommand{}.Command(),
+		exportCommand{}.Command(),
+		importCommand{}.Command(),
+		backupCommand{}.Command(),
+	}
 }
 
 func versionString() string {
@@ -85,33 +105,4 @@ func versionString() string {
 		return bi.Main.Version
 	}
 	return "dev"
-}
-
-// usageError is a command line the command cannot run.
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
-
-func isUsage(err error) bool {
-	var u usageError
-	return errors.As(err, &u)
-}
-
-func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
-		Name:            "liminald",
-		Usage:           "durable memory of message processing: skip, resume or start a redelivered message",
-		Version:         versionString(),
-		Reader:          stdin,
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideHelpCommand: true,
-		Commands:        append(append([]*cli.Command{serveCommand()}, clientCommands()...), offlineCommands()...),
-		ExitErrHandler:  func(*cli.Context, error) {}, // run prints errors and picks the exit code
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError{err.Error()}
-		},
-	}
 }

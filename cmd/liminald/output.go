@@ -1,16 +1,22 @@
 package main
 
 import (
-	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
 	"time"
+	"unicode/utf8"
+
+	"liminald/conversation"
 )
 
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+// The printers of the readable output: each prints one kind of reply,
+// decoded with UseNumber, to w. With --json the reply is printed as it
+// came instead.
 
+// printDecision prints the reply of receive or decide.
 func printDecision(w io.Writer, m map[string]any) {
 	switch m["decision"] {
 	case "start":
@@ -27,6 +33,7 @@ func printDecision(w io.Writer, m map[string]any) {
 	}
 }
 
+// printAck prints the reply of a write: the seq of its event.
 func printAck(w io.Writer, m map[string]any) {
 	seq, _ := jsonNumber(m["seq"])
 	if m["duplicate"] == true {
@@ -36,6 +43,7 @@ func printAck(w io.Writer, m map[string]any) {
 	fmt.Fprintf(w, "appended at seq %d\n", seq)
 }
 
+// printConversationState prints the reply of state for a conversation.
 func printConversationState(w io.Writer, m map[string]any) {
 	next, _ := jsonNumber(m["next_seq"])
 	fmt.Fprintf(w, "next_seq     %d\n", next)
@@ -46,6 +54,7 @@ func printConversationState(w io.Writer, m map[string]any) {
 	}
 }
 
+// printMessageState prints the reply of state for a message.
 func printMessageState(w io.Writer, m map[string]any) {
 	fmt.Fprintf(w, "status       %v\n", m["status"])
 	if at, ok := jsonNumber(m["received_at"]); ok {
@@ -72,6 +81,7 @@ func printMessageState(w io.Writer, m map[string]any) {
 	}
 }
 
+// printStats prints the reply of stats.
 func printStats(w io.Writer, m map[string]any) {
 	printMap(w, "", m)
 }
@@ -93,4 +103,51 @@ func printMap(w io.Writer, prefix string, m map[string]any) {
 		}
 		fmt.Fprintf(w, "%-24s %v\n", prefix+k, m[k])
 	}
+}
+
+// printEvent prints e as its event object (--json) or as one readable line.
+func printEvent(w io.Writer, e *conversation.Event, asJSON bool) {
+	if asJSON {
+		w.Write(append(e.AppendJSON(nil), '\n'))
+		return
+	}
+	ts := time.UnixMilli(e.TS).UTC().Format("2006-01-02T15:04:05.000Z")
+	line := fmt.Sprintf("%s %s #%d (pos %d) %-19s %s", ts, e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID)
+	switch e.Type {
+	case conversation.StepCompleted:
+		line += fmt.Sprintf(" step %d output %s", e.StepIndex, showBytes(e.Output))
+	case conversation.ErrorOccurred:
+		line += fmt.Sprintf(" error %q", e.Error)
+	case conversation.MessageReceived:
+		line += " received " + time.UnixMilli(e.ReceivedAt).UTC().Format(time.RFC3339Nano)
+	}
+	fmt.Fprintln(w, line)
+}
+
+// showBytes shows b as quoted text when it is printable UTF-8, else as
+// base64.
+func showBytes(b []byte) string {
+	if utf8.Valid(b) && len(b) <= 200 {
+		printable := true
+		for _, r := range string(b) {
+			if r < 0x20 && r != '\t' {
+				printable = false
+				break
+			}
+		}
+		if printable {
+			return fmt.Sprintf("%q", b)
+		}
+	}
+	return "base64:" + base64.StdEncoding.EncodeToString(b)
+}
+
+// jsonNumber returns v, a number decoded with UseNumber, as an int64.
+func jsonNumber(v any) (int64, bool) {
+	n, ok := v.(json.Number)
+	if !ok {
+		return 0, false
+	}
+	i, err := n.Int64()
+	return i, err == nil
 }

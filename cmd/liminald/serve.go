@@ -1,18 +1,16 @@
 package main
 
 import (
-	"os"
-
 	"github.com/urfave/cli/v2"
 
 	"liminald/daemon"
 )
 
-// configFlag names the configuration file; the client and offline commands
-// take it too, to find the socket and the database as serve does.
-var configFlag = &cli.StringFlag{Name: "config", Usage: "configuration `FILE` (default: $LIMINAL_CONFIG, else ~/.config/liminald/liminald.toml if it exists)"}
+// serveCommand runs the daemon: liminald serve.
+type serveCommand struct{}
 
-func serveCommand() *cli.Command {
+// Command describes serve.
+func (cmd serveCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the daemon",
@@ -34,18 +32,21 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-format", Usage: "text or json"},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH (default: off)"},
 		},
-		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("serve takes no arguments")
-			}
-			return daemon.Run(c.Context, daemon.Options{
-				ConfigPath: c.String("config"),
-				Overrides:  serveOverrides(c),
-				Stderr:     c.App.ErrWriter,
-				Version:    versionString(),
-			})
-		},
+		Action: cmd.Run,
 	}
+}
+
+// Run runs the daemon until it is stopped. Returns daemon.Run's error.
+func (serveCommand) Run(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("serve takes no arguments")
+	}
+	return daemon.Run(c.Context, daemon.Options{
+		ConfigPath: c.String("config"),
+		Overrides:  serveOverrides(c),
+		Stderr:     c.App.ErrWriter,
+		Version:    versionString(),
+	})
 }
 
 // serveOverrides applies the flags that were given over the configuration.
@@ -100,19 +101,8 @@ func serveOverrides(c *cli.Context) func(*daemon.Config) error {
 	}
 }
 
-// socketAndDBOverrides applies --socket and --db where the command has them.
-func socketAndDBOverrides(c *cli.Context) func(*daemon.Config) error {
-	return func(cfg *daemon.Config) error {
-		if c.IsSet("socket") {
-			cfg.Socket = c.String("socket")
-		}
-		if c.IsSet("db") {
-			cfg.DB = c.String("db")
-		}
-		return nil
-	}
-}
-
+// ids returns the ids given to --flag as uids or gids. Returns a usage
+// error for one out of range.
 func ids(flag string, vs []int64) ([]uint32, error) {
 	out := make([]uint32, len(vs))
 	for i, v := range vs {
@@ -122,12 +112,4 @@ func ids(flag string, vs []int64) ([]uint32, error) {
 		out[i] = uint32(v)
 	}
 	return out, nil
-}
-
-// resolve returns the configuration the way serve builds it, with only
-// --socket and --db from the command line: how the other commands find the
-// daemon and the database.
-func resolve(c *cli.Context) (daemon.Config, error) {
-	cfg, _, err := daemon.Load(c.String("config"), os.Getenv, socketAndDBOverrides(c))
-	return cfg, err
 }
