@@ -16,13 +16,13 @@ import (
 
 // The flags the client commands share.
 var (
-	socketFlag  = &cli.StringFlag{Name: "socket", Usage: "the daemon's unix socket `PATH` (default: as serve: $LIMINAL_SOCKET, the config file, the default path)"}
+	socketFlag  = &cli.StringFlag{Name: "socket", Usage: "the daemon's unix socket `PATH`", DefaultText: "as serve: $LIMINAL_SOCKET, the config file, the default path"}
 	jsonFlag    = &cli.BoolFlag{Name: "json", Usage: "print the reply as JSON, for scripts"}
 	timeoutFlag = &cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "give up after `DURATION`"}
 
 	// expectedSeqFlag is the optimistic concurrency check of the commands
 	// that append an event; withExpectedSeq puts it in the request.
-	expectedSeqFlag = &cli.Int64Flag{Name: "expected-seq", Value: -1, Usage: "append only at this `SEQ` (optimistic concurrency)"}
+	expectedSeqFlag = &cli.Int64Flag{Name: "expected-seq", Value: -1, DefaultText: "none", Usage: "append only at this `SEQ` (optimistic concurrency)"}
 )
 
 // clientFlags returns the flags every client command takes, then more.

@@ -10,7 +10,11 @@ import (
 
 // configFlag names the configuration file; the client and offline commands
 // take it too, to find the socket and the database as serve does.
-var configFlag = &cli.StringFlag{Name: "config", Usage: "configuration `FILE` (default: $LIMINAL_CONFIG, else ~/.config/liminald/liminald.toml if it exists)"}
+var configFlag = &cli.StringFlag{
+	Name:        "config",
+	Usage:       "configuration `FILE`",
+	DefaultText: "$LIMINAL_CONFIG, else $XDG_CONFIG_HOME/liminald/liminald.toml, else ~/.config/liminald/liminald.toml, if it exists",
+}
 
 // resolve returns the configuration the way serve builds it, with only
 // --socket and --db from the command line: how the other commands find the

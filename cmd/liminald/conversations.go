@@ -17,8 +17,8 @@ func (cmd conversationsCommand) Command() *cli.Command {
 		Name:  "conversations",
 		Usage: "list the conversations, by name",
 		Flags: clientFlags(
-			&cli.StringFlag{Name: "after", Usage: "start after the conversation `NAME`"},
-			&cli.IntFlag{Name: "limit", Usage: "list at most `N` (default: all)"},
+			&cli.StringFlag{Name: "after", Usage: "start after the conversation `NAME`", DefaultText: "from the first"},
+			&cli.IntFlag{Name: "limit", Usage: "list at most `N`", DefaultText: "all"},
 		),
 		Action: cmd.Run,
 	}

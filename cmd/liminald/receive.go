@@ -13,7 +13,7 @@ func (cmd receiveCommand) Command() *cli.Command {
 		Usage:     "record a delivery of a message and say whether to start, resume or skip it",
 		ArgsUsage: "CONV MSG",
 		Flags: clientFlags(expectedSeqFlag,
-			&cli.Int64Flag{Name: "received-at", Value: -1, Usage: "when it was received, in epoch `MS` (default: now)"},
+			&cli.Int64Flag{Name: "received-at", Value: -1, DefaultText: "now", Usage: "when it was received, in epoch `MS`"},
 		),
 		Action: cmd.Run,
 	}

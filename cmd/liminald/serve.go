@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"strconv"
+
 	"github.com/urfave/cli/v2"
 
 	"liminald/daemon"
@@ -9,8 +12,12 @@ import (
 // serveCommand runs the daemon: liminald serve.
 type serveCommand struct{}
 
-// Command describes serve.
+// Command describes serve. Its flags have no Value: a flag that is not
+// given leaves the setting to the environment, the configuration file and
+// daemon.DefaultConfig, in that order, so the help shows the default of
+// DefaultConfig as text.
 func (cmd serveCommand) Command() *cli.Command {
+	def := daemon.DefaultConfig()
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the daemon",
@@ -19,18 +26,30 @@ func (cmd serveCommand) Command() *cli.Command {
 			"what can change live; SIGTERM or SIGINT stops the daemon cleanly.",
 		Flags: []cli.Flag{
 			configFlag,
-			&cli.StringFlag{Name: "socket", Usage: "unix socket `PATH`"},
-			&cli.StringFlag{Name: "db", Usage: "database `PATH`"},
-			&cli.StringFlag{Name: "sync", Usage: "full (acknowledged writes survive power loss) or normal (they survive a crash of the process)"},
-			&cli.StringFlag{Name: "socket-mode", Usage: "permission bits of the socket, in octal (default 0600)"},
-			&cli.StringFlag{Name: "socket-group", Usage: "group of the socket, by name or gid"},
-			&cli.Int64SliceFlag{Name: "allow-uid", Usage: "allow only peers with this uid (repeatable)"},
-			&cli.Int64SliceFlag{Name: "allow-gid", Usage: "allow only peers with this gid (repeatable)"},
-			&cli.IntFlag{Name: "max-line-bytes", Usage: "longest request line (default 1048576)"},
-			&cli.IntFlag{Name: "max-connections", Usage: "most connections at once (default 1024)"},
-			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error"},
-			&cli.StringFlag{Name: "log-format", Usage: "text or json"},
-			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH (default: off)"},
+			&cli.StringFlag{Name: "socket", Usage: "unix socket `PATH`",
+				DefaultText: "$XDG_RUNTIME_DIR/liminald/liminald.sock, else /run/liminald/liminald.sock for root, else /tmp/liminald-UID/liminald.sock"},
+			&cli.StringFlag{Name: "db", Usage: "database `PATH`",
+				DefaultText: "$XDG_STATE_HOME/liminald/liminald.db, else ~/.local/state/liminald/liminald.db"},
+			&cli.StringFlag{Name: "sync", Usage: "full (acknowledged writes survive power loss) or normal (they survive a crash of the process)",
+				DefaultText: def.Sync},
+			&cli.StringFlag{Name: "socket-mode", Usage: "permission bits of the socket, in octal",
+				DefaultText: fmt.Sprintf("%04o", def.SocketMode)},
+			&cli.StringFlag{Name: "socket-group", Usage: "group of the socket, by name or gid",
+				DefaultText: "the daemon's group"},
+			&cli.Int64SliceFlag{Name: "allow-uid", Usage: "allow only peers with this uid (repeatable)",
+				DefaultText: "every peer that can open the socket"},
+			&cli.Int64SliceFlag{Name: "allow-gid", Usage: "allow only peers with this gid (repeatable)",
+				DefaultText: "every peer that can open the socket"},
+			&cli.IntFlag{Name: "max-line-bytes", Usage: "longest request line",
+				DefaultText: strconv.Itoa(def.MaxLineBytes)},
+			&cli.IntFlag{Name: "max-connections", Usage: "most connections at once",
+				DefaultText: strconv.Itoa(def.MaxConnections)},
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error",
+				DefaultText: def.LogLevel},
+			&cli.StringFlag{Name: "log-format", Usage: "text or json",
+				DefaultText: def.LogFormat},
+			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH",
+				DefaultText: "off"},
 		},
 		Action: cmd.Run,
 	}

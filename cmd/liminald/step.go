@@ -21,7 +21,7 @@ func (cmd stepCommand) Command() *cli.Command {
 		Usage:     "record a completed step of a message and its output",
 		ArgsUsage: "CONV MSG INDEX",
 		Flags: clientFlags(expectedSeqFlag,
-			&cli.StringFlag{Name: "output", Usage: "the step's output as `TEXT`"},
+			&cli.StringFlag{Name: "output", Usage: "the step's output as `TEXT`", DefaultText: "empty"},
 			&cli.StringFlag{Name: "output-file", Usage: "read the step's output from `FILE` (- for stdin)"},
 			&cli.StringFlag{Name: "output-base64", Usage: "the step's output as standard `BASE64`"},
 		),

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"liminald/daemon"
+)
+
+// TestHelp_Defaults runs --help for liminald and for each of its commands,
+// and reads every flag line: it names its default once, never as a zero
+// value that stands for another default, and serve's defaults are those of
+// daemon.DefaultConfig.
+func TestHelp_Defaults(t *testing.T) {
+	// noDefault are the flags with no default to show: --error is
+	// required, and --output-file and --output-base64 are alternatives to
+	// --output, which shows the default output.
+	noDefault := map[string]bool{"help": true, "version": true, "error": true, "output-file": true, "output-base64": true}
+	// zeroIsDefault are the flags whose default really is zero.
+	zeroIsDefault := map[string]bool{"from-seq": true, "from-pos": true}
+	def := daemon.DefaultConfig()
+	serveDefaults := map[string]string{
+		"sync":            def.Sync,
+		"socket-mode":     fmt.Sprintf("%04o", def.SocketMode),
+		"max-line-bytes":  strconv.Itoa(def.MaxLineBytes),
+		"max-connections": strconv.Itoa(def.MaxConnections),
+		"log-level":       def.LogLevel,
+		"log-format":      def.LogFormat,
+		"metrics":         "off",
+	}
+
+	names := []string{""}
+	for _, cmd := range commands() {
+		names = append(names, cmd.Name)
+	}
+	for _, name := range names {
+		args := []string{name, "--help"}
+		if name == "" {
+			args = args[1:]
+		}
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("liminald %s: %v\n%s", strings.Join(args, " "), err, out)
+			continue
+		}
+		lines := flagLines(string(out))
+		if len(lines) == 0 {
+			t.Errorf("liminald %s lists no flags:\n%s", strings.Join(args, " "), out)
+		}
+		for flag, line := range lines {
+			where := fmt.Sprintf("liminald %s, --%s", strings.Join(args, " "), flag)
+			if n := strings.Count(strings.ToLower(line), "(default"); n > 1 {
+				t.Errorf("%s names a default %d times: %s", where, n, line)
+				continue
+			}
+			m := shownDefault.FindStringSubmatch(line)
+			switch {
+			case m == nil && !noDefault[flag]:
+				t.Errorf("%s shows no default: %s", where, line)
+			case m == nil:
+			case m[1] == "" || m[1] == `""` || m[1] == "-1" || (m[1] == "0" && !zeroIsDefault[flag]):
+				t.Errorf("%s shows the default %s, which is not what it defaults to: %s", where, m[1], line)
+			case name == "serve" && serveDefaults[flag] != "" && m[1] != serveDefaults[flag]:
+				t.Errorf("%s shows the default %s, want %s as in daemon.DefaultConfig: %s", where, m[1], serveDefaults[flag], line)
+			}
+		}
+	}
+}
+
+// shownDefault is the default urfave/cli appends to a flag's line.
+var shownDefault = regexp.MustCompile(`\(default: (.*)\)$`)
+
+// flagLines returns the flag lines of a help text by flag name.
+func flagLines(help string) map[string]string {
+	lines := map[string]string{}
+	for _, line := range strings.Split(help, "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "--") {
+			continue
+		}
+		name, _, _ := strings.Cut(line[2:], " ")
+		lines[strings.TrimSuffix(name, ",")] = line
+	}
+	return lines
+}
