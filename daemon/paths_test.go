@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"liminald/internal/testenv"
 )
 
 func TestDefaultSocketPath(t *testing.T) {
@@ -174,9 +176,7 @@ func TestPrepareDir(t *testing.T) {
 		}
 	})
 	t.Run("OtherOwnerInSharedDir", func(t *testing.T) {
-		if os.Geteuid() != 0 {
-			t.Skip("making a directory owned by another user needs root")
-		}
+		testenv.NeedRoot(t, "making a directory owned by another user")
 		dir := filepath.Join(shared(t), "liminald-1000")
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			t.Fatal(err)

@@ -8,15 +8,14 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"liminald/internal/testenv"
 )
 
 // TestDeploy_SystemdUnits: systemd-analyze verify finds nothing to say about
 // deploy/systemd (with ExecStart pointing at the binary under test).
 func TestDeploy_SystemdUnits(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze is not installed")
-	}
+	testenv.NeedTools(t, "systemd-analyze")
 	dir := t.TempDir()
 	for _, name := range []string{"liminald.service", "liminald.socket"} {
 		b, err := os.ReadFile(filepath.Join("../../deploy/systemd", name))
@@ -28,7 +27,7 @@ func TestDeploy_SystemdUnits(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out, err := exec.Command(analyze, "verify", filepath.Join(dir, "liminald.socket"), filepath.Join(dir, "liminald.service")).CombinedOutput()
+	out, err := exec.Command("systemd-analyze", "verify", filepath.Join(dir, "liminald.socket"), filepath.Join(dir, "liminald.service")).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}

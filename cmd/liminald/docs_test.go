@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"liminald/internal/testenv"
 )
 
 // TestDocs_ReadmeSession replays the socat session of README.md against the
@@ -90,11 +92,7 @@ func normalizeReply(s string) string {
 // TestDocs_ShellRecipes runs the shell session of docs/OPERATIONS.md: each
 // "$ " command, with S the socket, must print exactly the lines after it.
 func TestDocs_ShellRecipes(t *testing.T) {
-	for _, tool := range []string{"socat", "nc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (.ci/run installs it)", tool)
-		}
-	}
+	testenv.NeedTools(t, "socat", "nc")
 	doc, err := os.ReadFile("../../docs/OPERATIONS.md")
 	if err != nil {
 		t.Fatal(err)

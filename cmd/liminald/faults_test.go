@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"liminald/internal/testenv"
 )
 
 // The fault tests run the real daemon against faults of its environment:
@@ -28,13 +30,11 @@ import (
 // daemon has every acknowledged write and takes writes again. (Linux
 // refuses a plain remount read-only while SQLite holds files open for
 // writing, so the error path is the way a filesystem turns read-only under
-// a running daemon.) Needs root, losetup, mkfs.ext4 and e2fsck.
+// a running daemon.) Needs root, a loop device, losetup, mkfs.ext4 and
+// e2fsck.
 func TestFaults_ReadOnlyDatabase(t *testing.T) {
-	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
-		}
-	}
+	testenv.NeedRoot(t, "mounting a filesystem on a loop device")
+	testenv.NeedTools(t, "losetup", "mkfs.ext4", "e2fsck")
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "fs")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
@@ -43,24 +43,19 @@ func TestFaults_ReadOnlyDatabase(t *testing.T) {
 	if f, err := os.Create(img); err != nil || f.Truncate(32<<20) != nil || f.Close() != nil {
 		t.Fatalf("create the image: %v", err)
 	}
-	run := func(name string, args ...string) string {
-		t.Helper()
-		out, err := exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			t.Skipf("%s %v: %v: %s (needs root and loop devices)", name, args, err, out)
-		}
-		return strings.TrimSpace(string(out))
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
-	run("mkfs.ext4", "-q", "-F", img)
-	loop := run("losetup", "-f", "--show", img)
+	out, err := exec.Command("losetup", "-f", "--show", img).CombinedOutput()
+	if err != nil {
+		testenv.Missing(t, "a free loop device: losetup: %v: %s", err, out)
+	}
+	loop := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
-	mount := func() {
-		t.Helper()
-		if err := syscall.Mount(loop, mnt, "ext4", 0, "errors=remount-ro"); err != nil {
-			t.Skipf("mount %s: %v", loop, err)
-		}
+	mount := func() error { return syscall.Mount(loop, mnt, "ext4", 0, "errors=remount-ro") }
+	if err := mount(); err != nil {
+		testenv.Missing(t, "mounting ext4 from %s: %v", loop, err)
 	}
-	mount()
 	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
 
 	socket, db := filepath.Join(dir, "s.sock"), filepath.Join(mnt, "db")
@@ -73,7 +68,7 @@ func TestFaults_ReadOnlyDatabase(t *testing.T) {
 	}
 	trigger := filepath.Join("/sys/fs/ext4", filepath.Base(loop), "trigger_fs_error")
 	if err := os.WriteFile(trigger, []byte("1"), 0o200); err != nil {
-		t.Skipf("cannot trigger an ext4 error: %v", err)
+		testenv.Missing(t, "ext4's trigger_fs_error in sysfs: %v", err)
 	}
 	for i := range 3 {
 		line, m := c.do(fmt.Sprintf(`{"op":"receive","conversation":"c","message_id":"late%d"}`, i))
@@ -101,7 +96,9 @@ func TestFaults_ReadOnlyDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	exec.Command("e2fsck", "-fy", loop).Run() // exit 1 means "errors corrected"
-	mount()
+	if err := mount(); err != nil {
+		t.Fatalf("mount %s again after e2fsck: %v", loop, err)
+	}
 	d2 := startDaemonIn(t, dir, socket, db)
 	c2 := dialRaw(t, d2.socket)
 	line, m := c2.do(`{"op":"state","conversation":"c"}`)
@@ -287,10 +284,10 @@ func TestFaults_ThousandConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	if lim.Cur < n+100 {
-		want := lim
-		want.Cur = min(max(lim.Max, lim.Cur), n+200)
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil || want.Cur < n+100 {
-			t.Skipf("cannot raise RLIMIT_NOFILE to %d: %v", n+100, err)
+		// Up to the hard limit anyone may go; above it only root.
+		want := syscall.Rlimit{Cur: min(max(lim.Max, n+100), n+200), Max: max(lim.Max, n+100)}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			testenv.Missing(t, "%d file descriptors (RLIMIT_NOFILE %d, hard limit %d; root may raise it): %v", n+100, lim.Cur, lim.Max, err)
 		}
 		t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
 	}
@@ -416,13 +413,14 @@ func cpuTicks(t *testing.T, d *daemonProc) int64 {
 // reads keep working, nothing acknowledged is lost, and once space is freed
 // the refused writes succeed when retried, with no restart.
 func TestFaults_DiskFullUnderLoad(t *testing.T) {
+	testenv.NeedRoot(t, "mounting a tmpfs")
 	dir := t.TempDir()
 	mnt := filepath.Join(dir, "fs")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=6m"); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+		testenv.Missing(t, "mounting a tmpfs: %v", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
 	filler := filepath.Join(mnt, "filler")
