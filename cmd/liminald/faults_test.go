@@ -319,12 +319,7 @@ func TestFaults_FileDescriptorLimit(t *testing.T) {
 	d.cmd = exec.Command("/bin/sh", "-c", `ulimit -n 64 && exec "$0" "$@"`, binary, "serve", "--socket", d.socket, "--db", d.db)
 	d.cmd.Env = env
 	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
-	t.Cleanup(d.stop)
-	d.expectNotify("READY=1")
+	d.start()
 
 	// Open connections until one is not accepted.
 	var served []net.Conn
@@ -429,57 +424,33 @@ func TestFaults_DiskFullUnderLoad(t *testing.T) {
 	}
 	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(mnt, "db"))
 	output := strings.Repeat("QUFB", 1024) // 3 KiB of "AAA"
-	type ack struct {
-		conv string
-		seq  string
-		line string
-	}
 	const clients = 8
-	var mu sync.Mutex
-	var acks []ack
-	refused := make([]string, clients) // each client's request that got unavailable
+	type result struct {
+		acks    []ackedWrite
+		refused string // the request that got unavailable
+		err     error
+	}
+	results := make([]result, clients)
 	var wg sync.WaitGroup
 	for w := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := dialRaw(t, d.socket)
-			conv := fmt.Sprintf("c%d", w)
-			for i := 0; i < 10000 && refused[w] == ""; i++ {
-				m := fmt.Sprintf("m%d", i)
-				for _, req := range []string{
-					fmt.Sprintf(`{"op":"receive","conversation":%q,"message_id":%q}`, conv, m),
-					fmt.Sprintf(`{"op":"start","conversation":%q,"message_id":%q}`, conv, m),
-					fmt.Sprintf(`{"op":"step","conversation":%q,"message_id":%q,"step_index":0,"output":%q}`, conv, m, output),
-					fmt.Sprintf(`{"op":"finish","conversation":%q,"message_id":%q}`, conv, m),
-				} {
-					line, r := c.do(req)
-					if errCode(r) == "unavailable" {
-						if !strings.Contains(line, `"retryable":true`) {
-							t.Errorf("full disk: %s, want retryable", line)
-						}
-						refused[w] = req
-						break
-					}
-					if r["ok"] != true {
-						t.Errorf("%s: %s", req, line)
-						return
-					}
-					if seq, ok := r["seq"]; ok {
-						mu.Lock()
-						acks = append(acks, ack{conv, fmt.Sprint(seq), req})
-						mu.Unlock()
-					}
-				}
-			}
-		}()
+		wg.Go(func() {
+			r := &results[w]
+			r.acks, r.refused, r.err = fillDisk(d.socket, fmt.Sprintf("c%d", w), output)
+		})
 	}
 	wg.Wait()
+	var acks []ackedWrite
+	for w, r := range results {
+		if r.err != nil {
+			t.Errorf("client %d: %v", w, r.err)
+		}
+		acks = append(acks, r.acks...)
+	}
 	if t.Failed() {
 		return
 	}
-	for w, req := range refused {
-		if req == "" {
+	for w, r := range results {
+		if r.refused == "" {
 			t.Fatalf("client %d never saw the disk full", w)
 		}
 	}
@@ -490,8 +461,8 @@ func TestFaults_DiskFullUnderLoad(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	for w, req := range refused {
-		if line, r := c.do(req); r["ok"] != true {
+	for w, r := range results {
+		if line, reply := c.do(r.refused); reply["ok"] != true {
 			t.Errorf("client %d's refused write, retried after freeing space: %s", w, line)
 		}
 	}
@@ -512,4 +483,51 @@ func TestFaults_DiskFullUnderLoad(t *testing.T) {
 	if out, stderr, code := runCLI(t, d, "check"); code != 0 {
 		t.Errorf("check after the disk filled: %s %s", out, stderr)
 	}
+}
+
+// ackedWrite is a write the daemon acknowledged at seq of conv.
+type ackedWrite struct {
+	conv string
+	seq  string
+	line string
+}
+
+// fillDisk writes messages to conv on a connection of its own, each
+// received, started, given a step with output and finished, until a write
+// is refused as unavailable. It returns the writes acknowledged with a seq
+// and the refused request, which is "" if none was refused in 10000
+// messages. It runs on a goroutine of its own, so it returns an error for
+// any other failure, or a refusal that is not retryable, instead of
+// failing the test.
+func fillDisk(socket, conv, output string) (acks []ackedWrite, refused string, err error) {
+	c, err := dialSocket(socket)
+	if err != nil {
+		return nil, "", err
+	}
+	defer c.nc.Close()
+	for i := range 10000 {
+		m := fmt.Sprintf("m%d", i)
+		for _, req := range []string{
+			fmt.Sprintf(`{"op":"receive","conversation":%q,"message_id":%q}`, conv, m),
+			fmt.Sprintf(`{"op":"start","conversation":%q,"message_id":%q}`, conv, m),
+			fmt.Sprintf(`{"op":"step","conversation":%q,"message_id":%q,"step_index":0,"output":%q}`, conv, m, output),
+			fmt.Sprintf(`{"op":"finish","conversation":%q,"message_id":%q}`, conv, m),
+		} {
+			line, r, err := c.exchange(req)
+			switch {
+			case err != nil:
+				return acks, "", err
+			case errCode(r) == "unavailable" && !strings.Contains(line, `"retryable":true`):
+				return acks, req, fmt.Errorf("full disk: %s, want retryable", line)
+			case errCode(r) == "unavailable":
+				return acks, req, nil
+			case r["ok"] != true:
+				return acks, "", fmt.Errorf("%s: %s", req, line)
+			}
+			if seq, ok := r["seq"]; ok {
+				acks = append(acks, ackedWrite{conv, fmt.Sprint(seq), req})
+			}
+		}
+	}
+	return acks, "", nil
 }

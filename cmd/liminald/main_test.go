@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -51,12 +52,7 @@ func startDaemon(t *testing.T, args ...string) *daemonProc {
 func startDaemonIn(t *testing.T, dir, socket, db string, args ...string) *daemonProc {
 	t.Helper()
 	d := newDaemonProc(t, dir, socket, db, args...)
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
-	t.Cleanup(d.stop)
-	d.expectNotify("READY=1")
+	d.start()
 	return d
 }
 
@@ -72,6 +68,17 @@ func newDaemonProc(t *testing.T, dir, socket, db string, args ...string) *daemon
 	d.cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+nl.Path, "HOME="+dir)
 	d.cmd.Stderr = d.stderr
 	return d
+}
+
+// start starts d.cmd, has it stopped at cleanup, and waits for READY=1.
+func (d *daemonProc) start() {
+	d.t.Helper()
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
+	d.t.Cleanup(d.stop)
+	d.expectNotify("READY=1")
 }
 
 // expectNotify waits for the next datagram the daemon sends to
@@ -126,22 +133,39 @@ func (d *daemonProc) stop() {
 	}
 }
 
-// rawConn is a raw connection to the daemon's socket, speaking lines.
+// rawConn is a raw connection to the daemon's socket, speaking lines. Its
+// send, reply and do end the test on a failure, so only the test's
+// goroutine may call them, on a connection from dialRaw; another goroutine
+// dials with dialSocket and uses exchange and readReply, which return
+// errors.
 type rawConn struct {
-	t  *testing.T
+	t  *testing.T // nil for a connection from dialSocket
 	nc net.Conn
 	r  *bufio.Reader
 }
 
+// dialSocket connects to socket, for 30 seconds at most. The caller closes
+// c.nc. Any goroutine may call it.
+func dialSocket(socket string) (*rawConn, error) {
+	nc, err := net.Dial("unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawConn{nc: nc, r: bufio.NewReaderSize(nc, 1<<16)}, nil
+}
+
+// dialRaw connects to socket for the test's goroutine, and closes the
+// connection at cleanup.
 func dialRaw(t *testing.T, socket string) *rawConn {
 	t.Helper()
-	nc, err := net.Dial("unix", socket)
+	c, err := dialSocket(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	return &rawConn{t: t, nc: nc, r: bufio.NewReaderSize(nc, 1<<16)}
+	t.Cleanup(func() { c.nc.Close() })
+	c.t = t
+	return c
 }
 
 func (c *rawConn) send(line string) {
@@ -151,27 +175,48 @@ func (c *rawConn) send(line string) {
 	}
 }
 
-// reply reads one line and decodes it.
-func (c *rawConn) reply() (string, map[string]any) {
-	c.t.Helper()
+// readReply reads one line and decodes it. Any goroutine may call it.
+func (c *rawConn) readReply() (string, map[string]any, error) {
 	line, err := c.r.ReadString('\n')
 	if err != nil {
-		c.t.Fatalf("read reply: %v (got %q)", err, line)
+		return "", nil, fmt.Errorf("read reply: %w (got %q)", err, line)
 	}
 	var m map[string]any
 	dec := json.NewDecoder(strings.NewReader(line))
 	dec.UseNumber()
 	if err := dec.Decode(&m); err != nil {
-		c.t.Fatalf("reply %q is not a JSON object: %v", line, err)
+		return "", nil, fmt.Errorf("reply %q is not a JSON object: %w", line, err)
 	}
-	return strings.TrimSuffix(line, "\n"), m
+	return strings.TrimSuffix(line, "\n"), m, nil
+}
+
+// exchange sends one request line and returns its reply. Any goroutine may
+// call it.
+func (c *rawConn) exchange(line string) (string, map[string]any, error) {
+	if _, err := c.nc.Write([]byte(line + "\n")); err != nil {
+		return "", nil, err
+	}
+	return c.readReply()
+}
+
+// reply reads one line and decodes it.
+func (c *rawConn) reply() (string, map[string]any) {
+	c.t.Helper()
+	line, m, err := c.readReply()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return line, m
 }
 
 // do sends one request line and returns its reply.
 func (c *rawConn) do(line string) (string, map[string]any) {
 	c.t.Helper()
-	c.send(line + "\n")
-	return c.reply()
+	reply, m, err := c.exchange(line)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return reply, m
 }
 
 func errCode(m map[string]any) string {

@@ -419,12 +419,7 @@ func TestServe_SocketActivation(t *testing.T) {
 	d.cmd.Env = env
 	d.cmd.ExtraFiles = []*os.File{f}
 	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
-	t.Cleanup(d.stop)
-	d.expectNotify("READY=1")
+	d.start()
 	f.Close()
 	if line, _ := dialRaw(t, socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
 		t.Errorf("ping on the activated socket = %s", line)
