@@ -6,8 +6,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"liminald/sqlitestore"
 )
@@ -63,7 +63,7 @@ func progress(c *cli.Context, verb string) sqlitestore.Progress {
 	if !ok {
 		return nil
 	}
-	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+	if !isatty.IsTerminal(f.Fd()) {
 		return nil
 	}
 	var last time.Time
