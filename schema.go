@@ -2,7 +2,10 @@
 // Everything else lives in the packages beside it; see README.md.
 package liminald
 
-import _ "embed"
+import (
+	"embed"
+	"fmt"
+)
 
 // Schema is schema.sql: the tables of database version SchemaVersion.
 //
@@ -10,4 +13,17 @@ import _ "embed"
 var Schema string
 
 // SchemaVersion is the PRAGMA user_version that Schema creates.
-const SchemaVersion = 1
+const SchemaVersion = 2
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migration returns the statements that bring a database of version
+// to-1 to version to: migrations/<to>.sql.
+func Migration(to int) (string, error) {
+	b, err := migrations.ReadFile(fmt.Sprintf("migrations/%d.sql", to))
+	if err != nil {
+		return "", fmt.Errorf("no migration to schema version %d: %w", to, err)
+	}
+	return string(b), nil
+}

@@ -1,4 +1,5 @@
--- liminald database schema, version 1 (PRAGMA user_version = 1).
+-- liminald database schema, version 2 (PRAGMA user_version = 2). A version-1
+-- database is brought here by migrations/2.sql when it is opened.
 --
 -- The events table is the append-only log. The other tables hold the state
 -- that replaying the log gives, updated in the same transaction as the
@@ -22,8 +23,11 @@ CREATE TABLE conversations (
 -- order; seq the position in the conversation, from 0 and contiguous; ts the
 -- commit time in epoch milliseconds. type: 1 message_received,
 -- 2 processing_started, 3 step_completed, 4 processing_finished,
--- 5 error_occurred. received_at, step_index, output and error are set only
--- for the type they belong to.
+-- 5 error_occurred, 6 lease_renewed, 7 message_released. The other columns
+-- are set only for the types they belong to: received_at and fingerprint
+-- (1), worker and lease_ms (2), step_index and output (3), error (5), token
+-- and lease_ms (6), reason (7); fingerprint, worker, a start's lease_ms and
+-- reason only when given.
 CREATE TABLE events (
     pos             INTEGER PRIMARY KEY,
     conversation_id INTEGER NOT NULL REFERENCES conversations (id),
@@ -35,13 +39,23 @@ CREATE TABLE events (
     step_index      INTEGER,
     output          BLOB,
     error           TEXT,
+    fingerprint     TEXT,
+    worker          TEXT,
+    lease_ms        INTEGER,
+    token           INTEGER,
+    reason          TEXT,
     UNIQUE (conversation_id, seq)
 );
 
 -- One row per received message. status: 1 received, 2 in_progress,
 -- 3 errored, 4 finished. last_step is the highest completed step index, or
--- NULL; started_seq the seq of the latest processing_started; last_type and
--- last_seq the message's latest event; error the latest error text.
+-- NULL; started_seq the seq of the latest processing_started (the fencing
+-- token; 0 if never started); last_type, last_seq and last_ts the message's
+-- latest event; error the latest error text; fingerprint that of its
+-- message_received; worker that of its latest processing_started;
+-- lease_until when the current token's lease lapses (epoch ms, 0 for no
+-- lease); attempts its processing_started events since it was received or
+-- released.
 CREATE TABLE messages (
     conversation_id INTEGER NOT NULL,
     message_id      TEXT    NOT NULL,
@@ -53,6 +67,11 @@ CREATE TABLE messages (
     error           TEXT,
     last_type       INTEGER NOT NULL,
     last_seq        INTEGER NOT NULL,
+    last_ts         INTEGER NOT NULL DEFAULT 0,
+    fingerprint     TEXT,
+    worker          TEXT,
+    lease_until     INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (conversation_id, message_id)
 ) WITHOUT ROWID;
 

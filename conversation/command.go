@@ -11,13 +11,15 @@ type Op uint8
 // The write operations. OpReceive appends a MessageReceived only for a new
 // message; the others append their event: OpStart a ProcessingStarted,
 // OpStep a StepCompleted, OpFinish a ProcessingFinished, OpFail an
-// ErrorOccurred.
+// ErrorOccurred, OpRenew a LeaseRenewed, OpRelease a MessageReleased.
 const (
 	OpReceive Op = 1
 	OpStart   Op = 2
 	OpStep    Op = 3
 	OpFinish  Op = 4
 	OpFail    Op = 5
+	OpRenew   Op = 6
+	OpRelease Op = 7
 )
 
 // eventType is the type of event that a request of op o appends.
@@ -39,12 +41,23 @@ type Command struct {
 	Output        []byte
 	Error         string
 	ExpectedSeq   int64 // NoExpectedSeq, or the seq the request expects to append at
+
+	// Protocol 2 (SPEC §7). Fingerprint (receive), Worker (start) and
+	// Reason (release) are "" when not given; LeaseMS (start, renew) is 0
+	// when not given. Token (step, finish, fail, renew) counts when
+	// HasToken is set.
+	Fingerprint string
+	Worker      string
+	LeaseMS     int64
+	Token       int64
+	HasToken    bool
+	Reason      string
 }
 
-// Validate checks the arguments of c against the limits of SPEC §3.
+// Validate checks the arguments of c against the limits of SPEC §3 and §7.
 // Returns a *FieldError naming the first bad field.
 func (c *Command) Validate() error {
-	if c.Op < OpReceive || c.Op > OpFail {
+	if c.Op < OpReceive || c.Op > OpRelease {
 		return &FieldError{Field: "op", Problem: fmt.Sprintf("%d is not a write operation", c.Op)}
 	}
 	if err := ValidName("conversation", c.Conversation); err != nil {
@@ -59,8 +72,35 @@ func (c *Command) Validate() error {
 	if c.ExpectedSeq < NoExpectedSeq {
 		return &FieldError{Field: "expected_seq", Problem: "must not be negative"}
 	}
-	if c.Op == OpFail {
+	if c.HasToken && c.Token < 0 {
+		return &FieldError{Field: "token", Problem: "must not be negative"}
+	}
+	if c.Fingerprint != "" {
+		if err := ValidFingerprint(c.Fingerprint); err != nil {
+			return err
+		}
+	}
+	if c.Worker != "" {
+		if err := ValidName("worker", c.Worker); err != nil {
+			return err
+		}
+	}
+	if c.LeaseMS != 0 || c.Op == OpRenew {
+		if err := ValidLease(c.LeaseMS); err != nil {
+			return err
+		}
+	}
+	switch c.Op {
+	case OpFail:
 		return ValidError(c.Error)
+	case OpRenew:
+		if !c.HasToken {
+			return &FieldError{Field: "token", Problem: "is required"}
+		}
+	case OpRelease:
+		if c.Reason != "" {
+			return ValidText("reason", c.Reason)
+		}
 	}
 	return nil
 }
@@ -75,10 +115,17 @@ func (c *Command) Event(seq, ts int64) Event {
 		if c.HasReceivedAt {
 			e.ReceivedAt = c.ReceivedAt
 		}
+		e.Fingerprint = c.Fingerprint
+	case OpStart:
+		e.Worker, e.LeaseMS = c.Worker, c.LeaseMS
 	case OpStep:
 		e.StepIndex, e.Output = c.StepIndex, c.Output
 	case OpFail:
 		e.Error = c.Error
+	case OpRenew:
+		e.Token, e.LeaseMS = c.Token, c.LeaseMS
+	case OpRelease:
+		e.Reason = c.Reason
 	}
 	return e
 }
@@ -91,26 +138,38 @@ func CommandOf(e *Event) Command {
 		ReceivedAt: e.ReceivedAt, HasReceivedAt: true,
 		StepIndex: e.StepIndex, Output: e.Output, Error: e.Error,
 		ExpectedSeq: e.Seq,
+		Fingerprint: e.Fingerprint, Worker: e.Worker, LeaseMS: e.LeaseMS,
+		Token: e.Token, HasToken: e.Type == LeaseRenewed, Reason: e.Reason,
 	}
 }
 
 // sameAs reports whether e is the event c would append: the same type and
-// message id, and the same step index, output, error text and received_at
-// where c gives them.
+// message id, and the same step index, output, error text, received_at,
+// fingerprint, worker, lease, token and reason where c gives them.
 func (c *Command) sameAs(e *Event) bool {
 	if e == nil || e.Type != c.Op.eventType() || e.MessageID != c.MessageID || e.Conversation != c.Conversation {
 		return false
 	}
 	switch c.Op {
 	case OpReceive:
-		return !c.HasReceivedAt || c.ReceivedAt == e.ReceivedAt
+		return (!c.HasReceivedAt || c.ReceivedAt == e.ReceivedAt) && given(c.Fingerprint, e.Fingerprint)
+	case OpStart:
+		return given(c.Worker, e.Worker) && (c.LeaseMS == 0 || c.LeaseMS == e.LeaseMS)
 	case OpStep:
 		return c.StepIndex == e.StepIndex && bytes.Equal(c.Output, e.Output)
 	case OpFail:
 		return c.Error == e.Error
+	case OpRenew:
+		return c.Token == e.Token && c.LeaseMS == e.LeaseMS
+	case OpRelease:
+		return given(c.Reason, e.Reason)
 	}
 	return true
 }
+
+// given reports whether a request's optional text asked is what stored
+// holds, or was not given.
+func given(asked, stored string) bool { return asked == "" || asked == stored }
 
 // Known is what the write rules need to know to evaluate one command.
 type Known struct {
@@ -124,6 +183,24 @@ type Known struct {
 	// Prior is the event stored at the command's ExpectedSeq, needed only
 	// when that is below Next (see NeedsPrior). Nil means none was given.
 	Prior *Event
+	// Now is the time the rules see (epoch ms): the store's clock when it
+	// writes, an event's ts when it is replayed. Leases are judged by it.
+	Now int64
+	// MaxAttempts is how many times a message may be started before it is
+	// quarantined; 0 for no limit.
+	MaxAttempts int64
+}
+
+// Replaying sets k to judge c, the command of a logged event, as the rules
+// judged it when the log recorded it at ts: at that time, and a release
+// under the highest max_attempts that quarantines its message, for the log
+// does not keep the setting of its day. A start is never refused by
+// quarantine then.
+func (k *Known) Replaying(c *Command, ts int64) {
+	k.Now, k.MaxAttempts = ts, 0
+	if m := k.Message; c.Op == OpRelease && m != nil {
+		k.MaxAttempts = max(1, m.Attempts)
+	}
 }
 
 // StepRecord is a completed step: its index, the seq of its event and the
@@ -151,21 +228,37 @@ type Outcome struct {
 	Duplicate bool
 	// Decision is the redelivery decision of an OpReceive command.
 	Decision Decision
+	// Token is, for an OpStart command, the seq of the processing_started
+	// it appended or duplicates: the message's fencing token.
+	Token int64
+	// LeaseExpiresAt is, for an OpStart or OpRenew command that leaves the
+	// message leased, when its lease lapses (epoch ms); 0 otherwise.
+	LeaseExpiresAt int64
 }
 
-// Evaluate applies the write rules of SPEC §2, in order, to c given k.
+// Evaluate applies the write rules of SPEC §2 and §7, in order, to c given
+// k.
 //
 // Returns a *SequenceConflictError when c.ExpectedSeq is not k.Next and c is
-// not a retry of k.Prior, ErrUnknownMessage when a start, step, finish or
-// fail names a message never received, ErrAlreadyFinished for a start, step
-// or fail after finish, and ErrStepConflict for a completed step with other
-// output. A rejected command appends nothing.
+// not a retry of k.Prior, a *FingerprintMismatchError for a receive whose
+// fingerprint differs from the stored one, ErrUnknownMessage when a write
+// other than receive names a message never received, ErrAlreadyFinished
+// for a start, step or fail after finish, a *BusyError for a start of a
+// message another worker leases, ErrQuarantined for a start that would
+// append to a quarantined message, a *FencedError for a step, finish, fail
+// or renew with a token that is not current (and a renew of a message not
+// in progress), ErrNotQuarantined for a release of a message that is not
+// quarantined, and ErrStepConflict for a completed step with other output.
+// A rejected command appends nothing.
 func Evaluate(c *Command, k Known) (Outcome, error) {
 	if c.ExpectedSeq != NoExpectedSeq && c.ExpectedSeq != k.Next {
 		if c.ExpectedSeq < k.Next && k.Prior != nil && k.Prior.Seq == c.ExpectedSeq && c.sameAs(k.Prior) {
 			o := Outcome{Seq: c.ExpectedSeq, Duplicate: true}
-			if c.Op == OpReceive {
-				o.Decision = Decision{Action: Start}
+			switch c.Op {
+			case OpReceive:
+				o.Decision = Decision{Action: Start, Rule: RuleNeverSeen}
+			case OpStart:
+				o.Token = c.ExpectedSeq
 			}
 			return o, nil
 		}
@@ -177,7 +270,10 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		m = nil
 	}
 	if c.Op == OpReceive {
-		d := Redelivery(m)
+		d, err := Deliver(m, c.Fingerprint, k.Now, k.MaxAttempts)
+		if err != nil {
+			return Outcome{}, err
+		}
 		if d.Action == Start {
 			appendAt.Decision = d
 			return appendAt, nil
@@ -188,16 +284,22 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		return Outcome{}, ErrUnknownMessage
 	}
 	if m.Status == StatusFinished {
-		if c.Op == OpFinish {
+		switch c.Op {
+		case OpFinish:
 			return Outcome{Seq: m.LastSeq, Duplicate: true}, nil
+		case OpRenew:
+			return Outcome{}, &FencedError{Token: c.Token, CurrentToken: m.StartedSeq}
+		case OpRelease:
+			return Outcome{}, ErrNotQuarantined
 		}
 		return Outcome{}, ErrAlreadyFinished
 	}
+	if c.HasToken && (c.Token != m.StartedSeq || (c.Op == OpRenew && m.Status != StatusInProgress)) {
+		return Outcome{}, &FencedError{Token: c.Token, CurrentToken: m.StartedSeq}
+	}
 	switch c.Op {
 	case OpStart:
-		if m.Status == StatusInProgress {
-			return Outcome{Seq: m.StartedSeq, Duplicate: true}, nil
-		}
+		return evaluateStart(c, m, k, appendAt)
 	case OpStep:
 		if s := k.Step; s != nil {
 			if bytes.Equal(s.Output, c.Output) {
@@ -209,6 +311,37 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		if m.LastType == ErrorOccurred && m.Error == c.Error {
 			return Outcome{Seq: m.LastSeq, Duplicate: true}, nil
 		}
+	case OpRenew:
+		appendAt.LeaseExpiresAt = k.Now + c.LeaseMS
+	case OpRelease:
+		if !m.Quarantined(k.Now, k.MaxAttempts) {
+			return Outcome{}, ErrNotQuarantined
+		}
+	}
+	return appendAt, nil
+}
+
+// evaluateStart applies the rules of a start of m, received and not
+// finished, after §2 rules 1–3 (SPEC §7): the lease, then the §2
+// duplicate, then quarantine, then the append at appendAt.
+func evaluateStart(c *Command, m *Message, k Known, appendAt Outcome) (Outcome, error) {
+	if m.Leased(k.Now) {
+		if c.Worker != "" && c.Worker == m.Worker {
+			return Outcome{Seq: m.StartedSeq, Duplicate: true, Token: m.StartedSeq, LeaseExpiresAt: m.LeaseUntil}, nil
+		}
+		return Outcome{}, &BusyError{Worker: m.Worker, Token: m.StartedSeq, RetryAfterMS: max(1, m.LeaseUntil-k.Now)}
+	}
+	if m.Status == StatusInProgress && c.LeaseMS == 0 {
+		return Outcome{Seq: m.StartedSeq, Duplicate: true, Token: m.StartedSeq}, nil
+	}
+	// A first start, a retry after an error, or a takeover of a lapsed
+	// lease (or of a start that held none).
+	if m.Quarantined(k.Now, k.MaxAttempts) {
+		return Outcome{}, ErrQuarantined
+	}
+	appendAt.Token = appendAt.Seq
+	if c.LeaseMS > 0 {
+		appendAt.LeaseExpiresAt = k.Now + c.LeaseMS
 	}
 	return appendAt, nil
 }

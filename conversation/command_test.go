@@ -41,6 +41,12 @@ func failCmd(text string) Command {
 	return Command{Op: OpFail, Conversation: testConv, MessageID: testMsg, Error: text, ExpectedSeq: NoExpectedSeq}
 }
 
+// withToken returns o with the token of a start: its seq.
+func withToken(o Outcome) Outcome {
+	o.Token = o.Seq
+	return o
+}
+
 // at returns c with expected_seq seq.
 func at(c Command, seq int64) Command {
 	c.ExpectedSeq = seq
@@ -165,7 +171,7 @@ func TestEvaluate(t *testing.T) {
 		wantConflict *SequenceConflictError
 	}{
 		// Rule 1: expected_seq.
-		{name: "ExpectedSeqEqualAppends", c: at(startCmd(), 10), k: Known{Next: 10, Message: receivedMsg()}, want: appendAt(10)},
+		{name: "ExpectedSeqEqualAppends", c: at(startCmd(), 10), k: Known{Next: 10, Message: receivedMsg()}, want: withToken(appendAt(10))},
 		{name: "ExpectedSeqZeroOnEmptyConversationStarts", c: at(receiveCmd(), 0), k: Known{Next: 0},
 			want: Outcome{Append: true, Seq: 0, Decision: Decision{Action: Start}}},
 		{name: "ExpectedSeqHigherIsSequenceConflict", c: at(startCmd(), 11), k: Known{Next: 10, Message: receivedMsg()},
@@ -188,10 +194,10 @@ func TestEvaluate(t *testing.T) {
 			want: Outcome{Seq: 0, Duplicate: true, Decision: Decision{Action: Start}}},
 		{name: "RetryOfReceiveWithOtherReceivedAtIsSequenceConflict", c: at(receiveAtCmd(1001), 0), k: Known{Next: 10, Message: inProgressMsg(), Prior: receivedEvent(0, 1000)},
 			wantConflict: &SequenceConflictError{Expected: 0, Actual: 10}},
-		{name: "RetryOfStartIsDuplicate", c: at(startCmd(), 4), k: Known{Next: 10, Message: inProgressMsg(), Prior: startedEvent(4)}, want: duplicateOf(4)},
-		{name: "RetryOfEarlierStartIsDuplicateOfThatStart", c: at(startCmd(), 1), k: Known{Next: 10, Message: inProgressMsg(), Prior: startedEvent(1)}, want: duplicateOf(1)},
-		{name: "RetryOfStartAfterErrorIsDuplicate", c: at(startCmd(), 1), k: Known{Next: 10, Message: erroredMsg(), Prior: startedEvent(1)}, want: duplicateOf(1)},
-		{name: "RetryOfStartAfterFinishIsDuplicate", c: at(startCmd(), 1), k: Known{Next: 10, Message: finishedMsg(), Prior: startedEvent(1)}, want: duplicateOf(1)},
+		{name: "RetryOfStartIsDuplicate", c: at(startCmd(), 4), k: Known{Next: 10, Message: inProgressMsg(), Prior: startedEvent(4)}, want: withToken(duplicateOf(4))},
+		{name: "RetryOfEarlierStartIsDuplicateOfThatStart", c: at(startCmd(), 1), k: Known{Next: 10, Message: inProgressMsg(), Prior: startedEvent(1)}, want: withToken(duplicateOf(1))},
+		{name: "RetryOfStartAfterErrorIsDuplicate", c: at(startCmd(), 1), k: Known{Next: 10, Message: erroredMsg(), Prior: startedEvent(1)}, want: withToken(duplicateOf(1))},
+		{name: "RetryOfStartAfterFinishIsDuplicate", c: at(startCmd(), 1), k: Known{Next: 10, Message: finishedMsg(), Prior: startedEvent(1)}, want: withToken(duplicateOf(1))},
 		{name: "RetryOfStepIsDuplicate", c: at(stepCmd(1, []byte("out")), 5), k: Known{Next: 10, Message: inProgressMsg(), Step: step(1, 5, "out"), Prior: stepEvent(5, 1, []byte("out"))}, want: duplicateOf(5)},
 		{name: "RetryOfStepWithNilForEmptyOutputIsDuplicate", c: at(stepCmd(1, nil), 5), k: Known{Next: 10, Message: inProgressMsg(), Prior: stepEvent(5, 1, []byte{})}, want: duplicateOf(5)},
 		{name: "RetryOfStepWithEmptyForNilOutputIsDuplicate", c: at(stepCmd(1, []byte{}), 5), k: Known{Next: 10, Message: inProgressMsg(), Prior: stepEvent(5, 1, nil)}, want: duplicateOf(5)},
@@ -248,10 +254,10 @@ func TestEvaluate(t *testing.T) {
 		{name: "FinishAfterFinishWithExpectedSeqEqualIsDuplicate", c: at(finishCmd(), 10), k: Known{Next: 10, Message: finishedMsg()}, want: duplicateOf(4)},
 
 		// Rule 4: duplicates and step conflicts.
-		{name: "StartWhileInProgressIsDuplicate", c: startCmd(), k: Known{Next: 10, Message: inProgressMsg()}, want: duplicateOf(4)},
-		{name: "StartWhileRestartedIsDuplicateOfLatestStart", c: startCmd(), k: Known{Next: 10, Message: restartedMsg()}, want: duplicateOf(3)},
-		{name: "StartWhileInProgressWithExpectedSeqEqualIsDuplicate", c: at(startCmd(), 10), k: Known{Next: 10, Message: inProgressMsg()}, want: duplicateOf(4)},
-		{name: "StartWhenReceivedAppends", c: startCmd(), k: Known{Next: 10, Message: receivedMsg()}, want: appendAt(10)},
+		{name: "StartWhileInProgressIsDuplicate", c: startCmd(), k: Known{Next: 10, Message: inProgressMsg()}, want: withToken(duplicateOf(4))},
+		{name: "StartWhileRestartedIsDuplicateOfLatestStart", c: startCmd(), k: Known{Next: 10, Message: restartedMsg()}, want: withToken(duplicateOf(3))},
+		{name: "StartWhileInProgressWithExpectedSeqEqualIsDuplicate", c: at(startCmd(), 10), k: Known{Next: 10, Message: inProgressMsg()}, want: withToken(duplicateOf(4))},
+		{name: "StartWhenReceivedAppends", c: startCmd(), k: Known{Next: 10, Message: receivedMsg()}, want: withToken(appendAt(10))},
 		{name: "StepWithSameOutputIsDuplicate", c: stepCmd(0, []byte("out")), k: Known{Next: 10, Message: inProgressMsg(), Step: step(0, 2, "out")}, want: duplicateOf(2)},
 		{name: "StepWithNilOutputOverEmptyIsDuplicate", c: stepCmd(0, nil), k: Known{Next: 10, Message: inProgressMsg(), Step: &StepRecord{Index: 0, Seq: 2, Output: []byte{}}}, want: duplicateOf(2)},
 		{name: "StepWithEmptyOutputOverNilIsDuplicate", c: stepCmd(0, []byte{}), k: Known{Next: 10, Message: inProgressMsg(), Step: &StepRecord{Index: 0, Seq: 2, Output: nil}}, want: duplicateOf(2)},
@@ -274,8 +280,8 @@ func TestEvaluate(t *testing.T) {
 		{name: "FinishWhenErroredAppends", c: finishCmd(), k: Known{Next: 10, Message: erroredMsg()}, want: appendAt(10)},
 
 		// Rule 5: start after an error is a retry.
-		{name: "StartAfterErrorAppends", c: startCmd(), k: Known{Next: 10, Message: erroredMsg()}, want: appendAt(10)},
-		{name: "StartAfterErrorAndStepAppends", c: startCmd(), k: Known{Next: 10, Message: erroredThenStepMsg()}, want: appendAt(10)},
+		{name: "StartAfterErrorAppends", c: startCmd(), k: Known{Next: 10, Message: erroredMsg()}, want: withToken(appendAt(10))},
+		{name: "StartAfterErrorAndStepAppends", c: startCmd(), k: Known{Next: 10, Message: erroredThenStepMsg()}, want: withToken(appendAt(10))},
 
 		// The redelivery decision of receive.
 		{name: "ReceiveNewMessageStarts", c: receiveCmd(), k: Known{Next: 10},
@@ -318,6 +324,11 @@ func TestEvaluate(t *testing.T) {
 					t.Errorf("Evaluate(%s) = %+v, %v; want %v", describe(&c), got, err, tt.wantErr)
 				}
 			default:
+				if tt.want.Decision.Rule == 0 {
+					// The case names only the action; TestRedelivery
+					// holds the rules of each.
+					got.Decision.Rule = 0
+				}
 				if err != nil || got != tt.want {
 					t.Errorf("Evaluate(%s) = %+v, %v; want %+v, nil", describe(&c), got, err, tt.want)
 				}
@@ -354,17 +365,17 @@ func TestRedelivery(t *testing.T) {
 		m    *Message
 		want Decision
 	}{
-		{"Nil", nil, Decision{Action: Start}},
-		{"StatusUnknown", &Message{ID: testMsg, LastStep: 3}, Decision{Action: Start}},
-		{"Received", receivedMsg(), Decision{Action: Resume, ResumeFrom: 0}},
-		{"InProgress", inProgressMsg(), Decision{Action: Resume, ResumeFrom: 3}},
-		{"NonContiguous", nonContiguousMsg(), Decision{Action: Resume, ResumeFrom: 8}},
-		{"Errored", erroredMsg(), Decision{Action: Resume, ResumeFrom: 1}},
-		{"Finished", finishedMsg(), Decision{Action: Skip}},
+		{"Nil", nil, Decision{Action: Start, Rule: RuleNeverSeen}},
+		{"StatusUnknown", &Message{ID: testMsg, LastStep: 3}, Decision{Action: Start, Rule: RuleNeverSeen}},
+		{"Received", receivedMsg(), Decision{Action: Resume, Rule: RuleReceived, ResumeFrom: 0}},
+		{"InProgress", inProgressMsg(), Decision{Action: Resume, Rule: RuleInProgress, ResumeFrom: 3}},
+		{"NonContiguous", nonContiguousMsg(), Decision{Action: Resume, Rule: RuleInProgress, ResumeFrom: 8}},
+		{"Errored", erroredMsg(), Decision{Action: Resume, Rule: RuleErrored, ResumeFrom: 1}},
+		{"Finished", finishedMsg(), Decision{Action: Skip, Rule: RuleFinished}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Redelivery(tt.m); got != tt.want {
+			if got := Redelivery(tt.m, 0, 0); got != tt.want {
 				t.Errorf("Redelivery(%+v) = %+v, want %+v", tt.m, got, tt.want)
 			}
 		})
@@ -402,7 +413,7 @@ func TestCommand_Validate(t *testing.T) {
 		{"ValidEmptyErrorOnStart", startCmd(), ""},
 
 		{"OpZero", with(startCmd(), func(c *Command) { c.Op = 0 }), "op"},
-		{"OpPastFail", with(startCmd(), func(c *Command) { c.Op = OpFail + 1 }), "op"},
+		{"OpPastRelease", with(startCmd(), func(c *Command) { c.Op = OpRelease + 1 }), "op"},
 		{"EmptyConversation", with(startCmd(), func(c *Command) { c.Conversation = "" }), "conversation"},
 		{"LongConversation", with(startCmd(), func(c *Command) { c.Conversation = name257 }), "conversation"},
 		{"LongMultibyteConversation", with(startCmd(), func(c *Command) { c.Conversation = runes256 + "x" }), "conversation"},

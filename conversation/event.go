@@ -13,7 +13,12 @@ const (
 	StepCompleted      Type = 3
 	ProcessingFinished Type = 4
 	ErrorOccurred      Type = 5
+	LeaseRenewed       Type = 6 // protocol 2
+	MessageReleased    Type = 7 // protocol 2
 )
+
+// lastType is the highest event type.
+const lastType = MessageReleased
 
 var typeNames = [...]string{
 	MessageReceived:    "message_received",
@@ -21,6 +26,8 @@ var typeNames = [...]string{
 	StepCompleted:      "step_completed",
 	ProcessingFinished: "processing_finished",
 	ErrorOccurred:      "error_occurred",
+	LeaseRenewed:       "lease_renewed",
+	MessageReleased:    "message_released",
 }
 
 // String returns the wire name of t, such as "step_completed".
@@ -31,13 +38,13 @@ func (t Type) String() string {
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
-// Valid reports whether t is one of the five event types.
-func (t Type) Valid() bool { return t >= MessageReceived && t <= ErrorOccurred }
+// Valid reports whether t is one of the event types.
+func (t Type) Valid() bool { return t >= MessageReceived && t <= lastType }
 
 // ParseType returns the type whose wire name is s.
 // Returns false if there is none.
 func ParseType(s string) (Type, bool) {
-	for t := MessageReceived; t <= ErrorOccurred; t++ {
+	for t := MessageReceived; t <= lastType; t++ {
 		if typeNames[t] == s {
 			return t, true
 		}
@@ -49,9 +56,12 @@ func ParseType(s string) (Type, bool) {
 //
 // Seq is its position in the conversation (from 0, contiguous), Pos its
 // position in the whole database (strictly increasing in commit order) and
-// TS the commit time in epoch milliseconds. ReceivedAt belongs to
-// MessageReceived, StepIndex and Output to StepCompleted, Error to
-// ErrorOccurred; the other types leave them zero.
+// TS the commit time in epoch milliseconds. ReceivedAt and Fingerprint
+// belong to MessageReceived, Worker and LeaseMS to ProcessingStarted,
+// StepIndex and Output to StepCompleted, Error to ErrorOccurred, Token and
+// LeaseMS to LeaseRenewed, Reason to MessageReleased; the other types leave
+// them zero. Fingerprint, Worker, Reason and a start's LeaseMS are optional
+// ("" or 0 when not given).
 type Event struct {
 	Conversation string
 	Seq          int64
@@ -60,7 +70,12 @@ type Event struct {
 	Type         Type
 	MessageID    string
 	ReceivedAt   int64
+	Fingerprint  string
+	Worker       string
+	LeaseMS      int64
 	StepIndex    uint32
 	Output       []byte
 	Error        string
+	Token        int64
+	Reason       string
 }

@@ -28,6 +28,20 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 	case MessageReceived:
 		dst = append(dst, `,"received_at":`...)
 		dst = strconv.AppendInt(dst, e.ReceivedAt, 10)
+		dst = appendOptionalString(dst, `,"fingerprint":`, e.Fingerprint)
+	case ProcessingStarted:
+		dst = appendOptionalString(dst, `,"worker":`, e.Worker)
+		if e.LeaseMS > 0 {
+			dst = append(dst, `,"lease_ms":`...)
+			dst = strconv.AppendInt(dst, e.LeaseMS, 10)
+		}
+	case LeaseRenewed:
+		dst = append(dst, `,"token":`...)
+		dst = strconv.AppendInt(dst, e.Token, 10)
+		dst = append(dst, `,"lease_ms":`...)
+		dst = strconv.AppendInt(dst, e.LeaseMS, 10)
+	case MessageReleased:
+		dst = appendOptionalString(dst, `,"reason":`, e.Reason)
 	case StepCompleted:
 		dst = append(dst, `,"step_index":`...)
 		dst = strconv.AppendUint(dst, uint64(e.StepIndex), 10)
@@ -39,6 +53,14 @@ func (e *Event) AppendJSON(dst []byte) []byte {
 		dst = AppendJSONString(dst, e.Error)
 	}
 	return append(dst, '}')
+}
+
+// appendOptionalString appends key and s as a JSON string, unless s is "".
+func appendOptionalString(dst []byte, key, s string) []byte {
+	if s == "" {
+		return dst
+	}
+	return AppendJSONString(append(dst, key...), s)
 }
 
 // MarshalJSON returns the event object of e.
@@ -58,9 +80,14 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		Type         *string `json:"type"`
 		MessageID    *string `json:"message_id"`
 		ReceivedAt   *int64  `json:"received_at"`
+		Fingerprint  string  `json:"fingerprint"`
+		Worker       string  `json:"worker"`
+		LeaseMS      *int64  `json:"lease_ms"`
 		StepIndex    *uint32 `json:"step_index"`
 		Output       *[]byte `json:"output"`
 		Error        *string `json:"error"`
+		Token        *int64  `json:"token"`
+		Reason       string  `json:"reason"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return fmt.Errorf("event object: %w", err)
@@ -91,7 +118,22 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		if raw.ReceivedAt == nil {
 			return missing("received_at")
 		}
-		e.ReceivedAt = *raw.ReceivedAt
+		e.ReceivedAt, e.Fingerprint = *raw.ReceivedAt, raw.Fingerprint
+	case ProcessingStarted:
+		e.Worker = raw.Worker
+		if raw.LeaseMS != nil {
+			e.LeaseMS = *raw.LeaseMS
+		}
+	case LeaseRenewed:
+		if raw.Token == nil {
+			return missing("token")
+		}
+		if raw.LeaseMS == nil {
+			return missing("lease_ms")
+		}
+		e.Token, e.LeaseMS = *raw.Token, *raw.LeaseMS
+	case MessageReleased:
+		e.Reason = raw.Reason
 	case StepCompleted:
 		if raw.StepIndex == nil {
 			return missing("step_index")
@@ -118,6 +160,27 @@ func (e *Event) validFields() error {
 	case MessageReceived:
 		if e.ReceivedAt < 0 {
 			return &FieldError{Field: "received_at", Problem: "must not be negative"}
+		}
+		if e.Fingerprint != "" {
+			return ValidFingerprint(e.Fingerprint)
+		}
+	case ProcessingStarted:
+		if e.Worker != "" {
+			if err := ValidName("worker", e.Worker); err != nil {
+				return err
+			}
+		}
+		if e.LeaseMS != 0 {
+			return ValidLease(e.LeaseMS)
+		}
+	case LeaseRenewed:
+		if e.Token <= 0 {
+			return &FieldError{Field: "token", Problem: "must be positive"}
+		}
+		return ValidLease(e.LeaseMS)
+	case MessageReleased:
+		if e.Reason != "" {
+			return ValidText("reason", e.Reason)
 		}
 	case ErrorOccurred:
 		return ValidError(e.Error)

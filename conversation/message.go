@@ -14,6 +14,17 @@ const (
 
 var statusNames = [...]string{"unknown", "received", "in_progress", "errored", "finished"}
 
+// ParseStatus returns the status whose wire name is s. Returns false if
+// there is none.
+func ParseStatus(s string) (Status, bool) {
+	for i, name := range statusNames {
+		if name == s {
+			return Status(i), true
+		}
+	}
+	return 0, false
+}
+
 // String returns the wire name of s, such as "in_progress".
 func (s Status) String() string {
 	if int(s) < len(statusNames) {
@@ -32,11 +43,24 @@ type Message struct {
 	Status      Status
 	ReceivedAt  int64
 	ReceivedSeq int64
-	StartedSeq  int64  // seq of its latest processing_started (0 if never started)
+	// StartedSeq is the seq of its latest processing_started, 0 if it was
+	// never started (seq 0 of a conversation is always a message_received):
+	// the message's fencing token.
+	StartedSeq  int64
 	LastStep    int64  // highest completed step index, or NoStep
 	Error       string // text of its latest error_occurred, "" if none
 	LastType    Type   // type of its latest event
 	LastSeq     int64  // seq of its latest event
+	LastTS      int64  // ts of its latest event
+	Fingerprint string // given by its message_received, "" if none
+	Worker      string // given by its latest processing_started, "" if none
+	// LeaseUntil is when the lease of its current token lapses (epoch ms):
+	// the ts of its latest processing_started or lease_renewed plus that
+	// event's lease_ms; 0 when the token never had a lease.
+	LeaseUntil int64
+	// Attempts counts its processing_started events since it was received
+	// or last released.
+	Attempts int64
 }
 
 // Apply advances m by e, an event of m. It does not check the write rules;
@@ -44,9 +68,14 @@ type Message struct {
 func (m *Message) Apply(e *Event) {
 	switch e.Type {
 	case MessageReceived:
-		*m = Message{ID: e.MessageID, Status: StatusReceived, ReceivedAt: e.ReceivedAt, ReceivedSeq: e.Seq, LastStep: NoStep}
+		*m = Message{ID: e.MessageID, Status: StatusReceived, ReceivedAt: e.ReceivedAt, ReceivedSeq: e.Seq,
+			LastStep: NoStep, Fingerprint: e.Fingerprint}
 	case ProcessingStarted:
-		m.Status, m.StartedSeq = StatusInProgress, e.Seq
+		m.Status, m.StartedSeq, m.Worker, m.LeaseUntil = StatusInProgress, e.Seq, e.Worker, 0
+		if e.LeaseMS > 0 {
+			m.LeaseUntil = e.TS + e.LeaseMS
+		}
+		m.Attempts++
 	case StepCompleted:
 		if int64(e.StepIndex) > m.LastStep {
 			m.LastStep = int64(e.StepIndex)
@@ -55,8 +84,38 @@ func (m *Message) Apply(e *Event) {
 		m.Status = StatusFinished
 	case ErrorOccurred:
 		m.Status, m.Error = StatusErrored, e.Error
+	case LeaseRenewed:
+		m.LeaseUntil = e.TS + e.LeaseMS
+	case MessageReleased:
+		m.Attempts = 0
 	}
-	m.LastType, m.LastSeq = e.Type, e.Seq
+	m.LastType, m.LastSeq, m.LastTS = e.Type, e.Seq, e.TS
+}
+
+// Token returns m's fencing token: the seq of its latest
+// processing_started, 0 if it was never started.
+func (m *Message) Token() int64 { return m.StartedSeq }
+
+// Leased reports whether m holds a live lease at now (epoch ms): it is in
+// progress and its current token's lease has not lapsed.
+func (m *Message) Leased(now int64) bool {
+	return m.Status == StatusInProgress && now < m.LeaseUntil
+}
+
+// Quarantined reports whether m is quarantined at now when a message may be
+// started at most maxAttempts times (0: no limit): it is received and not
+// finished, holds no live lease, and was started maxAttempts times since it
+// was received or released.
+func (m *Message) Quarantined(now, maxAttempts int64) bool {
+	return maxAttempts > 0 && m.Status != StatusUnknown && m.Status != StatusFinished &&
+		!m.Leased(now) && m.Attempts >= maxAttempts
+}
+
+// Moment is what the rules judge a message by beside its state: the time
+// (epoch ms) and the max_attempts setting in force (0: no limit).
+type Moment struct {
+	Now         int64
+	MaxAttempts int64
 }
 
 // Action is what a redelivery of a message should do.
@@ -64,37 +123,99 @@ type Action uint8
 
 // The actions of a redelivery decision.
 const (
-	Start  Action = 1 // never seen: process it from the beginning
-	Resume Action = 2 // seen, not finished: process it from ResumeFrom
-	Skip   Action = 3 // finished: do nothing
+	Start       Action = 1 // never seen: process it from the beginning
+	Resume      Action = 2 // seen, not finished: process it from ResumeFrom
+	Skip        Action = 3 // finished: do nothing
+	Busy        Action = 4 // a worker holds a live lease on it: try again later
+	Quarantined Action = 5 // started max_attempts times: an operator must release it
 )
 
-var actionNames = [...]string{Start: "start", Resume: "resume", Skip: "skip"}
+var actionNames = [...]string{Start: "start", Resume: "resume", Skip: "skip", Busy: "busy", Quarantined: "quarantined"}
 
 // String returns the wire name of a, such as "resume".
 func (a Action) String() string {
-	if a >= Start && a <= Skip {
+	if a >= Start && a <= Quarantined {
 		return actionNames[a]
+	}
+	return "invalid"
+}
+
+// Rule is the rule a decision follows, as explain names it.
+type Rule uint8
+
+// The rules of a redelivery decision.
+const (
+	RuleNeverSeen   Rule = 1
+	RuleFinished    Rule = 2
+	RuleLeased      Rule = 3
+	RuleQuarantined Rule = 4
+	RuleInProgress  Rule = 5
+	RuleReceived    Rule = 6
+	RuleErrored     Rule = 7
+)
+
+var ruleNames = [...]string{RuleNeverSeen: "never_seen", RuleFinished: "finished", RuleLeased: "leased",
+	RuleQuarantined: "quarantined", RuleInProgress: "in_progress", RuleReceived: "received", RuleErrored: "errored"}
+
+// String returns the wire name of r, such as "never_seen".
+func (r Rule) String() string {
+	if r >= RuleNeverSeen && r <= RuleErrored {
+		return ruleNames[r]
 	}
 	return "invalid"
 }
 
 // Decision is the answer to a delivery of a message.
 type Decision struct {
-	Action     Action
-	ResumeFrom int64 // with Resume: the highest completed step + 1, or 0
+	Action Action
+	Rule   Rule
+	// With Resume: the highest completed step + 1, or 0.
+	ResumeFrom int64
+	// With Busy: the lease holder, its token, and how long until the lease
+	// lapses (at least 1).
+	Worker       string
+	Token        int64
+	RetryAfterMS int64
+	// With Quarantined: the attempts and the latest error ("" if none).
+	Attempts int64
+	Error    string
 }
 
-// Redelivery decides a delivery of a message whose known state is m (nil if
-// the message was never received): skip when finished, resume after the
-// highest completed step when seen, start when new.
-func Redelivery(m *Message) Decision {
+// Redelivery decides a delivery of a message whose known state is m (nil
+// if the message was never received) at now (epoch ms), when a message
+// may be started at most maxAttempts times (0: no limit): skip when
+// finished, busy while leased, quarantined when started too often, resume
+// after the highest completed step when seen, start when new. It does not
+// check a fingerprint (see Deliver).
+func Redelivery(m *Message, now, maxAttempts int64) Decision {
 	switch {
 	case m == nil || m.Status == StatusUnknown:
-		return Decision{Action: Start}
+		return Decision{Action: Start, Rule: RuleNeverSeen}
 	case m.Status == StatusFinished:
-		return Decision{Action: Skip}
-	default:
-		return Decision{Action: Resume, ResumeFrom: m.LastStep + 1}
+		return Decision{Action: Skip, Rule: RuleFinished}
+	case m.Leased(now):
+		return Decision{Action: Busy, Rule: RuleLeased, Worker: m.Worker, Token: m.StartedSeq, RetryAfterMS: max(1, m.LeaseUntil-now)}
+	case m.Quarantined(now, maxAttempts):
+		return Decision{Action: Quarantined, Rule: RuleQuarantined, Attempts: m.Attempts, Error: m.Error}
 	}
+	d := Decision{Action: Resume, ResumeFrom: m.LastStep + 1}
+	switch m.Status {
+	case StatusInProgress:
+		d.Rule = RuleInProgress
+	case StatusErrored:
+		d.Rule = RuleErrored
+	default:
+		d.Rule = RuleReceived
+	}
+	return d
+}
+
+// Deliver decides a delivery of a message with fingerprint (or "" for
+// none), as Redelivery does, after checking it against the stored one.
+// Returns a *FingerprintMismatchError when both are given and differ.
+func Deliver(m *Message, fingerprint string, now, maxAttempts int64) (Decision, error) {
+	if m != nil && m.Status != StatusUnknown && fingerprint != "" && m.Fingerprint != "" && fingerprint != m.Fingerprint {
+		return Decision{}, &FingerprintMismatchError{Stored: m.Fingerprint}
+	}
+	return Redelivery(m, now, maxAttempts), nil
 }

@@ -107,13 +107,17 @@ func modelStatus(log []Event, id string) Status {
 // modelRedelivery is the redelivery decision for id by a scan of the log.
 func modelRedelivery(log []Event, id string) Decision {
 	m := modelScan(log, id)
-	switch {
-	case m.finishedSeq >= 0:
-		return Decision{Action: Skip}
-	case m.received:
-		return Decision{Action: Resume, ResumeFrom: m.maxStep + 1}
+	switch modelStatus(log, id) {
+	case StatusFinished:
+		return Decision{Action: Skip, Rule: RuleFinished}
+	case StatusReceived:
+		return Decision{Action: Resume, Rule: RuleReceived, ResumeFrom: m.maxStep + 1}
+	case StatusInProgress:
+		return Decision{Action: Resume, Rule: RuleInProgress, ResumeFrom: m.maxStep + 1}
+	case StatusErrored:
+		return Decision{Action: Resume, Rule: RuleErrored, ResumeFrom: m.maxStep + 1}
 	default:
-		return Decision{Action: Start}
+		return Decision{Action: Start, Rule: RuleNeverSeen}
 	}
 }
 
@@ -123,8 +127,11 @@ func modelEvaluate(log []Event, c *Command) (Outcome, error) {
 	if c.ExpectedSeq != NoExpectedSeq && c.ExpectedSeq != next {
 		if c.ExpectedSeq >= 0 && c.ExpectedSeq < next && modelSameEvent(c, &log[c.ExpectedSeq]) {
 			o := Outcome{Seq: c.ExpectedSeq, Duplicate: true}
-			if c.Op == OpReceive {
-				o.Decision = Decision{Action: Start}
+			switch c.Op {
+			case OpReceive:
+				o.Decision = Decision{Action: Start, Rule: RuleNeverSeen}
+			case OpStart:
+				o.Token = c.ExpectedSeq
 			}
 			return o, nil
 		}
@@ -150,8 +157,9 @@ func modelEvaluate(log []Event, c *Command) (Outcome, error) {
 	switch c.Op {
 	case OpStart:
 		if m.lastStart > m.lastError {
-			return Outcome{Seq: m.lastStart, Duplicate: true}, nil
+			return Outcome{Seq: m.lastStart, Duplicate: true, Token: m.lastStart}, nil
 		}
+		return Outcome{Append: true, Seq: next, Token: next}, nil
 	case OpStep:
 		if e := m.steps[c.StepIndex]; e != nil {
 			if string(e.Output) == string(c.Output) {
@@ -286,7 +294,7 @@ func TestEvaluate_RandomHistories(t *testing.T) {
 		// (b) the redelivery decision, and the status, of every message.
 		for _, id := range append([]string{"never"}, propMessageIDs...) {
 			want := modelRedelivery(log, id)
-			if got := Redelivery(state.Messages[id]); got != want {
+			if got := Redelivery(state.Messages[id], 0, 0); got != want {
 				t.Fatalf("Redelivery(Messages[%q] = %+v) = %+v, want %+v", id, state.Messages[id], got, want)
 			}
 			var status Status

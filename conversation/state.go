@@ -93,7 +93,9 @@ func (s *State) Apply(e *Event) error {
 		return fmt.Errorf("seq %d: %v is not an event type", e.Seq, e.Type)
 	}
 	c := CommandOf(e)
-	o, err := Evaluate(&c, s.Known(&c))
+	k := s.Known(&c)
+	k.Replaying(&c, e.TS)
+	o, err := Evaluate(&c, k)
 	if err != nil {
 		return fmt.Errorf("seq %d: %v of %q: %w", e.Seq, e.Type, e.MessageID, err)
 	}

@@ -107,12 +107,12 @@ func TestState_Apply(t *testing.T) {
 		check("finish n", Counts{Finished: 2})
 
 		m := h.s.Messages[testMsg]
-		want := Message{ID: testMsg, Status: StatusFinished, ReceivedAt: 100, ReceivedSeq: 0, StartedSeq: 7, LastStep: 3, Error: "boom", LastType: ProcessingFinished, LastSeq: 9}
+		want := Message{ID: testMsg, Status: StatusFinished, ReceivedAt: 100, ReceivedSeq: 0, StartedSeq: 7, LastStep: 3, Error: "boom", LastType: ProcessingFinished, LastSeq: 9, LastTS: 1009, Attempts: 2}
 		if m == nil || *m != want {
 			t.Errorf("Messages[%q] = %+v, want %+v", testMsg, m, want)
 		}
 		n := h.s.Messages["n"]
-		wantN := Message{ID: "n", Status: StatusFinished, ReceivedAt: 1001, ReceivedSeq: 1, StartedSeq: 10, LastStep: NoStep, Error: "bang", LastType: ProcessingFinished, LastSeq: 11}
+		wantN := Message{ID: "n", Status: StatusFinished, ReceivedAt: 1001, ReceivedSeq: 1, StartedSeq: 10, LastStep: NoStep, Error: "bang", LastType: ProcessingFinished, LastSeq: 11, LastTS: 1011, Attempts: 1}
 		if n == nil || *n != wantN {
 			t.Errorf("Messages[%q] = %+v, want %+v", "n", n, wantN)
 		}
@@ -132,8 +132,8 @@ func TestState_Apply(t *testing.T) {
 		h.mustAppend(stepCmd(5, nil))
 		h.mustAppend(stepCmd(0, nil))
 		h.mustAppend(stepCmd(2, nil))
-		want := Decision{Action: Resume, ResumeFrom: 6}
-		if got := Redelivery(h.s.Messages[testMsg]); got != want {
+		want := Decision{Action: Resume, Rule: RuleInProgress, ResumeFrom: 6}
+		if got := Redelivery(h.s.Messages[testMsg], 0, 0); got != want {
 			t.Errorf("Redelivery(after steps 5, 0, 2) = %+v, want %+v", got, want)
 		}
 	})

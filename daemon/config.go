@@ -61,6 +61,10 @@ type Config struct {
 	// Metrics is where the Prometheus endpoint listens: "" (off), a loopback
 	// host:port such as "127.0.0.1:9464", or "unix:" and a socket path.
 	Metrics string `toml:"metrics"`
+
+	// MaxAttempts is how many times a message may be started (since it
+	// was received or released) before it is quarantined; 0 for no limit.
+	MaxAttempts int64 `toml:"max_attempts"`
 }
 
 const (
@@ -200,6 +204,9 @@ func (c Config) Validate() error {
 	if c.MaxConnections < 1 {
 		bad("max_connections", fmt.Errorf("%d is out of range (at least 1)", c.MaxConnections))
 	}
+	if c.MaxAttempts < 0 {
+		bad("max_attempts", fmt.Errorf("%d is out of range (0 for no limit, or at least 1)", c.MaxAttempts))
+	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		bad("log_level", err)
 	}
@@ -260,12 +267,21 @@ var settings = []setting{
 	scalar("log_level", "LIMINAL_LOG_LEVEL", changesLive, func(c *Config) *string { return &c.LogLevel }, parseString),
 	scalar("log_format", "LIMINAL_LOG_FORMAT", needsRestart, func(c *Config) *string { return &c.LogFormat }, parseString),
 	scalar("metrics", "LIMINAL_METRICS", needsRestart, func(c *Config) *string { return &c.Metrics }, parseString),
+	scalar("max_attempts", "LIMINAL_MAX_ATTEMPTS", changesLive, func(c *Config) *int64 { return &c.MaxAttempts }, parseInt64),
 }
 
 func parseString(s string) (string, error) { return s, nil }
 
 func parseInt(s string) (int, error) {
 	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not an integer", s)
+	}
+	return n, nil
+}
+
+func parseInt64(s string) (int64, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("%q is not an integer", s)
 	}
@@ -315,7 +331,7 @@ func list(key, env string, live bool, field func(*Config) *[]uint32) setting {
 // Diff names the settings whose values differ between c, the running
 // configuration, and next, a reloaded one, by their TOML keys: live holds
 // those a running daemon can take at once (max_line_bytes, max_connections,
-// allow_uids, allow_gids, log_level), restart those it can take only when it
+// allow_uids, allow_gids, log_level, max_attempts), restart those it can take only when it
 // starts again (socket, db, sync, socket_mode, socket_group, log_format).
 // A reload with any restart setting is refused whole: the daemon keeps c.
 func (c Config) Diff(next Config) (live, restart []string) {

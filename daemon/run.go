@@ -122,7 +122,7 @@ func (d *daemon) start() error {
 	if err := d.lock(cfg.DB + ".lock"); err != nil {
 		return err
 	}
-	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log}
+	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log, MaxAttempts: cfg.MaxAttempts}
 	srvCfg := ipc.Config{
 		Store: nil, Logger: d.log, Version: d.opts.Version,
 		MaxLineBytes: cfg.MaxLineBytes, MaxConns: cfg.MaxConnections, Admit: d.admit,
@@ -384,6 +384,7 @@ func (d *daemon) reload(why string) {
 		return
 	}
 	d.srv.SetLimits(next.MaxLineBytes, next.MaxConnections)
+	d.store.SetMaxAttempts(next.MaxAttempts)
 	allow := next.AllowList()
 	d.allow.Store(&allow)
 	if lvl, err := ParseLevel(next.LogLevel); err == nil {

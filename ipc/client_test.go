@@ -29,8 +29,8 @@ func TestClient_Lifecycle(t *testing.T) {
 	ctx := context.Background()
 
 	info, err := c.Hello(ctx, "client_test")
-	if err != nil || info.Protocol != 1 || info.Name != "liminald" || info.Version != "v9" ||
-		len(info.Ops) != 14 || info.Limits.MaxLineBytes != DefaultMaxLineBytes || info.Limits.MaxInflight != MaxInflight {
+	if err != nil || info.Protocol != 2 || info.Name != "liminald" || info.Version != "v9" ||
+		len(info.Ops) != 18 || info.Limits.MaxLineBytes != DefaultMaxLineBytes || info.Limits.MaxInflight != MaxInflight {
 		t.Errorf("Hello = %+v, %v", info, err)
 	}
 	if err := c.Ping(ctx); err != nil {

@@ -419,7 +419,7 @@ func keepIf[T any](ok bool, ch chan T) chan T {
 
 func (c *conn) writeReply(sl *slot) {
 	if sl.encode {
-		sl.buf = c.srv.appendWrite(sl.buf, &sl.req, sl.out, sl.err, sl.began)
+		sl.buf = c.srv.appendWrite(c.ctx, sl.buf, &sl.req, sl.out, sl.err, sl.began)
 		sl.out, sl.err, sl.encode = conversation.Outcome{}, nil, false
 	}
 	c.write(sl.buf)

@@ -43,25 +43,34 @@ const (
 	CodeUnavailable      Code = "unavailable"
 	CodeShuttingDown     Code = "shutting_down"
 	CodeInternal         Code = "internal"
+	// Protocol 2 (SPEC §7).
+	CodeBusy                Code = "busy"
+	CodeFenced              Code = "fenced"
+	CodeQuarantined         Code = "quarantined"
+	CodeNotQuarantined      Code = "not_quarantined"
+	CodeFingerprintMismatch Code = "fingerprint_mismatch"
 )
 
 // Error returns the code itself.
 func (c Code) Error() string { return string(c) }
 
 // Retryable reports whether a request that failed with c may succeed if
-// sent again unchanged: true for unavailable, shutting_down and internal.
+// sent again unchanged: true for unavailable, shutting_down, internal and
+// busy.
 func (c Code) Retryable() bool {
 	row := rowOf(c)
 	return row != nil && row.retryable
 }
 
-// Known reports whether c is one of the codes of SPEC §3.
+// Known reports whether c is one of the codes of SPEC §3 and §7.
 func (c Code) Known() bool { return rowOf(c) != nil }
 
 // Error is a failure reply: its code, message, whether it may be retried,
 // and the details the error object carries beside them (numbers as
 // json.Number): "field" for bad_request, "expected" and "actual" for
-// sequence_conflict.
+// sequence_conflict, "worker", "token" and "retry_after_ms" for busy,
+// "token" and "current_token" for fenced, "stored" for
+// fingerprint_mismatch.
 //
 // errors.Is(err, code) matches its Code; it also unwraps to the domain
 // error of its code, so errors.Is(err, conversation.ErrStepConflict) and
@@ -88,10 +97,12 @@ func (e *Error) Is(target error) bool {
 
 // Unwrap returns the domain error of e's code, as the table of codes
 // gives it: conversation.ErrUnknownMessage, ErrAlreadyFinished,
-// ErrStepConflict, ErrUnavailable, ErrClosed (for shutting_down), a
-// *conversation.SequenceConflictError, a *conversation.FieldError naming
-// the field of the "field" detail (its Problem is the whole message), or
-// ErrForbidden; nil for the others.
+// ErrStepConflict, ErrUnavailable, ErrClosed (for shutting_down),
+// ErrQuarantined, ErrNotQuarantined, a *conversation.SequenceConflictError,
+// *BusyError, *FencedError or *FingerprintMismatchError built from the
+// details, a *conversation.FieldError naming the field of the "field"
+// detail (its Problem is the whole message), or ErrForbidden; nil for the
+// others.
 func (e *Error) Unwrap() error {
 	row := rowOf(e.Code)
 	switch {
@@ -148,6 +159,11 @@ var codes = []codeRow{
 	// The store's context is only cancelled when Shutdown gives up waiting.
 	{code: CodeShuttingDown, retryable: true, errs: []error{conversation.ErrClosed, context.Canceled}},
 	{code: CodeInternal, retryable: true},
+	{code: CodeBusy, retryable: true, toWire: busyDetails, fromWire: busyFromWire},
+	{code: CodeFenced, toWire: fencedDetails, fromWire: fencedFromWire},
+	{code: CodeQuarantined, errs: []error{conversation.ErrQuarantined}},
+	{code: CodeNotQuarantined, errs: []error{conversation.ErrNotQuarantined}},
+	{code: CodeFingerprintMismatch, toWire: fingerprintDetails, fromWire: fingerprintFromWire},
 }
 
 // rowOf returns the row of code c, or nil for a code it does not know.
@@ -186,6 +202,56 @@ func sequenceDetails(err error) (map[string]any, bool) {
 
 func sequenceFromWire(e *Error) error {
 	return &conversation.SequenceConflictError{Expected: e.detailInt("expected"), Actual: e.detailInt("actual")}
+}
+
+func busyDetails(err error) (map[string]any, bool) {
+	var be *conversation.BusyError
+	if !errors.As(err, &be) {
+		return nil, false
+	}
+	return map[string]any{"worker": nullable(be.Worker), "token": be.Token, "retry_after_ms": be.RetryAfterMS}, true
+}
+
+func busyFromWire(e *Error) error {
+	w, _ := e.Details["worker"].(string)
+	return &conversation.BusyError{Worker: w, Token: e.detailInt("token"), RetryAfterMS: e.detailInt("retry_after_ms")}
+}
+
+func fencedDetails(err error) (map[string]any, bool) {
+	var fe *conversation.FencedError
+	if !errors.As(err, &fe) {
+		return nil, false
+	}
+	var current any
+	if fe.CurrentToken > 0 {
+		current = fe.CurrentToken
+	}
+	return map[string]any{"token": fe.Token, "current_token": current}, true
+}
+
+func fencedFromWire(e *Error) error {
+	return &conversation.FencedError{Token: e.detailInt("token"), CurrentToken: e.detailInt("current_token")}
+}
+
+func fingerprintDetails(err error) (map[string]any, bool) {
+	var fm *conversation.FingerprintMismatchError
+	if !errors.As(err, &fm) {
+		return nil, false
+	}
+	return map[string]any{"stored": fm.Stored}, true
+}
+
+func fingerprintFromWire(e *Error) error {
+	s, _ := e.Details["stored"].(string)
+	return &conversation.FingerprintMismatchError{Stored: s}
+}
+
+// nullable is s, or nil (JSON null) for "".
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // wireError returns the wire error of err: an *Error as it is, a domain

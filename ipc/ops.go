@@ -62,8 +62,15 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 	case opPing:
 		return dst, nil
 	case opDecide:
-		d, err := s.store.Decide(ctx, r.conv, r.msg)
-		return appendDecision(dst, d), err
+		d, err := s.store.Decide(ctx, r.conv, r.msg, r.fingerprint)
+		if err != nil {
+			return dst, err
+		}
+		return s.appendDecision(ctx, dst, r, d)
+	case opMessages:
+		return s.messages(ctx, r, dst)
+	case opExplain:
+		return s.explain(ctx, r, dst)
 	case opState:
 		return s.state(ctx, r, dst)
 	case opRead:
@@ -77,25 +84,50 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 }
 
 // appendWrite appends the whole reply line of write request r, begun at
-// time began, whose outcome is o or err, to dst.
-func (s *Server) appendWrite(dst []byte, r *request, o conversation.Outcome, err error, began time.Time) []byte {
+// time began, whose outcome is o or err, to dst. A receive with_steps that
+// resumes reads the message's steps.
+func (s *Server) appendWrite(ctx context.Context, dst []byte, r *request, o conversation.Outcome, err error, began time.Time) []byte {
 	out := appendOK(dst, r.id)
 	if err == nil {
-		out = appendOutcome(out, r.op, o)
+		out, err = s.appendOutcome(ctx, out, r, o)
 	}
 	return s.end(dst, out, r, err, began)
 }
 
-// appendOutcome appends the result of write op to dst.
-func appendOutcome(dst []byte, op op, o conversation.Outcome) []byte {
-	if op != opReceive {
-		return appendSeq(dst, o)
-	}
-	dst = appendDecision(dst, o.Decision)
-	if o.Decision.Action == conversation.Start {
+// appendOutcome appends the result of write request r to dst.
+func (s *Server) appendOutcome(ctx context.Context, dst []byte, r *request, o conversation.Outcome) ([]byte, error) {
+	switch r.op {
+	case opReceive:
+		dst, err := s.appendDecision(ctx, dst, r, o.Decision)
+		if o.Decision.Action == conversation.Start {
+			dst = appendSeq(dst, o)
+		}
+		return dst, err
+	case opStart:
+		dst = appendInt(appendSeq(dst, o), "token", o.Token)
+	default:
 		dst = appendSeq(dst, o)
 	}
-	return dst
+	if o.LeaseExpiresAt > 0 {
+		dst = appendInt(dst, "lease_expires_at", o.LeaseExpiresAt)
+	}
+	return dst, nil
+}
+
+// appendDecision appends the fields of decision d for request r (a
+// receive, decide or explain) to dst, and the completed steps of a resume
+// when r asks for them.
+func (s *Server) appendDecision(ctx context.Context, dst []byte, r *request, d conversation.Decision) ([]byte, error) {
+	dst = appendDecisionFields(dst, d)
+	if !r.withSteps || d.Action != conversation.Resume {
+		return dst, nil
+	}
+	conv, id := r.conv, r.msg
+	if r.op == opReceive {
+		conv, id = r.cmd.Conversation, r.cmd.MessageID
+	}
+	steps, err := s.store.Steps(ctx, conv, id)
+	return appendSteps(dst, steps, false), err
 }
 
 // hello appends the result of hello to dst.
@@ -117,7 +149,21 @@ func (s *Server) hello(dst []byte) []byte {
 	dst = appendInt(dst, "max_error_bytes", conversation.MaxErrorBytes)
 	dst = appendInt(dst, "read_limit_max", ReadLimitMax)
 	dst = appendInt(dst, "conversations_limit_max", ConversationsLimitMax)
+	dst = appendInt(dst, "messages_limit_max", MessagesLimitMax)
+	dst = appendInt(dst, "max_lease_ms", conversation.MaxLeaseMS)
+	dst = appendInt(dst, "max_output_bytes", int64(MaxOutputBytes(s.maxLineBytes())))
 	return append(dst, '}')
+}
+
+// stepOverhead bounds what a step request line holds beside its output:
+// its other fields, with a conversation and a message id of 256 bytes
+// each escaped at the most (6 bytes a byte), an id and a token.
+const stepOverhead = 4096
+
+// MaxOutputBytes returns the largest step output a request line of at most
+// maxLineBytes can carry, in base64, with every other field at its limit.
+func MaxOutputBytes(maxLineBytes int) int {
+	return max(0, (maxLineBytes-stepOverhead)/4*3)
 }
 
 func (s *Server) state(ctx context.Context, r *request, dst []byte) ([]byte, error) {
@@ -130,10 +176,70 @@ func (s *Server) state(ctx context.Context, r *request, dst []byte) ([]byte, err
 	}
 	m, err := s.store.Message(ctx, r.conv, r.msg)
 	if err != nil || m == nil {
-		return appendMessageState(dst, nil, nil), err
+		return appendMessageState(dst, nil, nil, conversation.Moment{}), err
 	}
 	steps, err := s.store.Steps(ctx, r.conv, r.msg)
-	return appendMessageState(dst, m, steps), err
+	return appendMessageState(dst, m, steps, s.store.Moment()), err
+}
+
+func (s *Server) messages(ctx context.Context, r *request, dst []byte) ([]byte, error) {
+	list, err := s.store.Messages(ctx, r.conv, r.status, r.after, r.limit)
+	if err != nil {
+		return dst, err
+	}
+	mo := s.store.Moment()
+	dst = append(dst, `,"messages":[`...)
+	for i := range list {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		m := &list[i]
+		dst = append(dst, `{"message_id":`...)
+		dst = conversation.AppendJSONString(dst, m.ID)
+		dst = appendString(dst, "status", m.Status.String())
+		dst = appendInt(dst, "attempts", m.Attempts)
+		dst = appendLastStep(dst, m.LastStep)
+		dst = appendInt(dst, "received_at", m.ReceivedAt)
+		dst = appendInt(dst, "updated_at", m.LastTS)
+		dst = appendLease(dst, m, mo)
+		dst = append(dst, `,"compacted":false}`...)
+	}
+	dst = append(dst, ']')
+	if len(list) == r.limit {
+		return appendString(dst, "next", list[len(list)-1].ID), nil
+	}
+	return append(dst, `,"next":null`...), nil
+}
+
+func (s *Server) explain(ctx context.Context, r *request, dst []byte) ([]byte, error) {
+	m, err := s.store.Message(ctx, r.conv, r.msg)
+	if err != nil {
+		return dst, err
+	}
+	mo := s.store.Moment()
+	d, err := conversation.Deliver(m, r.fingerprint, mo.Now, mo.MaxAttempts)
+	if err != nil {
+		return dst, err
+	}
+	if dst, err = s.appendDecision(ctx, dst, r, d); err != nil {
+		return dst, err
+	}
+	dst = appendString(dst, "rule", d.Rule.String())
+	dst = appendString(dst, "reason", conversation.Reason(d, m, mo))
+	dst = append(dst, `,"events":[`...)
+	if m != nil {
+		events, err := s.store.MessageEvents(ctx, r.conv, m, ExplainEventsMax)
+		if err != nil {
+			return dst, err
+		}
+		for i := range events {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = events[i].AppendJSON(dst)
+		}
+	}
+	return append(dst, ']'), nil
 }
 
 func (s *Server) read(ctx context.Context, r *request, dst []byte) ([]byte, error) {

@@ -102,13 +102,70 @@ func appendMillis(dst []byte, key string, d time.Duration) []byte {
 	return strconv.AppendFloat(appendKey(dst, key), float64(d.Microseconds())/1000, 'f', -1, 64)
 }
 
-// appendDecision appends the fields of a redelivery decision.
-func appendDecision(dst []byte, d conversation.Decision) []byte {
+// appendDecisionFields appends the fields of a redelivery decision.
+func appendDecisionFields(dst []byte, d conversation.Decision) []byte {
 	dst = appendString(dst, "decision", d.Action.String())
-	if d.Action == conversation.Resume {
+	switch d.Action {
+	case conversation.Resume:
 		dst = appendInt(dst, "resume_from", d.ResumeFrom)
+	case conversation.Busy:
+		dst = appendNullable(dst, "worker", d.Worker)
+		dst = appendInt(dst, "token", d.Token)
+		dst = appendInt(dst, "retry_after_ms", d.RetryAfterMS)
+	case conversation.Quarantined:
+		dst = appendInt(dst, "attempts", d.Attempts)
+		dst = appendNullable(dst, "error", d.Error)
 	}
 	return dst
+}
+
+// appendNullable appends v as a string, or null for "".
+func appendNullable(dst []byte, key, v string) []byte {
+	if v == "" {
+		return append(appendKey(dst, key), "null"...)
+	}
+	return appendString(dst, key, v)
+}
+
+// appendSteps appends "steps": the completed steps, with their seq when
+// withSeq is set.
+func appendSteps(dst []byte, steps []conversation.StepRecord, withSeq bool) []byte {
+	dst = append(dst, `,"steps":[`...)
+	for i, s := range steps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"step_index":`...)
+		dst = strconv.AppendUint(dst, uint64(s.Index), 10)
+		if withSeq {
+			dst = appendInt(dst, "seq", s.Seq)
+		}
+		dst = append(dst, `,"output":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, s.Output)
+		dst = append(dst, `"}`...)
+	}
+	return append(dst, ']')
+}
+
+// appendLastStep appends "last_completed_step": last, or null for none.
+func appendLastStep(dst []byte, last int64) []byte {
+	if last == conversation.NoStep {
+		return append(dst, `,"last_completed_step":null`...)
+	}
+	return appendInt(dst, "last_completed_step", last)
+}
+
+// appendLease appends the worker, lease_expires_at (null when not leased
+// at mo) and quarantined of m.
+func appendLease(dst []byte, m *conversation.Message, mo conversation.Moment) []byte {
+	dst = appendNullable(dst, "worker", m.Worker)
+	if m.Leased(mo.Now) {
+		dst = appendInt(dst, "lease_expires_at", m.LeaseUntil)
+	} else {
+		dst = append(dst, `,"lease_expires_at":null`...)
+	}
+	dst = appendKey(dst, "quarantined")
+	return strconv.AppendBool(dst, m.Quarantined(mo.Now, mo.MaxAttempts))
 }
 
 // appendSeq appends the seq of an outcome, and "duplicate":true when it is
@@ -122,10 +179,11 @@ func appendSeq(dst []byte, o conversation.Outcome) []byte {
 }
 
 // appendMessageState appends the fields of state with a message: m is nil
-// when the message was never received.
-func appendMessageState(dst []byte, m *conversation.Message, steps []conversation.StepRecord) []byte {
+// when the message was never received. mo judges its lease and quarantine.
+func appendMessageState(dst []byte, m *conversation.Message, steps []conversation.StepRecord, mo conversation.Moment) []byte {
 	if m == nil {
-		return append(dst, `,"status":"unknown","received_at":null,"last_completed_step":null,"steps":[],"error":null`...)
+		return append(dst, `,"status":"unknown","received_at":null,"last_completed_step":null,"steps":[],"error":null,`+
+			`"attempts":0,"token":null,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null`...)
 	}
 	dst = appendString(dst, "status", m.Status.String())
 	dst = appendInt(dst, "received_at", m.ReceivedAt)
@@ -133,28 +191,17 @@ func appendMessageState(dst []byte, m *conversation.Message, steps []conversatio
 	if n := len(steps); n > 0 && int64(steps[n-1].Index) > last {
 		last = int64(steps[n-1].Index) // a step committed between the two reads
 	}
-	if last == conversation.NoStep {
-		dst = append(dst, `,"last_completed_step":null`...)
+	dst = appendLastStep(dst, last)
+	dst = appendSteps(dst, steps, true)
+	dst = appendNullable(dst, "error", m.Error)
+	dst = appendInt(dst, "attempts", m.Attempts)
+	if m.StartedSeq > 0 {
+		dst = appendInt(dst, "token", m.StartedSeq)
 	} else {
-		dst = appendInt(dst, "last_completed_step", last)
+		dst = append(dst, `,"token":null`...)
 	}
-	dst = append(dst, `,"steps":[`...)
-	for i, s := range steps {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, `{"step_index":`...)
-		dst = strconv.AppendUint(dst, uint64(s.Index), 10)
-		dst = appendInt(dst, "seq", s.Seq)
-		dst = append(dst, `,"output":"`...)
-		dst = base64.StdEncoding.AppendEncode(dst, s.Output)
-		dst = append(dst, `"}`...)
-	}
-	dst = append(dst, ']')
-	if m.Error == "" {
-		return append(dst, `,"error":null`...)
-	}
-	return appendString(dst, "error", m.Error)
+	dst = appendLease(dst, m, mo)
+	return appendNullable(dst, "fingerprint", m.Fingerprint)
 }
 
 // appendCounts appends the messages of a conversation counted by status.

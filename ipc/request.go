@@ -31,6 +31,10 @@ const (
 	opUnsubscribe
 	opConversations
 	opStats
+	opRenew
+	opRelease
+	opMessages
+	opExplain
 )
 
 var opNames = [...]string{
@@ -38,6 +42,7 @@ var opNames = [...]string{
 	opStart: "start", opStep: "step", opFinish: "finish", opFail: "fail",
 	opState: "state", opRead: "read", opSubscribe: "subscribe", opUnsubscribe: "unsubscribe",
 	opConversations: "conversations", opStats: "stats",
+	opRenew: "renew", opRelease: "release", opMessages: "messages", opExplain: "explain",
 }
 
 func (o op) String() string {
@@ -60,9 +65,10 @@ func lookupOp(name []byte) op {
 var writeOps = [...]conversation.Op{
 	opReceive: conversation.OpReceive, opStart: conversation.OpStart, opStep: conversation.OpStep,
 	opFinish: conversation.OpFinish, opFail: conversation.OpFail,
+	opRenew: conversation.OpRenew, opRelease: conversation.OpRelease,
 }
 
-// isWrite reports whether o appends through Store.Write.
+// isWrite reports whether o appends through Store.WriteAsync.
 func (o op) isWrite() bool { return int(o) < len(writeOps) && writeOps[o] != 0 }
 
 // field is a known request field.
@@ -84,6 +90,13 @@ const (
 	fAfter
 	fSub
 	fClient
+	fFingerprint
+	fWithSteps
+	fWorker
+	fLeaseMS
+	fToken
+	fReason
+	fStatus
 	numFields
 )
 
@@ -92,6 +105,8 @@ var fieldNames = [numFields]string{
 	fReceivedAt: "received_at", fExpectedSeq: "expected_seq", fStepIndex: "step_index",
 	fOutput: "output", fError: "error", fFromSeq: "from_seq", fFromPos: "from_pos",
 	fLimit: "limit", fAfter: "after", fSub: "sub", fClient: "client",
+	fFingerprint: "fingerprint", fWithSteps: "with_steps", fWorker: "worker", fLeaseMS: "lease_ms",
+	fToken: "token", fReason: "reason", fStatus: "status",
 }
 
 func lookupField(key []byte) (field, bool) {
@@ -111,7 +126,10 @@ type request struct {
 
 	cmd conversation.Command // the write ops
 
-	conv, msg           string // decide, state, read, subscribe
+	conv, msg           string // decide, state, read, subscribe, messages, explain
+	fingerprint         string // decide, explain
+	withSteps           bool   // receive, decide, explain
+	status              string // messages
 	fromSeq, fromPos    int64
 	hasFrom, hasFromPos bool // subscribe: a from position was given; it is from_pos
 	limit               int
@@ -227,12 +245,30 @@ func (r *request) args() error {
 	case opHello:
 		r.client, _, err = r.str(fClient)
 	case opPing, opStats:
-	case opReceive, opStart, opStep, opFinish, opFail:
+	case opReceive, opStart, opStep, opFinish, opFail, opRenew, opRelease:
 		err = r.writeArgs()
-	case opDecide:
-		if r.conv, err = r.name(fConversation, true); err == nil {
-			r.msg, err = r.name(fMessageID, true)
+	case opDecide, opExplain:
+		if r.conv, err = r.name(fConversation, true); err != nil {
+			return err
 		}
+		if r.msg, err = r.name(fMessageID, true); err != nil {
+			return err
+		}
+		if r.fingerprint, err = r.checked(fFingerprint, conversation.ValidFingerprint); err != nil {
+			return err
+		}
+		r.withSteps, err = r.boolean(fWithSteps)
+	case opMessages:
+		if r.conv, err = r.name(fConversation, true); err != nil {
+			return err
+		}
+		if r.status, _, err = r.str(fStatus); err != nil {
+			return err
+		}
+		if r.after, _, err = r.str(fAfter); err != nil {
+			return err
+		}
+		r.limit, err = r.limitArg(MessagesLimitDefault, MessagesLimitMax)
 	case opState:
 		if r.conv, err = r.name(fConversation, true); err == nil {
 			r.msg, err = r.name(fMessageID, false)
@@ -271,8 +307,42 @@ func (r *request) writeArgs() error {
 	if c.MessageID, err = r.required(fMessageID); err != nil {
 		return err
 	}
-	if r.op == opReceive {
+	switch r.op {
+	case opReceive:
 		if c.ReceivedAt, c.HasReceivedAt, err = r.int(fReceivedAt, math.MaxInt64); err != nil {
+			return err
+		}
+		if c.Fingerprint, err = r.checked(fFingerprint, conversation.ValidFingerprint); err != nil {
+			return err
+		}
+		if r.withSteps, err = r.boolean(fWithSteps); err != nil {
+			return err
+		}
+	case opStart:
+		if c.Worker, err = r.checked(fWorker, func(s string) error { return conversation.ValidName("worker", s) }); err != nil {
+			return err
+		}
+		if c.LeaseMS, _, err = r.lease(); err != nil {
+			return err
+		}
+	case opStep, opFinish, opFail, opRenew:
+		if c.Token, c.HasToken, err = r.int(fToken, math.MaxInt64); err != nil {
+			return err
+		}
+		if r.op == opRenew {
+			if !c.HasToken {
+				return fieldError("token", "is required")
+			}
+			var ok bool
+			if c.LeaseMS, ok, err = r.lease(); err != nil {
+				return err
+			}
+			if !ok {
+				return fieldError("lease_ms", "is required")
+			}
+		}
+	case opRelease:
+		if c.Reason, err = r.checked(fReason, func(s string) error { return conversation.ValidText("reason", s) }); err != nil {
 			return err
 		}
 	}
@@ -322,6 +392,41 @@ func (r *request) subscribeArgs() error {
 	}
 	r.fromSeq, r.fromPos, r.hasFrom, r.hasFromPos = seq, pos, hasSeq || hasPos, hasPos
 	return nil
+}
+
+// lease returns the lease_ms field, from 1 to MaxLeaseMS; ok is false
+// when it is absent.
+func (r *request) lease() (ms int64, ok bool, err error) {
+	ms, ok, err = r.int(fLeaseMS, conversation.MaxLeaseMS)
+	if err == nil && ok {
+		err = conversation.ValidLease(ms)
+	}
+	if err != nil {
+		return 0, false, conversation.ValidLease(-1)
+	}
+	return ms, ok, nil
+}
+
+// checked returns the string field f checked by valid when it is given, ""
+// when it is absent. Given, it must be valid: an empty string is not
+// absent.
+func (r *request) checked(f field, valid func(string) error) (string, error) {
+	s, ok, err := r.str(f)
+	if err != nil || !ok {
+		return "", err
+	}
+	return s, valid(s)
+}
+
+// boolean returns the boolean field f, false when it is absent.
+func (r *request) boolean(f field) (bool, error) {
+	switch raw := string(r.raw[f]); raw {
+	case "", "null", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	}
+	return false, fieldError(fieldNames[f], "must be true or false")
 }
 
 // limitArg returns the limit argument, def when absent.

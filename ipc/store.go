@@ -22,9 +22,19 @@ type Store interface {
 	// only hands the outcome to the connection's writer goroutine, which
 	// encodes the reply.
 	WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error))
-	Decide(ctx context.Context, conv, id string) (conversation.Decision, error)
+	// Decide decides a delivery of message id with fingerprint ("" for
+	// none) at the store's Moment, without appending.
+	Decide(ctx context.Context, conv, id, fingerprint string) (conversation.Decision, error)
+	// Moment is what the rules judge a message by now: the store's clock
+	// and the max_attempts in force.
+	Moment() conversation.Moment
 	// Message returns nil if the message was never received.
 	Message(ctx context.Context, conv, id string) (*conversation.Message, error)
+	// Messages lists up to limit messages of conv after message id after,
+	// by id; filter is "" or a status, "leased" or "quarantined".
+	Messages(ctx context.Context, conv, filter, after string, limit int) ([]conversation.Message, error)
+	// MessageEvents returns up to limit events of message m, by seq.
+	MessageEvents(ctx context.Context, conv string, m *conversation.Message, limit int) ([]conversation.Event, error)
 	Steps(ctx context.Context, conv, id string) ([]conversation.StepRecord, error)
 	Conversation(ctx context.Context, name string) (conversation.Summary, error)
 	Conversations(ctx context.Context, after string, limit int) ([]conversation.Summary, error)

@@ -7,8 +7,9 @@ import (
 
 // Protocol limits of SPEC §3 that are not the domain's.
 const (
-	// ProtocolVersion is the protocol hello reports.
-	ProtocolVersion = 1
+	// ProtocolVersion is the protocol hello reports: 2, with leases,
+	// fencing, attempts, fingerprints, messages and explain (SPEC §7).
+	ProtocolVersion = 2
 	// DefaultMaxLineBytes is the default limit on a request line.
 	DefaultMaxLineBytes = 1 << 20
 	// MaxInflight is the number of unanswered requests a connection may
@@ -21,6 +22,12 @@ const (
 	// a conversations request.
 	ConversationsLimitMax     = 1000
 	ConversationsLimitDefault = 100
+	// MessagesLimitMax and MessagesLimitDefault bound the limit of a
+	// messages request.
+	MessagesLimitMax     = 1000
+	MessagesLimitDefault = 100
+	// ExplainEventsMax is the most events explain answers.
+	ExplainEventsMax = 1000
 )
 
 // lineReader reads lines of at most a given length from a bufio.Reader,

@@ -51,6 +51,9 @@ func openExisting(path string) (*sql.DB, error) {
 		if version > liminald.SchemaVersion {
 			return nil, fmt.Errorf("open database %s: %w: its schema is version %d, this liminald knows up to version %d", path, ErrNewerSchema, version, liminald.SchemaVersion)
 		}
+		if version > 0 {
+			return nil, fmt.Errorf("open database %s: its schema is version %d, older than this liminald's %d: start liminald serve on it once to migrate it", path, version, liminald.SchemaVersion)
+		}
 		return nil, fmt.Errorf("open database %s: not a liminald database (schema version %d)", path, version)
 	}
 	return db, nil

@@ -4,13 +4,15 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"strconv"
 
 	"liminald/conversation"
 )
 
 // readStmts are the readers' prepared statements, on the read pool.
 type readStmts struct {
-	msg, steps, conv, events, eventsPos, convs *sql.Stmt
+	msg, steps, conv, events, eventsPos, convs, msgs, msgEvents *sql.Stmt
 }
 
 func prepareReads(db *sql.DB) (*readStmts, error) {
@@ -32,6 +34,20 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 			WHERE e.pos >= ? ORDER BY e.pos LIMIT ?`},
 		{&st.convs, `SELECT name, next_seq, received, in_progress, errored, finished FROM conversations
 			WHERE name > ? ORDER BY name LIMIT ?`},
+		// ?3 is the filter (see Messages), ?4 the time, ?5 max_attempts.
+		{&st.msgs, `SELECT message_id, ` + messageColumns + ` FROM messages
+			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?1) AND message_id > ?2
+			AND CASE ?3 WHEN 0 THEN 1
+				WHEN ` + strconv.Itoa(filterLeased) + ` THEN status = 2 AND lease_until > ?4
+				WHEN ` + strconv.Itoa(filterQuarantined) + ` THEN ?5 > 0 AND status IN (1, 2, 3) AND attempts >= ?5
+					AND NOT (status = 2 AND lease_until > ?4)
+				ELSE status = ?3 END
+			ORDER BY message_id LIMIT ?6`},
+		// A message's events lie between its message_received and its
+		// latest event: the (conversation, seq) index bounds the scan.
+		{&st.msgEvents, `SELECT ` + eventColumns + ` FROM events
+			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?1) AND seq BETWEEN ?2 AND ?3
+			AND message_id = ?4 ORDER BY seq LIMIT ?5`},
 	} {
 		var err error
 		if *p.stmt, err = db.Prepare(p.sql); err != nil {
@@ -43,7 +59,7 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 }
 
 func (st *readStmts) close() error {
-	for _, s := range []*sql.Stmt{st.msg, st.steps, st.conv, st.events, st.eventsPos, st.convs} {
+	for _, s := range []*sql.Stmt{st.msg, st.steps, st.conv, st.events, st.eventsPos, st.convs, st.msgs, st.msgEvents} {
 		if s != nil {
 			s.Close()
 		}
@@ -88,14 +104,84 @@ func (s *Store) Steps(ctx context.Context, conv, id string) ([]conversation.Step
 	return steps, unavailable("read steps", rows.Err())
 }
 
-// Decide returns the redelivery decision for message id of conversation
-// conv, without appending anything.
-func (s *Store) Decide(ctx context.Context, conv, id string) (conversation.Decision, error) {
+// Decide returns the redelivery decision for a delivery of message id of
+// conversation conv with fingerprint (or "" for none), at the store's
+// Moment, without appending anything. Returns a
+// *conversation.FingerprintMismatchError when the message was received
+// with another fingerprint.
+func (s *Store) Decide(ctx context.Context, conv, id, fingerprint string) (conversation.Decision, error) {
 	m, err := s.Message(ctx, conv, id)
 	if err != nil {
 		return conversation.Decision{}, err
 	}
-	return conversation.Redelivery(m), nil
+	mo := s.Moment()
+	return conversation.Deliver(m, fingerprint, mo.Now, mo.MaxAttempts)
+}
+
+// Moment returns what the rules judge a message by now: the store's clock
+// and its max_attempts setting.
+func (s *Store) Moment() conversation.Moment {
+	return conversation.Moment{Now: s.opts.Now().UnixMilli(), MaxAttempts: s.maxAttempts.Load()}
+}
+
+// SetMaxAttempts sets how many times a message may be started before it is
+// quarantined (0, or less: no limit), from the next request on.
+func (s *Store) SetMaxAttempts(n int64) { s.maxAttempts.Store(max(n, 0)) }
+
+// The filters of Messages beyond the stored statuses (1 to 4).
+const (
+	filterLeased      = 5
+	filterQuarantined = 6
+)
+
+// Messages returns up to limit messages of conversation conv whose ids sort
+// after after, by id, with their state. filter is "" for every message, a
+// stored status ("received", "in_progress", "errored", "finished"), or
+// "leased" or "quarantined", judged at the store's Moment. Returns a
+// *conversation.FieldError naming "status" for another filter.
+func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit int) ([]conversation.Message, error) {
+	var code int64
+	switch filter {
+	case "":
+	case "leased":
+		code = filterLeased
+	case "quarantined":
+		code = filterQuarantined
+	default:
+		st, ok := conversation.ParseStatus(filter)
+		if !ok || st == conversation.StatusUnknown {
+			return nil, &conversation.FieldError{Field: "status", Problem: fmt.Sprintf("%q is not one of received, in_progress, leased, errored, finished, quarantined", filter)}
+		}
+		code = int64(st)
+	}
+	mo := s.Moment()
+	rows, err := s.reads.msgs.QueryContext(ctx, conv, after, code, mo.Now, mo.MaxAttempts, limit)
+	if err != nil {
+		return nil, unavailable("read messages", err)
+	}
+	defer rows.Close()
+	var out []conversation.Message
+	for rows.Next() {
+		var id string
+		m, err := scanMessageColumns(rows, &id)
+		if err != nil {
+			return nil, unavailable("read messages", err)
+		}
+		m.ID = id
+		out = append(out, *m)
+	}
+	return out, unavailable("read messages", rows.Err())
+}
+
+// MessageEvents returns up to limit events of message m of conversation
+// conv, in seq order, from its message_received on.
+func (s *Store) MessageEvents(ctx context.Context, conv string, m *conversation.Message, limit int) ([]conversation.Event, error) {
+	rows, err := s.reads.msgEvents.QueryContext(ctx, conv, m.ReceivedSeq, m.LastSeq, m.ID, limit)
+	if err != nil {
+		return nil, unavailable("read message events", err)
+	}
+	events, err := scanEvents(rows, conv, nil)
+	return events, unavailable("read message events", err)
 }
 
 // Conversation returns the summary of conversation name. A conversation

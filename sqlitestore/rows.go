@@ -22,7 +22,7 @@ type bulk struct {
 	args   []any             // the rows added, flattened
 }
 
-// maxBulkRows is the largest chunk: 64 rows of at most 10 columns stay far
+// maxBulkRows is the largest chunk: 64 rows of at most 15 columns stay far
 // below SQLite's limit of host parameters.
 const maxBulkRows = 64
 
@@ -79,7 +79,8 @@ func (b *bulk) close() {
 // steps keep none; an upsert's update always may abort, so the messages
 // and conversations statements still do.
 func newEventsBulk() *bulk {
-	return newBulk(`INSERT OR FAIL INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error) VALUES `, 10, "")
+	return newBulk(`INSERT OR FAIL INTO events (pos, conversation_id, seq, ts, type, message_id, received_at, step_index, output, error,
+		fingerprint, worker, lease_ms, token, reason) VALUES `, 15, "")
 }
 
 func newStepsBulk() *bulk {
@@ -87,10 +88,12 @@ func newStepsBulk() *bulk {
 }
 
 func newMessagesBulk() *bulk {
-	return newBulk(`INSERT OR FAIL INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 10,
+	return newBulk(`INSERT OR FAIL INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 15,
 		` ON CONFLICT (conversation_id, message_id) DO UPDATE SET status = excluded.status,
 		received_at = excluded.received_at, received_seq = excluded.received_seq, started_seq = excluded.started_seq,
-		last_step = excluded.last_step, error = excluded.error, last_type = excluded.last_type, last_seq = excluded.last_seq`)
+		last_step = excluded.last_step, error = excluded.error, last_type = excluded.last_type, last_seq = excluded.last_seq,
+		last_ts = excluded.last_ts, fingerprint = excluded.fingerprint, worker = excluded.worker,
+		lease_until = excluded.lease_until, attempts = excluded.attempts`)
 }
 
 func newConversationsBulk() *bulk {
@@ -102,7 +105,7 @@ func newConversationsBulk() *bulk {
 // addEvent adds e, of conversation conv, with NULL in the columns that do
 // not belong to its type.
 func (b *bulk) addEvent(conv int64, e *conversation.Event) {
-	var receivedAt, stepIndex, output, errText any
+	var receivedAt, stepIndex, output, errText, leaseMS, token any
 	switch e.Type {
 	case conversation.MessageReceived:
 		receivedAt = e.ReceivedAt
@@ -114,19 +117,31 @@ func (b *bulk) addEvent(conv int64, e *conversation.Event) {
 		}
 	case conversation.ErrorOccurred:
 		errText = e.Error
+	case conversation.LeaseRenewed:
+		token = e.Token
 	}
-	b.add(e.Pos, conv, e.Seq, e.TS, int64(e.Type), e.MessageID, receivedAt, stepIndex, output, errText)
+	if e.LeaseMS > 0 {
+		leaseMS = e.LeaseMS
+	}
+	b.add(e.Pos, conv, e.Seq, e.TS, int64(e.Type), e.MessageID, receivedAt, stepIndex, output, errText,
+		nullText(e.Fingerprint), nullText(e.Worker), leaseMS, token, nullText(e.Reason))
+}
+
+// nullText is s, or NULL for "".
+func nullText(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 func (b *bulk) addMessage(conv int64, m *conversation.Message) {
-	var lastStep, errText any
+	var lastStep any
 	if m.LastStep != conversation.NoStep {
 		lastStep = m.LastStep
 	}
-	if m.Error != "" {
-		errText = m.Error
-	}
-	b.add(conv, m.ID, int64(m.Status), m.ReceivedAt, m.ReceivedSeq, m.StartedSeq, lastStep, errText, int64(m.LastType), m.LastSeq)
+	b.add(conv, m.ID, int64(m.Status), m.ReceivedAt, m.ReceivedSeq, m.StartedSeq, lastStep, nullText(m.Error), int64(m.LastType), m.LastSeq,
+		m.LastTS, nullText(m.Fingerprint), nullText(m.Worker), m.LeaseUntil, m.Attempts)
 }
 
 func (b *bulk) addConversation(c *convRow) {

@@ -9,7 +9,7 @@ import (
 )
 
 // The columns of an event row, in the order scanEvents reads them.
-const eventColumns = `seq, pos, ts, type, message_id, received_at, step_index, output, error`
+const eventColumns = `seq, pos, ts, type, message_id, received_at, step_index, output, error, fingerprint, worker, lease_ms, token, reason`
 
 const selMessageSQL = `SELECT ` + messageColumns + ` FROM messages WHERE conversation_id = ? AND message_id = ?`
 
@@ -23,7 +23,8 @@ type writeStmts struct {
 
 const convColumns = `id, name, next_seq, received, in_progress, errored, finished`
 
-const messageColumns = `status, received_at, received_seq, started_seq, last_step, error, last_type, last_seq`
+const messageColumns = `status, received_at, received_seq, started_seq, last_step, error, last_type, last_seq,
+	last_ts, fingerprint, worker, lease_until, attempts`
 
 func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 	st := &writeStmts{events: newEventsBulk(), steps: newStepsBulk(), messages: newMessagesBulk(), conversations: newConversationsBulk()}
@@ -90,12 +91,14 @@ func scanMessageColumns(row scanner, first ...any) (*conversation.Message, error
 	m := &conversation.Message{}
 	var status, lastType int64
 	var lastStep sql.NullInt64
-	var errText sql.NullString
-	dest := append(first, &status, &m.ReceivedAt, &m.ReceivedSeq, &m.StartedSeq, &lastStep, &errText, &lastType, &m.LastSeq)
+	var errText, fingerprint, worker sql.NullString
+	dest := append(first, &status, &m.ReceivedAt, &m.ReceivedSeq, &m.StartedSeq, &lastStep, &errText, &lastType, &m.LastSeq,
+		&m.LastTS, &fingerprint, &worker, &m.LeaseUntil, &m.Attempts)
 	if err := row.Scan(dest...); err != nil {
 		return nil, err
 	}
 	m.Status, m.LastType, m.Error = conversation.Status(status), conversation.Type(lastType), errText.String
+	m.Fingerprint, m.Worker = fingerprint.String, worker.String
 	m.LastStep = conversation.NoStep
 	if lastStep.Valid {
 		m.LastStep = lastStep.Int64
@@ -124,14 +127,16 @@ type scanner interface{ Scan(dest ...any) error }
 func scanEvent(row scanner, name string, more ...any) (conversation.Event, error) {
 	e := conversation.Event{Conversation: name}
 	var typ int64
-	var receivedAt, stepIndex sql.NullInt64
-	var errText sql.NullString
-	dest := append([]any{&e.Seq, &e.Pos, &e.TS, &typ, &e.MessageID, &receivedAt, &stepIndex, &e.Output, &errText}, more...)
+	var receivedAt, stepIndex, leaseMS, token sql.NullInt64
+	var errText, fingerprint, worker, reason sql.NullString
+	dest := append([]any{&e.Seq, &e.Pos, &e.TS, &typ, &e.MessageID, &receivedAt, &stepIndex, &e.Output, &errText,
+		&fingerprint, &worker, &leaseMS, &token, &reason}, more...)
 	if err := row.Scan(dest...); err != nil {
 		return e, err
 	}
 	e.Type = conversation.Type(typ)
 	e.ReceivedAt, e.StepIndex, e.Error = receivedAt.Int64, uint32(stepIndex.Int64), errText.String
+	e.Fingerprint, e.Worker, e.LeaseMS, e.Token, e.Reason = fingerprint.String, worker.String, leaseMS.Int64, token.Int64, reason.String
 	if e.Type == conversation.StepCompleted && e.Output == nil {
 		e.Output = []byte{}
 	}

@@ -42,6 +42,9 @@ type Options struct {
 	Logger     *slog.Logger
 	Now        func() time.Time // the commit clock; time.Now by default
 	Checkpoint time.Duration    // how often WAL checkpoints run; 100ms by default
+	// MaxAttempts is how many times a message may be started before it is
+	// quarantined; 0 for no limit (SetMaxAttempts changes it live).
+	MaxAttempts int64
 	// OnBatch, when set, is told of every batch once it is answered, in
 	// order, from a goroutine of its own: a slow OnBatch never holds up a
 	// commit. While it is more than reportBacklog batches behind, the
@@ -116,6 +119,8 @@ type Store struct {
 	synced  chan *committed // committed batches, to the syncer
 	reports chan Batch      // answered batches, to OnBatch; nil without it
 
+	maxAttempts atomic.Int64 // see SetMaxAttempts
+
 	syncing atomic.Int64          // batches committed and not yet answered
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
 	// wake tells a writer waiting out a sync to look again: the sync
@@ -146,6 +151,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), wake: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
+	s.SetMaxAttempts(opts.MaxAttempts)
 	if err := s.open(); err != nil {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -224,8 +230,10 @@ func (s *Store) open() error {
 	return err
 }
 
-// migrate creates the schema in an empty database and refuses one from a
-// newer version. Versions move forward with PRAGMA user_version.
+// migrate creates the schema in an empty database, brings an older one
+// forward one version at a time (each step in its own transaction), and
+// refuses one from a newer version. Versions move forward with PRAGMA
+// user_version.
 func migrate(db *sql.DB) error {
 	var version int
 	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil {
@@ -236,26 +244,53 @@ func migrate(db *sql.DB) error {
 		return nil
 	case version > liminald.SchemaVersion:
 		return fmt.Errorf("%w: its schema is version %d, this liminald knows up to version %d; upgrade liminald", ErrNewerSchema, version, liminald.SchemaVersion)
+	case version == 0:
+		return inTx(db, "create schema", func(tx *sql.Tx) error {
+			var tables int
+			if err := tx.QueryRow("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").Scan(&tables); err != nil {
+				return unavailable("create schema", err)
+			}
+			if tables > 0 {
+				return fmt.Errorf("database has tables but no liminald schema version; it is not a liminald database")
+			}
+			return setVersion(tx, liminald.Schema, liminald.SchemaVersion)
+		})
 	}
+	for to := version + 1; to <= liminald.SchemaVersion; to++ {
+		stmts, err := liminald.Migration(to)
+		if err != nil {
+			return err
+		}
+		if err := inTx(db, fmt.Sprintf("migrate schema to version %d", to), func(tx *sql.Tx) error {
+			return setVersion(tx, stmts, to)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inTx runs f in a transaction of db and commits it; what names the work in
+// an error.
+func inTx(db *sql.DB, what string, f func(*sql.Tx) error) error {
 	tx, err := db.Begin()
 	if err != nil {
-		return unavailable("create schema", err)
+		return unavailable(what, err)
 	}
 	defer tx.Rollback()
-	var tables int
-	if err := tx.QueryRow("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").Scan(&tables); err != nil {
-		return unavailable("create schema", err)
+	if err := f(tx); err != nil {
+		return err
 	}
-	if tables > 0 {
-		return fmt.Errorf("database has tables but no liminald schema version; it is not a liminald database")
+	return unavailable(what, tx.Commit())
+}
+
+// setVersion runs stmts in tx and sets the schema version to version.
+func setVersion(tx *sql.Tx, stmts string, version int) error {
+	if _, err := tx.Exec(stmts); err != nil {
+		return unavailable(fmt.Sprintf("schema version %d", version), err)
 	}
-	if _, err := tx.Exec(liminald.Schema); err != nil {
-		return unavailable("create schema", err)
-	}
-	if _, err := tx.Exec(fmt.Sprintf("PRAGMA user_version = %d", liminald.SchemaVersion)); err != nil {
-		return unavailable("create schema", err)
-	}
-	return unavailable("create schema", tx.Commit())
+	_, err := tx.Exec(fmt.Sprintf("PRAGMA user_version = %d", version))
+	return unavailable(fmt.Sprintf("schema version %d", version), err)
 }
 
 // Batch describes a batch of write requests once it was answered.

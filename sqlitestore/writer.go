@@ -398,7 +398,7 @@ func (w *writer) end() error {
 func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	c := &r.cmd
 	conv := w.conversation(c.Conversation)
-	k := conversation.Known{}
+	k := conversation.Known{Now: ts, MaxAttempts: w.s.maxAttempts.Load()}
 	if conv != nil {
 		var err error
 		k.Next = conv.next
@@ -416,6 +416,10 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 			}
 		}
 	}
+	if r.ts != 0 { // an imported event, judged as when it was logged
+		ts = r.ts
+		k.Replaying(c, ts)
+	}
 	r.out, r.err = conversation.Evaluate(c, k)
 	if r.err != nil || !r.out.Append {
 		return nil
@@ -425,9 +429,6 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 		w.nextConvID++
 		w.dirtyConvs[c.Conversation] = conv
 		w.totals.conversations++
-	}
-	if r.ts != 0 {
-		ts = r.ts
 	}
 	e := c.Event(conv.next, ts)
 	e.Pos = w.nextPos

@@ -50,6 +50,8 @@ func (cmd serveCommand) Command() *cli.Command {
 				DefaultText: def.LogFormat},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH",
 				DefaultText: "off"},
+			&cli.Int64Flag{Name: "max-attempts", Usage: "quarantine a message once it was started this many times since it was received or released (0 for no limit)",
+				DefaultText: "no limit"},
 		},
 		Action: cmd.Run,
 	}
@@ -115,6 +117,9 @@ func serveOverrides(c *cli.Context) func(*daemon.Config) error {
 		}
 		if c.IsSet("metrics") {
 			cfg.Metrics = c.String("metrics")
+		}
+		if c.IsSet("max-attempts") {
+			cfg.MaxAttempts = c.Int64("max-attempts")
 		}
 		return nil
 	}

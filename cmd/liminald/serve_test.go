@@ -24,8 +24,8 @@ func TestServe_EveryOp(t *testing.T) {
 		check   func(line string, m map[string]any) string // "" when fine
 	}{
 		{`{"id":"h","op":"hello","client":"e2e"}`, func(line string, m map[string]any) string {
-			if !strings.HasPrefix(line, `{"id":"h","ok":true`) || m["protocol"] != jsonInt(1) {
-				return "want protocol 1 and the id echoed"
+			if !strings.HasPrefix(line, `{"id":"h","ok":true`) || m["protocol"] != jsonInt(2) {
+				return "want protocol 2 and the id echoed"
 			}
 			return ""
 		}},

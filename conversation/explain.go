@@ -1,0 +1,57 @@
+package conversation
+
+import (
+	"fmt"
+	"time"
+)
+
+// Reason returns one English sentence saying why a delivery of a message
+// whose known state is m (nil if never received) gets decision d at mo:
+// the events and the setting behind it.
+func Reason(d Decision, m *Message, mo Moment) string {
+	switch d.Rule {
+	case RuleNeverSeen:
+		return "No message_received event names this message, so it was never seen: a receive appends one and the caller starts it from step 0."
+	case RuleFinished:
+		return fmt.Sprintf("Its processing_finished is at seq %d, so it is done: skip it.", m.LastSeq)
+	case RuleLeased:
+		return fmt.Sprintf("Its processing_started at seq %d%s holds a lease until %s, %d ms from now: another worker is on it, so try again after the lease lapses.",
+			m.StartedSeq, byWorker(m.Worker), millisTime(m.LeaseUntil), d.RetryAfterMS)
+	case RuleQuarantined:
+		return fmt.Sprintf("It was started %d times (processing_started events) since it was received or released, and max_attempts is %d, so it is quarantined: an operator releases it to try again.",
+			m.Attempts, mo.MaxAttempts)
+	case RuleInProgress:
+		lease := "held no lease"
+		if m.LeaseUntil > 0 {
+			lease = "held a lease that lapsed at " + millisTime(m.LeaseUntil)
+		}
+		return fmt.Sprintf("Its processing_started at seq %d%s %s, and no processing_finished or error_occurred followed: resume it from step %d%s.",
+			m.StartedSeq, byWorker(m.Worker), lease, d.ResumeFrom, completed(m))
+	case RuleReceived:
+		return fmt.Sprintf("Its message_received is at seq %d and it was never started since: resume it from step %d%s.", m.ReceivedSeq, d.ResumeFrom, completed(m))
+	case RuleErrored:
+		return fmt.Sprintf("Its latest start (seq %d) was followed by an error_occurred (%q), which allows a retry: resume it from step %d%s.",
+			m.StartedSeq, m.Error, d.ResumeFrom, completed(m))
+	}
+	return "The decision follows no known rule."
+}
+
+func byWorker(w string) string {
+	if w == "" {
+		return ""
+	}
+	return fmt.Sprintf(" by worker %q", w)
+}
+
+// completed names the highest completed step of m, if any.
+func completed(m *Message) string {
+	if m.LastStep == NoStep {
+		return ", as no step completed"
+	}
+	return fmt.Sprintf(", after its highest completed step %d", m.LastStep)
+}
+
+// millisTime formats epoch ms as an RFC 3339 time in UTC, to the ms.
+func millisTime(ms int64) string {
+	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00")
+}
