@@ -16,8 +16,12 @@ import (
 type Option func(*options)
 
 type options struct {
-	expectedSeq, receivedAt, fromSeq, fromPos             int64
-	hasExpectedSeq, hasReceivedAt, hasFromSeq, hasFromPos bool
+	expectedSeq, receivedAt, fromSeq, fromPos, token                int64
+	hasExpectedSeq, hasReceivedAt, hasFromSeq, hasFromPos, hasToken bool
+
+	worker, fingerprint string // "" when not given
+	leaseMS             int64  // with hasLease
+	hasLease, withSteps bool
 }
 
 // ExpectedSeq makes a write conditional: it must append at seq (SPEC §2).
@@ -40,6 +44,39 @@ func FromPos(pos int64) Option {
 	return func(o *options) { o.fromPos, o.hasFromPos = pos, true }
 }
 
+// Worker names the worker of a start: a busy decision or error names the
+// holder of a lease by it (SPEC §7).
+func Worker(name string) Option {
+	return func(o *options) { o.worker = name }
+}
+
+// Lease makes a start take a lease of d on the message, rounded up to the
+// millisecond (1 ms to 24 h): until it lapses, a delivery to anyone else
+// is answered busy. A start with a lease of a message whose lease lapsed
+// takes it over, and its token fences the old holder.
+func Lease(d time.Duration) Option {
+	return func(o *options) { o.leaseMS, o.hasLease = leaseMillis(d), true }
+}
+
+// Token fences a step, finish or fail: it fails with fenced unless token,
+// the Token of the Ack of a start, is still the message's current one.
+func Token(token int64) Option {
+	return func(o *options) { o.token, o.hasToken = token, true }
+}
+
+// Fingerprint names the payload of a receive, decide or explain (such as
+// its sha256): the first receive stores it, and a later one with another
+// fingerprint fails with fingerprint_mismatch.
+func Fingerprint(fp string) Option {
+	return func(o *options) { o.fingerprint = fp }
+}
+
+// WithSteps makes a receive, decide or explain that resumes answer the
+// completed steps too, in Decision.Steps.
+func WithSteps() Option {
+	return func(o *options) { o.withSteps = true }
+}
+
 func collect(opts []Option) options {
 	var o options
 	for _, opt := range opts {
@@ -48,7 +85,19 @@ func collect(opts []Option) options {
 	return o
 }
 
-// Decision is the answer to a receive or a decide.
+// leaseMillis returns d in milliseconds, rounded up; a d of zero or less
+// stays as it is, for the server to refuse.
+func leaseMillis(d time.Duration) int64 {
+	if d <= 0 {
+		return d.Milliseconds()
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// Decision is the answer to a receive or a decide. Its embedded
+// conversation.Decision carries what each action needs: ResumeFrom with
+// Resume; Worker, Token and RetryAfterMS with Busy; Attempts and Error
+// with Quarantined.
 type Decision struct {
 	conversation.Decision
 	// Seq is, for a receive that decided Start, the seq of its
@@ -57,13 +106,21 @@ type Decision struct {
 	// Duplicate is set when a receive with ExpectedSeq was a retry of one
 	// that already landed.
 	Duplicate bool
+	// Steps are, for a Resume asked WithSteps, the completed steps by
+	// index (their Seq unset).
+	Steps []conversation.StepRecord
 }
 
-// Ack is the answer to a start, step, finish or fail: the seq of the event
-// appended, or of the original event when Duplicate is set.
+// Ack is the answer to a write: the seq of the event appended, or of the
+// original event when Duplicate is set. A start also answers its Token,
+// the fencing token to give later writes; a start with a Lease and a
+// renew answer when the lease lapses, LeaseExpiresAt (epoch ms by the
+// server's clock; 0 when the message holds no live lease).
 type Ack struct {
-	Seq       int64
-	Duplicate bool
+	Seq            int64
+	Duplicate      bool
+	Token          int64
+	LeaseExpiresAt int64
 }
 
 // ConversationState is the state of a conversation: its next seq and its
@@ -80,6 +137,37 @@ type MessageState struct {
 	LastStep   int64 // the highest completed step index, or conversation.NoStep
 	Steps      []conversation.StepRecord
 	Error      string // the last error; "" when none
+
+	Attempts       int64  // starts since it was received or released
+	Token          int64  // its current fencing token; 0 if never started
+	Worker         string // the worker of its latest start; "" if none
+	LeaseExpiresAt int64  // epoch ms; 0 when it holds no live lease
+	Quarantined    bool
+	Fingerprint    string // "" if it was received without one
+}
+
+// MessageSummary is an entry of Messages.
+type MessageSummary struct {
+	ID         string
+	Status     conversation.Status // as stored: leased and quarantined are not statuses
+	Attempts   int64
+	LastStep   int64 // the highest completed step index, or conversation.NoStep
+	ReceivedAt int64 // epoch ms
+	UpdatedAt  int64 // epoch ms: the ts of its latest event
+
+	Worker         string // the worker of its latest start; "" if none
+	LeaseExpiresAt int64  // epoch ms; 0 when it holds no live lease
+	Quarantined    bool
+	Compacted      bool
+}
+
+// Explanation is the answer to explain: the decision decide would answer,
+// with the rule it follows (Decision.Rule), one sentence saying why, and
+// the events of the message (at most ExplainEventsMax).
+type Explanation struct {
+	Decision
+	Reason string
+	Events []conversation.Event
 }
 
 // ConversationSummary is an entry of Conversations.
@@ -106,6 +194,9 @@ type Limits struct {
 	MaxErrorBytes         int `json:"max_error_bytes"`
 	ReadLimitMax          int `json:"read_limit_max"`
 	ConversationsLimitMax int `json:"conversations_limit_max"`
+	MessagesLimitMax      int `json:"messages_limit_max"`
+	MaxLeaseMS            int `json:"max_lease_ms"`
+	MaxOutputBytes        int `json:"max_output_bytes"`
 }
 
 // Stats are the figures of a server and its store, as the stats op
@@ -202,84 +293,170 @@ func (c *Client) Ping(ctx context.Context) error {
 	return c.do(ctx, nil, func(dst []byte, id int64) []byte { return appendEnd(appendRequest(dst, id, "ping")) })
 }
 
+// lookupName returns the value of T, an enumeration of package
+// conversation, whose wire name is name.
+func lookupName[T interface {
+	~uint8
+	String() string
+}](name string) (T, bool) {
+	for v := T(1); v != 0; v++ {
+		if v.String() == name {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// stepReply is a completed step in a reply: with its seq in state,
+// without in a decision.
+type stepReply struct {
+	Index  uint32 `json:"step_index"`
+	Seq    int64  `json:"seq"`
+	Output []byte `json:"output"`
+}
+
+func stepRecords(steps []stepReply) []conversation.StepRecord {
+	var out []conversation.StepRecord
+	for _, s := range steps {
+		if s.Output == nil {
+			s.Output = []byte{}
+		}
+		out = append(out, conversation.StepRecord{Index: s.Index, Seq: s.Seq, Output: s.Output})
+	}
+	return out
+}
+
 type decisionReply struct {
-	Decision   string `json:"decision"`
-	ResumeFrom int64  `json:"resume_from"`
-	Seq        int64  `json:"seq"`
-	Duplicate  bool   `json:"duplicate"`
+	Decision     string      `json:"decision"`
+	ResumeFrom   int64       `json:"resume_from"`
+	Seq          int64       `json:"seq"`
+	Duplicate    bool        `json:"duplicate"`
+	Worker       string      `json:"worker"`
+	Token        int64       `json:"token"`
+	RetryAfterMS int64       `json:"retry_after_ms"`
+	Attempts     int64       `json:"attempts"`
+	Error        string      `json:"error"`
+	Steps        []stepReply `json:"steps"`
 }
 
 func (r *decisionReply) decision() (Decision, error) {
-	d := Decision{Decision: conversation.Decision{ResumeFrom: r.ResumeFrom}, Seq: r.Seq, Duplicate: r.Duplicate}
-	for a := conversation.Start; a <= conversation.Skip; a++ {
-		if a.String() == r.Decision {
-			d.Action = a
-			return d, nil
-		}
+	d := Decision{Decision: conversation.Decision{
+		ResumeFrom: r.ResumeFrom, Worker: r.Worker, Token: r.Token, RetryAfterMS: r.RetryAfterMS,
+		Attempts: r.Attempts, Error: r.Error,
+	}, Seq: r.Seq, Duplicate: r.Duplicate, Steps: stepRecords(r.Steps)}
+	var ok bool
+	if d.Action, ok = lookupName[conversation.Action](r.Decision); !ok {
+		return d, fmt.Errorf("decode reply: unknown decision %q", r.Decision)
 	}
-	return d, fmt.Errorf("decode reply: unknown decision %q", r.Decision)
+	return d, nil
+}
+
+// appendDeliveryOptions appends the optional arguments of a receive,
+// decide or explain: Fingerprint and WithSteps.
+func appendDeliveryOptions(dst []byte, o *options) []byte {
+	if o.fingerprint != "" {
+		dst = appendString(dst, "fingerprint", o.fingerprint)
+	}
+	if o.withSteps {
+		dst = append(dst, `,"with_steps":true`...)
+	}
+	return dst
+}
+
+// decide sends a receive or a decide and returns its decision.
+func (c *Client) decide(ctx context.Context, build func(dst []byte, id int64) []byte) (Decision, error) {
+	var r decisionReply
+	if err := c.do(ctx, &r, build); err != nil {
+		return Decision{}, err
+	}
+	return r.decision()
 }
 
 // Receive records a delivery of message msg of conversation conv and
 // returns the redelivery decision; a Start appends its message_received.
-// It takes ExpectedSeq and ReceivedAt.
+// It takes ExpectedSeq, ReceivedAt, Fingerprint and WithSteps.
 //
-// Returns an *Error: bad_request, sequence_conflict, unavailable,
+// A message another worker holds a live lease on is decided Busy, and one
+// started max_attempts times Quarantined; neither appends anything.
+//
+// Returns an *Error: fingerprint_mismatch (a
+// *conversation.FingerprintMismatchError) when the message was received
+// with another fingerprint, bad_request, sequence_conflict, unavailable,
 // shutting_down.
 func (c *Client) Receive(ctx context.Context, conv, msg string, opts ...Option) (Decision, error) {
 	o := collect(opts)
-	var r decisionReply
-	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	return c.decide(ctx, func(dst []byte, id int64) []byte {
 		dst = appendMessage(dst, id, "receive", conv, msg)
 		if o.hasReceivedAt {
 			dst = appendInt(dst, "received_at", o.receivedAt)
 		}
-		return appendEnd(appendExpectedSeq(dst, &o))
-	}); err != nil {
-		return Decision{}, err
-	}
-	return r.decision()
+		return appendEnd(appendExpectedSeq(appendDeliveryOptions(dst, &o), &o))
+	})
 }
 
 // Decide returns the redelivery decision for message msg of conversation
-// conv without appending anything.
-func (c *Client) Decide(ctx context.Context, conv, msg string) (Decision, error) {
-	var r decisionReply
-	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
-		return appendEnd(appendMessage(dst, id, "decide", conv, msg))
-	}); err != nil {
-		return Decision{}, err
-	}
-	return r.decision()
+// conv without appending anything. It takes Fingerprint and WithSteps.
+// Returns the errors of Receive but sequence_conflict.
+func (c *Client) Decide(ctx context.Context, conv, msg string, opts ...Option) (Decision, error) {
+	o := collect(opts)
+	return c.decide(ctx, func(dst []byte, id int64) []byte {
+		return appendEnd(appendDeliveryOptions(appendMessage(dst, id, "decide", conv, msg), &o))
+	})
 }
 
-// write sends a start, step, finish or fail.
+// write sends a write op but receive.
 func (c *Client) write(ctx context.Context, build func(dst []byte, id int64) []byte) (Ack, error) {
 	var a struct {
-		Seq       int64 `json:"seq"`
-		Duplicate bool  `json:"duplicate"`
+		Seq            int64 `json:"seq"`
+		Duplicate      bool  `json:"duplicate"`
+		Token          int64 `json:"token"`
+		LeaseExpiresAt int64 `json:"lease_expires_at"`
 	}
 	err := c.do(ctx, &a, build)
-	return Ack{Seq: a.Seq, Duplicate: a.Duplicate}, err
+	return Ack(a), err
 }
 
-// Start records that processing of message msg started. It takes
-// ExpectedSeq.
+// appendToken appends the token of Token, if given.
+func appendToken(dst []byte, o *options) []byte {
+	if o.hasToken {
+		dst = appendInt(dst, "token", o.token)
+	}
+	return dst
+}
+
+// Start records that processing of message msg started, and answers its
+// fencing token in Ack.Token. It takes ExpectedSeq, Worker and Lease.
 //
-// Returns an *Error: unknown_message, already_finished, sequence_conflict,
-// bad_request, unavailable, shutting_down.
+// With a live lease held, a start by the same worker is a duplicate with
+// the same token, and any other fails with busy. A start with a Lease of
+// a message in progress whose lease lapsed (or that never had one) takes
+// it over with a new token.
+//
+// Returns an *Error: busy (a *conversation.BusyError), quarantined
+// (conversation.ErrQuarantined) when a start would append to a message
+// started max_attempts times, unknown_message, already_finished,
+// sequence_conflict, bad_request, unavailable, shutting_down.
 func (c *Client) Start(ctx context.Context, conv, msg string, opts ...Option) (Ack, error) {
 	o := collect(opts)
 	return c.write(ctx, func(dst []byte, id int64) []byte {
-		return appendEnd(appendExpectedSeq(appendMessage(dst, id, "start", conv, msg), &o))
+		dst = appendMessage(dst, id, "start", conv, msg)
+		if o.worker != "" {
+			dst = appendString(dst, "worker", o.worker)
+		}
+		if o.hasLease {
+			dst = appendInt(dst, "lease_ms", o.leaseMS)
+		}
+		return appendEnd(appendExpectedSeq(dst, &o))
 	})
 }
 
 // Step records step index of message msg with its output. It takes
-// ExpectedSeq.
+// ExpectedSeq and Token.
 //
-// Returns an *Error: step_conflict when the step completed with other
-// output, and those of Start.
+// Returns an *Error: fenced (a *conversation.FencedError) when the Token
+// is not the message's current one, step_conflict when the step completed
+// with other output, unknown_message, already_finished,
+// sequence_conflict, bad_request, unavailable, shutting_down.
 func (c *Client) Step(ctx context.Context, conv, msg string, index uint32, output []byte, opts ...Option) (Ack, error) {
 	o := collect(opts)
 	return c.write(ctx, func(dst []byte, id int64) []byte {
@@ -288,25 +465,64 @@ func (c *Client) Step(ctx context.Context, conv, msg string, index uint32, outpu
 		dst = append(dst, `,"output":"`...)
 		dst = base64.StdEncoding.AppendEncode(dst, output)
 		dst = append(dst, '"')
-		return appendEnd(appendExpectedSeq(dst, &o))
+		return appendEnd(appendExpectedSeq(appendToken(dst, &o), &o))
 	})
 }
 
 // Finish records that message msg is fully processed. It takes
-// ExpectedSeq. Returns the errors of Start but already_finished.
+// ExpectedSeq and Token. Returns the errors of Step but step_conflict and
+// already_finished: a finish after finish is a duplicate.
 func (c *Client) Finish(ctx context.Context, conv, msg string, opts ...Option) (Ack, error) {
 	o := collect(opts)
 	return c.write(ctx, func(dst []byte, id int64) []byte {
-		return appendEnd(appendExpectedSeq(appendMessage(dst, id, "finish", conv, msg), &o))
+		dst = appendMessage(dst, id, "finish", conv, msg)
+		return appendEnd(appendExpectedSeq(appendToken(dst, &o), &o))
 	})
 }
 
-// Fail records that processing message msg failed with errText. It takes
-// ExpectedSeq. Returns the errors of Start.
+// Fail records that processing message msg failed with errText; it may
+// be started again. It takes ExpectedSeq and Token. Returns the errors of
+// Step but step_conflict.
 func (c *Client) Fail(ctx context.Context, conv, msg, errText string, opts ...Option) (Ack, error) {
 	o := collect(opts)
 	return c.write(ctx, func(dst []byte, id int64) []byte {
 		dst = appendString(appendMessage(dst, id, "fail", conv, msg), "error", errText)
+		return appendEnd(appendExpectedSeq(appendToken(dst, &o), &o))
+	})
+}
+
+// Renew extends the lease of the holder of token on message msg to lease
+// from now, rounded up to the millisecond (1 ms to 24 h), and answers when
+// it lapses in Ack.LeaseExpiresAt. A current token renews even a lapsed
+// lease, and gives one to a start that had none. It takes ExpectedSeq.
+//
+// Returns an *Error: fenced (a *conversation.FencedError) when token is
+// not the message's current one or the message is not in progress,
+// unknown_message, sequence_conflict, bad_request, unavailable,
+// shutting_down.
+func (c *Client) Renew(ctx context.Context, conv, msg string, token int64, lease time.Duration, opts ...Option) (Ack, error) {
+	o := collect(opts)
+	return c.write(ctx, func(dst []byte, id int64) []byte {
+		dst = appendInt(appendMessage(dst, id, "renew", conv, msg), "token", token)
+		dst = appendInt(dst, "lease_ms", leaseMillis(lease))
+		return appendEnd(appendExpectedSeq(dst, &o))
+	})
+}
+
+// Release releases quarantined message msg, saying why in reason ("" for
+// no reason): its attempts count again from 0, and its next delivery
+// resumes it. It takes ExpectedSeq.
+//
+// Returns an *Error: not_quarantined (conversation.ErrNotQuarantined),
+// unknown_message, sequence_conflict, bad_request, unavailable,
+// shutting_down.
+func (c *Client) Release(ctx context.Context, conv, msg, reason string, opts ...Option) (Ack, error) {
+	o := collect(opts)
+	return c.write(ctx, func(dst []byte, id int64) []byte {
+		dst = appendMessage(dst, id, "release", conv, msg)
+		if reason != "" {
+			dst = appendString(dst, "reason", reason)
+		}
 		return appendEnd(appendExpectedSeq(dst, &o))
 	})
 }
@@ -335,43 +551,118 @@ func (c *Client) State(ctx context.Context, conv string) (ConversationState, err
 // status is conversation.StatusUnknown if it was never received.
 func (c *Client) MessageState(ctx context.Context, conv, msg string) (MessageState, error) {
 	var r struct {
-		Status     string  `json:"status"`
-		ReceivedAt *int64  `json:"received_at"`
-		LastStep   *int64  `json:"last_completed_step"`
-		Error      *string `json:"error"`
-		Steps      []struct {
-			Index  uint32 `json:"step_index"`
-			Seq    int64  `json:"seq"`
-			Output []byte `json:"output"`
-		} `json:"steps"`
+		Status         string      `json:"status"`
+		ReceivedAt     int64       `json:"received_at"`
+		LastStep       *int64      `json:"last_completed_step"`
+		Error          string      `json:"error"`
+		Steps          []stepReply `json:"steps"`
+		Attempts       int64       `json:"attempts"`
+		Token          int64       `json:"token"`
+		Worker         string      `json:"worker"`
+		LeaseExpiresAt int64       `json:"lease_expires_at"`
+		Quarantined    bool        `json:"quarantined"`
+		Fingerprint    string      `json:"fingerprint"`
 	}
 	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
 		return appendEnd(appendMessage(dst, id, "state", conv, msg))
 	}); err != nil {
 		return MessageState{}, err
 	}
-	m := MessageState{LastStep: conversation.NoStep}
-	for st := conversation.StatusUnknown; st <= conversation.StatusFinished; st++ {
-		if st.String() == r.Status {
-			m.Status = st
+	status, _ := conversation.ParseStatus(r.Status)
+	return MessageState{
+		Status: status, ReceivedAt: r.ReceivedAt, LastStep: lastStep(r.LastStep), Steps: stepRecords(r.Steps), Error: r.Error,
+		Attempts: r.Attempts, Token: r.Token, Worker: r.Worker, LeaseExpiresAt: r.LeaseExpiresAt,
+		Quarantined: r.Quarantined, Fingerprint: r.Fingerprint,
+	}, nil
+}
+
+// lastStep returns a last_completed_step, conversation.NoStep for null.
+func lastStep(n *int64) int64 {
+	if n == nil {
+		return conversation.NoStep
+	}
+	return *n
+}
+
+// Messages returns up to limit messages of conversation conv (0: the
+// server's default), by id, from the first whose id sorts after after
+// ("": from the first), and the after of the next page ("" when there is
+// none). status, unless "", keeps the messages of that stored status
+// (received, in_progress, errored, finished), or those leased or
+// quarantined.
+//
+// Returns an *Error: bad_request for an unknown status, unavailable,
+// shutting_down.
+func (c *Client) Messages(ctx context.Context, conv, status, after string, limit int) ([]MessageSummary, string, error) {
+	var r struct {
+		Messages []struct {
+			ID             string `json:"message_id"`
+			Status         string `json:"status"`
+			Attempts       int64  `json:"attempts"`
+			LastStep       *int64 `json:"last_completed_step"`
+			ReceivedAt     int64  `json:"received_at"`
+			UpdatedAt      int64  `json:"updated_at"`
+			Worker         string `json:"worker"`
+			LeaseExpiresAt int64  `json:"lease_expires_at"`
+			Quarantined    bool   `json:"quarantined"`
+			Compacted      bool   `json:"compacted"`
+		} `json:"messages"`
+		Next string `json:"next"`
+	}
+	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+		dst = appendString(appendRequest(dst, id, "messages"), "conversation", conv)
+		if status != "" {
+			dst = appendString(dst, "status", status)
+		}
+		if after != "" {
+			dst = appendString(dst, "after", after)
+		}
+		if limit > 0 {
+			dst = appendInt(dst, "limit", int64(limit))
+		}
+		return appendEnd(dst)
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]MessageSummary, len(r.Messages))
+	for i, m := range r.Messages {
+		st, _ := conversation.ParseStatus(m.Status)
+		out[i] = MessageSummary{
+			ID: m.ID, Status: st, Attempts: m.Attempts, LastStep: lastStep(m.LastStep),
+			ReceivedAt: m.ReceivedAt, UpdatedAt: m.UpdatedAt, Worker: m.Worker, LeaseExpiresAt: m.LeaseExpiresAt,
+			Quarantined: m.Quarantined, Compacted: m.Compacted,
 		}
 	}
-	if r.ReceivedAt != nil {
-		m.ReceivedAt = *r.ReceivedAt
+	return out, r.Next, nil
+}
+
+// Explain returns why a delivery of message msg of conversation conv
+// would get the decision it gets now, and the message's events; it
+// appends nothing. It takes Fingerprint and WithSteps. Returns the errors
+// of Decide.
+func (c *Client) Explain(ctx context.Context, conv, msg string, opts ...Option) (Explanation, error) {
+	o := collect(opts)
+	var r struct {
+		decisionReply
+		Rule   string               `json:"rule"`
+		Reason string               `json:"reason"`
+		Events []conversation.Event `json:"events"`
 	}
-	if r.LastStep != nil {
-		m.LastStep = *r.LastStep
+	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+		return appendEnd(appendDeliveryOptions(appendMessage(dst, id, "explain", conv, msg), &o))
+	}); err != nil {
+		return Explanation{}, err
 	}
-	if r.Error != nil {
-		m.Error = *r.Error
+	d, err := r.decision()
+	if err != nil {
+		return Explanation{}, err
 	}
-	for _, s := range r.Steps {
-		if s.Output == nil {
-			s.Output = []byte{}
-		}
-		m.Steps = append(m.Steps, conversation.StepRecord{Index: s.Index, Seq: s.Seq, Output: s.Output})
+	var ok bool
+	if d.Rule, ok = lookupName[conversation.Rule](r.Rule); !ok {
+		return Explanation{}, fmt.Errorf("decode reply: unknown rule %q", r.Rule)
 	}
-	return m, nil
+	return Explanation{Decision: d, Reason: r.Reason, Events: r.Events}, nil
 }
 
 // Read returns up to limit events of conversation conv from seq fromSeq on
