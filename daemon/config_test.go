@@ -45,6 +45,7 @@ max_line_bytes = 4096
 max_connections = 8
 log_level = "debug"
 log_format = "json"
+max_attempts = 5
 `,
 			want: func(c *Config) {
 				*c = Config{
@@ -52,7 +53,7 @@ log_format = "json"
 					SocketMode: 0o660, SocketGroup: "liminal",
 					AllowUIDs: []uint32{1000, 1001}, AllowGIDs: []uint32{50},
 					MaxLineBytes: 4096, MaxConnections: 8,
-					LogLevel: "debug", LogFormat: "json",
+					LogLevel: "debug", LogFormat: "json", MaxAttempts: 5,
 				}
 			},
 		},
@@ -161,6 +162,7 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "LineTooShort", change: func(c *Config) { c.MaxLineBytes = 1023 }, setting: "max_line_bytes"},
 		{name: "LineTooLong", change: func(c *Config) { c.MaxLineBytes = 1<<30 + 1 }, setting: "max_line_bytes"},
 		{name: "NoConnections", change: func(c *Config) { c.MaxConnections = 0 }, setting: "max_connections"},
+		{name: "NegativeAttempts", change: func(c *Config) { c.MaxAttempts = -1 }, setting: "max_attempts"},
 		{name: "LevelTrace", change: func(c *Config) { c.LogLevel = "trace" }, setting: "log_level"},
 		{name: "LevelUpperCase", change: func(c *Config) { c.LogLevel = "INFO" }, setting: "log_level"},
 		{name: "FormatXML", change: func(c *Config) { c.LogFormat = "xml" }, setting: "log_format"},
@@ -214,6 +216,7 @@ func TestConfig_Diff(t *testing.T) {
 		{name: "Limits", change: func(c *Config) { c.MaxLineBytes, c.MaxConnections = 2048, 10 }, live: []string{"max_line_bytes", "max_connections"}},
 		{name: "AllowLists", change: func(c *Config) { c.AllowUIDs, c.AllowGIDs = []uint32{1}, []uint32{2} }, live: []string{"allow_uids", "allow_gids"}},
 		{name: "LogLevel", change: func(c *Config) { c.LogLevel = "debug" }, live: []string{"log_level"}},
+		{name: "MaxAttempts", change: func(c *Config) { c.MaxAttempts = 3 }, live: []string{"max_attempts"}},
 		{name: "Socket", change: func(c *Config) { c.Socket = "/other.sock" }, restart: []string{"socket"}},
 		{name: "DB", change: func(c *Config) { c.DB = "/other.db" }, restart: []string{"db"}},
 		{name: "Sync", change: func(c *Config) { c.Sync = "normal" }, restart: []string{"sync"}},
@@ -291,6 +294,7 @@ func TestLoad(t *testing.T) {
 		{name: "ExplicitFile", path: explicit, env: withDefaultFile, file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
 		{name: "ConfigFromEnvironment", env: with(base, "LIMINAL_CONFIG", explicit), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
 		{name: "FlagBeatsEnvironmentFile", path: explicit, env: with(base, "LIMINAL_CONFIG", bad), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
+		{name: "MaxAttemptsFromEnvironment", env: with(base, "LIMINAL_MAX_ATTEMPTS", "4"), want: func(c *Config) { c.MaxAttempts = 4 }},
 		{name: "EnvironmentBeatsFile", path: explicit, env: with(base, "LIMINAL_MAX_LINE_BYTES", "4096"), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 4096, "warn" }},
 		{
 			name: "FlagsBeatEnvironment", path: explicit, env: with(base, "LIMINAL_MAX_LINE_BYTES", "4096"), file: explicit,
