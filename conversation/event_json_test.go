@@ -15,17 +15,44 @@ import (
 
 // jsonEvents are events of each type, with the fields that belong to them.
 var jsonEvents = []struct {
-	name string
-	e    Event
-	keys []string // the fields of its event object besides the common ones
+	name     string
+	e        Event
+	keys     []string // the fields of its event object besides the common ones
+	optional []string // those of keys that an event object may leave out
 }{
-	{"MessageReceived", Event{Conversation: "c", Seq: 0, Pos: 1, TS: 1732672000000, Type: MessageReceived, MessageID: "m", ReceivedAt: 1732671999999}, []string{"received_at"}},
-	{"ProcessingStarted", Event{Conversation: "c", Seq: 1, Pos: 4, TS: 1732672000001, Type: ProcessingStarted, MessageID: "m"}, nil},
-	{"StepCompleted", Event{Conversation: "c", Seq: 2, Pos: 7, TS: 1732672000123, Type: StepCompleted, MessageID: "m", StepIndex: 0, Output: []byte("hi")}, []string{"step_index", "output"}},
-	{"StepCompletedBinary", Event{Conversation: "c", Seq: 3, Pos: 9, TS: 1732672000124, Type: StepCompleted, MessageID: "m", StepIndex: MaxStepIndex, Output: []byte{0xfb, 0xff, 0x00, 0x3e, 0x3f}}, []string{"step_index", "output"}},
-	{"ProcessingFinished", Event{Conversation: "c", Seq: 4, Pos: 12, TS: 1732672000200, Type: ProcessingFinished, MessageID: "m"}, nil},
-	{"ErrorOccurred", Event{Conversation: "c", Seq: 5, Pos: 13, TS: 1732672000300, Type: ErrorOccurred, MessageID: "m", Error: "disk \"full\"\n\tat line 3 \\ <oops> ✗"}, []string{"error"}},
-	{"TrickyNames", Event{Conversation: `conv "1" \ 日本`, Seq: 1 << 62, Pos: 1<<63 - 1, TS: 0, Type: ProcessingStarted, MessageID: "msg\u2028😀"}, nil},
+	{"MessageReceived", Event{Conversation: "c", Seq: 0, Pos: 1, TS: 1732672000000, Type: MessageReceived, MessageID: "m", ReceivedAt: 1732671999999}, []string{"received_at"}, nil},
+	{"ProcessingStarted", Event{Conversation: "c", Seq: 1, Pos: 4, TS: 1732672000001, Type: ProcessingStarted, MessageID: "m"}, nil, nil},
+	{"StepCompleted", Event{Conversation: "c", Seq: 2, Pos: 7, TS: 1732672000123, Type: StepCompleted, MessageID: "m", StepIndex: 0, Output: []byte("hi")}, []string{"step_index", "output"}, nil},
+	{"StepCompletedBinary", Event{Conversation: "c", Seq: 3, Pos: 9, TS: 1732672000124, Type: StepCompleted, MessageID: "m", StepIndex: MaxStepIndex, Output: []byte{0xfb, 0xff, 0x00, 0x3e, 0x3f}}, []string{"step_index", "output"}, nil},
+	{"ProcessingFinished", Event{Conversation: "c", Seq: 4, Pos: 12, TS: 1732672000200, Type: ProcessingFinished, MessageID: "m"}, nil, nil},
+	{"ErrorOccurred", Event{Conversation: "c", Seq: 5, Pos: 13, TS: 1732672000300, Type: ErrorOccurred, MessageID: "m", Error: "disk \"full\"\n\tat line 3 \\ <oops> ✗"}, []string{"error"}, nil},
+	{"TrickyNames", Event{Conversation: `conv "1" \ 日本`, Seq: 1 << 62, Pos: 1<<63 - 1, TS: 0, Type: ProcessingStarted, MessageID: "msg\u2028😀"}, nil, nil},
+
+	// Protocol 2 (SPEC §7): two types, and optional fields of two others.
+	{"MessageReceivedWithFingerprint", Event{Conversation: "c", Seq: 6, Pos: 14, TS: 1732672000400, Type: MessageReceived, MessageID: "m2", ReceivedAt: 7, Fingerprint: "sha256:\"9f86d0\"\n"}, []string{"received_at", "fingerprint"}, []string{"fingerprint"}},
+	{"ProcessingStartedWithWorkerAndLease", Event{Conversation: "c", Seq: 7, Pos: 15, TS: 1732672000401, Type: ProcessingStarted, MessageID: "m2", Worker: "worker \"1\" 😀", LeaseMS: MaxLeaseMS}, []string{"worker", "lease_ms"}, []string{"worker", "lease_ms"}},
+	{"ProcessingStartedWithWorker", Event{Conversation: "c", Seq: 8, Pos: 16, TS: 1732672000402, Type: ProcessingStarted, MessageID: "m2", Worker: "w"}, []string{"worker"}, []string{"worker"}},
+	{"ProcessingStartedWithLease", Event{Conversation: "c", Seq: 9, Pos: 17, TS: 1732672000403, Type: ProcessingStarted, MessageID: "m2", LeaseMS: 1}, []string{"lease_ms"}, []string{"lease_ms"}},
+	{"LeaseRenewed", Event{Conversation: "c", Seq: 10, Pos: 18, TS: 1732672000404, Type: LeaseRenewed, MessageID: "m2", Token: 9, LeaseMS: 30_000}, []string{"token", "lease_ms"}, nil},
+	{"LeaseRenewedLargest", Event{Conversation: "c", Seq: 1<<63 - 1, Pos: 19, TS: 1732672000405, Type: LeaseRenewed, MessageID: "m2", Token: 1<<63 - 2, LeaseMS: MaxLeaseMS}, []string{"token", "lease_ms"}, nil},
+	{"MessageReleased", Event{Conversation: "c", Seq: 11, Pos: 20, TS: 1732672000406, Type: MessageReleased, MessageID: "m2"}, nil, nil},
+	{"MessageReleasedWithReason", Event{Conversation: "c", Seq: 12, Pos: 21, TS: 1732672000407, Type: MessageReleased, MessageID: "m2", Reason: "parser fixed in \"v2\"\n\tsee #12"}, []string{"reason"}, []string{"reason"}},
+}
+
+// leaveOut zeroes the optional field key of e, as an event object without
+// it decodes.
+func leaveOut(e Event, key string) Event {
+	switch key {
+	case "fingerprint":
+		e.Fingerprint = ""
+	case "worker":
+		e.Worker = ""
+	case "lease_ms":
+		e.LeaseMS = 0
+	case "reason":
+		e.Reason = ""
+	}
+	return e
 }
 
 var commonKeys = []string{"conversation", "seq", "pos", "ts", "type", "message_id"}
@@ -78,6 +105,30 @@ func TestEvent_AppendJSON(t *testing.T) {
 			}
 		})
 	}
+	t.Run("Protocol2Examples", func(t *testing.T) {
+		for _, tt := range []struct {
+			e    Event
+			want string
+		}{
+			{Event{Conversation: "c", Seq: 0, Pos: 1, TS: 5, Type: MessageReceived, MessageID: "m", ReceivedAt: 4, Fingerprint: "sha256:a"},
+				`{"conversation":"c","seq":0,"pos":1,"ts":5,"type":"message_received","message_id":"m","received_at":4,"fingerprint":"sha256:a"}`},
+			{Event{Conversation: "c", Seq: 1, Pos: 2, TS: 6, Type: ProcessingStarted, MessageID: "m", Worker: "w1", LeaseMS: 30000},
+				`{"conversation":"c","seq":1,"pos":2,"ts":6,"type":"processing_started","message_id":"m","worker":"w1","lease_ms":30000}`},
+			{Event{Conversation: "c", Seq: 2, Pos: 3, TS: 7, Type: LeaseRenewed, MessageID: "m", Token: 1, LeaseMS: 30000},
+				`{"conversation":"c","seq":2,"pos":3,"ts":7,"type":"lease_renewed","message_id":"m","token":1,"lease_ms":30000}`},
+			{Event{Conversation: "c", Seq: 3, Pos: 4, TS: 8, Type: MessageReleased, MessageID: "m", Reason: "fixed"},
+				`{"conversation":"c","seq":3,"pos":4,"ts":8,"type":"message_released","message_id":"m","reason":"fixed"}`},
+			{Event{Conversation: "c", Seq: 3, Pos: 4, TS: 8, Type: MessageReleased, MessageID: "m"},
+				`{"conversation":"c","seq":3,"pos":4,"ts":8,"type":"message_released","message_id":"m"}`},
+			// Fields of other types are not written.
+			{Event{Conversation: "c", Seq: 4, Pos: 5, TS: 9, Type: ProcessingFinished, MessageID: "m", Fingerprint: "f", Worker: "w", LeaseMS: 1, Token: 1, Reason: "r"},
+				`{"conversation":"c","seq":4,"pos":5,"ts":9,"type":"processing_finished","message_id":"m"}`},
+		} {
+			if got := string(tt.e.AppendJSON(nil)); got != tt.want {
+				t.Errorf("AppendJSON(%+v) = %s, want %s", tt.e, got, tt.want)
+			}
+		}
+	})
 	t.Run("OutputIsStandardBase64", func(t *testing.T) {
 		out := []byte{0xfb, 0xff, 0xbf, 0x00} // "+/+/AA==" in standard base64, "-_-_AA==" in URL base64
 		e := Event{Conversation: "c", Type: StepCompleted, MessageID: "m", Output: out}
@@ -112,6 +163,34 @@ func TestEvent_AppendJSON(t *testing.T) {
 	})
 }
 
+// isFieldOf reports whether key is a field of events of type t, given or
+// not.
+func isFieldOf(t Type, key string) bool {
+	switch t {
+	case MessageReceived:
+		return key == "fingerprint"
+	case ProcessingStarted:
+		return key == "worker" || key == "lease_ms"
+	case LeaseRenewed:
+		return key == "token" || key == "lease_ms"
+	case MessageReleased:
+		return key == "reason"
+	}
+	return false
+}
+
+// jsonEvent returns the event of jsonEvents named name.
+func jsonEvent(tb testing.TB, name string) Event {
+	tb.Helper()
+	for _, tt := range jsonEvents {
+		if tt.name == name {
+			return tt.e
+		}
+	}
+	tb.Fatalf("no event %q in jsonEvents", name)
+	return Event{}
+}
+
 // validEventObject returns the event object of e decoded into a map, so that
 // a test can remove or change a field.
 func validEventObject(t *testing.T, e *Event) map[string]any {
@@ -127,8 +206,19 @@ func validEventObject(t *testing.T, e *Event) map[string]any {
 
 func TestEvent_UnmarshalJSON(t *testing.T) {
 	for _, tt := range jsonEvents {
+		for _, field := range tt.optional {
+			t.Run(tt.name+"/Without_"+field, func(t *testing.T) {
+				obj := validEventObject(t, &tt.e)
+				delete(obj, field)
+				b, _ := json.Marshal(obj)
+				var got Event
+				if err := json.Unmarshal(b, &got); err != nil || !reflect.DeepEqual(got, leaveOut(tt.e, field)) {
+					t.Errorf("json.Unmarshal(%s) = %+v, %v; want %+v", b, got, err, leaveOut(tt.e, field))
+				}
+			})
+		}
 		for _, field := range append(slices.Clone(commonKeys), tt.keys...) {
-			if field == "pos" {
+			if field == "pos" || slices.Contains(tt.optional, field) {
 				continue // an imported event may leave pos to the store
 			}
 			t.Run(tt.name+"/Missing_"+field, func(t *testing.T) {
@@ -171,6 +261,18 @@ func TestEvent_UnmarshalJSON(t *testing.T) {
 		{"NegativeStepIndex", jsonEvents[2].e, "step_index", -1, ""},
 		{"OutputNotBase64", jsonEvents[2].e, "output", "not base64!", ""},
 		{"SeqNotInteger", jsonEvents[1].e, "seq", "1", ""},
+		{"LongFingerprint", jsonEvent(t, "MessageReceivedWithFingerprint"), "fingerprint", strings.Repeat("f", MaxFingerprintBytes+1), "fingerprint"},
+		{"ControlCharWorker", jsonEvent(t, "ProcessingStartedWithWorker"), "worker", "w\u0000", "worker"},
+		{"LongWorker", jsonEvent(t, "ProcessingStartedWithWorker"), "worker", strings.Repeat("w", MaxNameBytes+1), "worker"},
+		{"NegativeStartLease", jsonEvent(t, "ProcessingStartedWithLease"), "lease_ms", -1, "lease_ms"},
+		{"StartLeaseOverADay", jsonEvent(t, "ProcessingStartedWithLease"), "lease_ms", MaxLeaseMS + 1, "lease_ms"},
+		{"StartLeaseNotInteger", jsonEvent(t, "ProcessingStartedWithLease"), "lease_ms", 1.5, ""},
+		{"RenewTokenZero", jsonEvent(t, "LeaseRenewed"), "token", 0, "token"},
+		{"RenewTokenNegative", jsonEvent(t, "LeaseRenewed"), "token", -9, "token"},
+		{"RenewLeaseZero", jsonEvent(t, "LeaseRenewed"), "lease_ms", 0, "lease_ms"},
+		{"RenewLeaseOverADay", jsonEvent(t, "LeaseRenewed"), "lease_ms", MaxLeaseMS + 1, "lease_ms"},
+		{"LongReason", jsonEvent(t, "MessageReleasedWithReason"), "reason", strings.Repeat("r", MaxErrorBytes+1), "reason"},
+		{"ReasonNotString", jsonEvent(t, "MessageReleasedWithReason"), "reason", 3, ""},
 	}
 	for _, tt := range invalid {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,6 +290,22 @@ func TestEvent_UnmarshalJSON(t *testing.T) {
 			}
 		})
 	}
+	t.Run("IgnoresFieldsOfOtherTypesInProtocol2", func(t *testing.T) {
+		foreign := map[string]any{"fingerprint": "f", "worker": "w", "lease_ms": 5, "token": 3, "reason": "r"}
+		for _, tt := range jsonEvents {
+			obj := validEventObject(t, &tt.e)
+			for k, v := range foreign {
+				if _, own := obj[k]; !own && !slices.Contains(tt.keys, k) && !isFieldOf(tt.e.Type, k) {
+					obj[k] = v
+				}
+			}
+			b, _ := json.Marshal(obj)
+			var got Event
+			if err := json.Unmarshal(b, &got); err != nil || !reflect.DeepEqual(got, tt.e) {
+				t.Errorf("json.Unmarshal(%s) = %+v, %v; want %+v", b, got, err, tt.e)
+			}
+		}
+	})
 	t.Run("IgnoresFieldsOfOtherTypes", func(t *testing.T) {
 		b := []byte(`{"conversation":"c","seq":1,"pos":4,"ts":1732672000001,"type":"processing_started","message_id":"m","error":"x","output":"aGk=","step_index":3,"received_at":9,"extra":true}`)
 		var got Event
