@@ -9,10 +9,17 @@ lines over a unix socket, see docs/PROTOCOL.md) with one method per op::
 
     with Client() as c:                       # the daemon's default socket
         d = c.receive("orders", "m-17")
-        if d.action != "skip":
-            c.start("orders", "m-17")
-            c.step("orders", "m-17", 0, b"charged")
-            c.finish("orders", "m-17")
+        if d.action in ("start", "resume"):
+            with c.lease("orders", "m-17", "worker-1", 30_000) as lease:
+                lease.step(0, b"charged")     # refused (Fenced) once another
+                lease.finish()                # worker took the message over
+
+A :class:`Lease` (protocol 2) holds a message for one worker: it is renewed
+from a background thread at a third of its length, and its token goes with
+every write, so that a worker whose lease lapsed and was taken over is
+refused (:class:`Fenced`) instead of writing over its successor.  Protocol-1
+use (``start``, ``step``, ``finish`` without a worker or token) works as
+before.
 
 A failure reply raises a subclass of :class:`LiminalError`, one per error
 code.  Socket-level failures (no daemon, the connection broke) raise
@@ -33,12 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 __all__ = [
-    "Client", "Subscription", "Lagged", "Decision", "Ack", "Event", "Step",
-    "MessageState", "ConversationState", "ConversationInfo",
-    "default_socket_path",
+    "Client", "Lease", "Subscription", "Lagged", "Decision", "Ack", "Event", "Step",
+    "MessageState", "ConversationState", "ConversationInfo", "MessageInfo",
+    "Explanation", "default_socket_path",
     "LiminalError", "BadRequest", "LineTooLong", "UnknownOp", "UnknownMessage",
     "AlreadyFinished", "StepConflict", "SequenceConflict", "Forbidden",
-    "Unavailable", "ShuttingDown", "Internal",
+    "Unavailable", "ShuttingDown", "Internal", "Busy", "Fenced", "Quarantined",
+    "NotQuarantined", "FingerprintMismatch",
 ]
 
 
@@ -152,14 +160,92 @@ class Internal(LiminalError):
     code = "internal"
 
 
+class Busy(LiminalError):
+    """busy (retryable): another worker holds a live lease on the message
+    (a ``start`` by another or no worker).  Try again after
+    ``retry_after_ms``, when the lease may have lapsed."""
+    code = "busy"
+
+    @property
+    def worker(self) -> Optional[str]:
+        """The worker holding the lease (None if it gave no name)."""
+        return self.details.get("worker")
+
+    @property
+    def token(self) -> Optional[int]:
+        """The token of the lease held."""
+        return self.details.get("token")
+
+    @property
+    def retry_after_ms(self) -> Optional[int]:
+        """Milliseconds until the lease expires, unless it is renewed."""
+        return self.details.get("retry_after_ms")
+
+
+class Fenced(LiminalError):
+    """fenced: a write or renew with a token that is no longer the message's
+    current one: another worker took the message over after this lease
+    lapsed (or the message is no longer in progress, for renew).  The worker
+    holding ``token`` must stop, with no further side effects."""
+    code = "fenced"
+
+    @property
+    def token(self) -> Optional[int]:
+        """The token the request gave."""
+        return self.details.get("token")
+
+    @property
+    def current_token(self) -> Optional[int]:
+        """The message's current token (None if it has none)."""
+        return self.details.get("current_token")
+
+
+class Quarantined(LiminalError):
+    """quarantined: ``start`` of a message started max_attempts times
+    without finishing; it stays out of the way until it is released."""
+    code = "quarantined"
+
+
+class NotQuarantined(LiminalError):
+    """not_quarantined: ``release`` of a message that is not quarantined."""
+    code = "not_quarantined"
+
+
+class FingerprintMismatch(LiminalError):
+    """fingerprint_mismatch: the message id was first received with another
+    fingerprint, so it names another payload."""
+    code = "fingerprint_mismatch"
+
+    @property
+    def stored(self) -> Optional[str]:
+        """The fingerprint the message was first received with."""
+        return self.details.get("stored")
+
+
 _ERRORS = {cls.code: cls for cls in (
     BadRequest, LineTooLong, UnknownOp, UnknownMessage, AlreadyFinished,
     StepConflict, SequenceConflict, Forbidden, Unavailable, ShuttingDown,
-    Internal)}
+    Internal, Busy, Fenced, Quarantined, NotQuarantined, FingerprintMismatch)}
 
 
 # --------------------------------------------------------------------------
 # Results
+
+
+@dataclass(frozen=True)
+class Step:
+    """A completed step of a message: its index, the seq of its event (None
+    in a decision's ``steps``) and its output."""
+    step_index: int
+    seq: Optional[int]
+    output: bytes
+
+
+def _output(steps: list, step_index: int) -> Optional[bytes]:
+    for s in steps or ():
+        if s.step_index == step_index:
+            return s.output
+    return None
 
 
 @dataclass(frozen=True)
@@ -173,26 +259,54 @@ class Decision:
     is the seq of the recorded ``message_received`` for a "start" from
     ``receive`` (None from ``decide``); ``duplicate`` is true when a retried
     receive with ``expected_seq`` found its event already stored.
+
+    Protocol 2 adds two actions that mean "do not run it now": "busy"
+    (another worker holds a live lease: ``worker``, ``token``, and
+    ``retry_after_ms`` until it expires) and "quarantined" (started
+    max_attempts times without finishing: ``attempts`` and the last
+    ``error``; release it to try again).  A "resume" asked ``with_steps``
+    carries ``steps``, the completed steps (:class:`Step`, seq None), so
+    the worker needs no second round trip: see :meth:`output`.
     """
     action: str
     resume_from: Optional[int] = None
     seq: Optional[int] = None
     duplicate: bool = False
+    worker: Optional[str] = None
+    token: Optional[int] = None
+    retry_after_ms: Optional[int] = None
+    attempts: Optional[int] = None
+    error: Optional[str] = None
+    steps: Optional[list] = None
+
+    def output(self, step_index: int) -> Optional[bytes]:
+        """The output of a completed step, from ``steps``, or None."""
+        return _output(self.steps, step_index)
 
 
 @dataclass(frozen=True)
 class Ack:
     """The reply to a write: the seq of its event, and whether the write was
-    a duplicate (acknowledged, not appended: ``seq`` is the original's)."""
+    a duplicate (acknowledged, not appended: ``seq`` is the original's).
+    ``start`` also answers the ``token`` of the processing_started it
+    appended or duplicates; ``start`` with a lease and ``renew`` answer
+    ``lease_expires_at`` (epoch ms, the daemon's clock).  Equality compares
+    ``seq`` and ``duplicate`` only: a start's token is its seq, and an
+    expiry is a time."""
     seq: int
     duplicate: bool = False
+    token: Optional[int] = field(default=None, compare=False)
+    lease_expires_at: Optional[int] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Event:
     """An event of the log.  Only the fields of its ``type`` are set:
-    message_received has ``received_at``, step_completed ``step_index`` and
-    ``output`` (bytes), error_occurred ``error``."""
+    message_received has ``received_at`` (and ``fingerprint`` when given),
+    processing_started ``worker`` and ``lease_ms`` when given,
+    lease_renewed ``token`` and ``lease_ms``, message_released ``reason``
+    when given, step_completed ``step_index`` and ``output`` (bytes),
+    error_occurred ``error``."""
     conversation: str
     seq: int
     pos: int
@@ -203,6 +317,11 @@ class Event:
     step_index: Optional[int] = None
     output: Optional[bytes] = None
     error: Optional[str] = None
+    fingerprint: Optional[str] = None
+    worker: Optional[str] = None
+    lease_ms: Optional[int] = None
+    token: Optional[int] = None
+    reason: Optional[str] = None
 
     @classmethod
     def from_wire(cls, obj: dict) -> "Event":
@@ -212,16 +331,9 @@ class Event:
             ts=obj["ts"], type=obj["type"], message_id=obj["message_id"],
             received_at=obj.get("received_at"), step_index=obj.get("step_index"),
             output=None if out is None else base64.b64decode(out),
-            error=obj.get("error"))
-
-
-@dataclass(frozen=True)
-class Step:
-    """A completed step of a message: its index, the seq of its event and
-    its output."""
-    step_index: int
-    seq: int
-    output: bytes
+            error=obj.get("error"), fingerprint=obj.get("fingerprint"),
+            worker=obj.get("worker"), lease_ms=obj.get("lease_ms"),
+            token=obj.get("token"), reason=obj.get("reason"))
 
 
 @dataclass(frozen=True)
@@ -229,19 +341,60 @@ class MessageState:
     """The state of one message (``state(conversation, message_id)``).
 
     ``status`` is "unknown", "received", "in_progress", "errored" or
-    "finished"; ``error`` is the latest error text, kept after a retry."""
+    "finished"; ``error`` is the latest error text, kept after a retry.
+    Protocol 2 adds ``attempts`` (starts since it was received or
+    released), ``token`` (of its latest start, None if never started),
+    ``worker``, ``lease_expires_at`` (None unless leased now),
+    ``quarantined`` and ``fingerprint``."""
     status: str
     received_at: Optional[int]
     last_completed_step: Optional[int]
     steps: list = field(default_factory=list)  # of Step, by step_index
     error: Optional[str] = None
+    attempts: int = 0
+    token: Optional[int] = None
+    worker: Optional[str] = None
+    lease_expires_at: Optional[int] = None
+    quarantined: bool = False
+    fingerprint: Optional[str] = None
 
     def output(self, step_index: int) -> Optional[bytes]:
         """The output of a completed step, or None."""
-        for s in self.steps:
-            if s.step_index == step_index:
-                return s.output
-        return None
+        return _output(self.steps, step_index)
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """An entry of ``messages()``: a message's stored ``status``
+    ("received", "in_progress", "errored", "finished"), its ``attempts``,
+    ``last_completed_step``, ``received_at``, ``updated_at`` (the ts of its
+    latest event), ``worker``, ``lease_expires_at`` (None unless leased),
+    ``quarantined`` and ``compacted``."""
+    message_id: str
+    status: str
+    attempts: int
+    last_completed_step: Optional[int]
+    received_at: Optional[int]
+    updated_at: Optional[int]
+    worker: Optional[str]
+    lease_expires_at: Optional[int]
+    quarantined: bool
+    compacted: bool
+
+    @classmethod
+    def from_wire(cls, obj: dict) -> "MessageInfo":
+        return cls(**{f: obj.get(f) for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The answer of ``explain``: the ``decision`` ``decide`` would give,
+    the ``rule`` behind it (such as "leased" or "quarantined"), ``reason``
+    (one English sentence), and the message's ``events``."""
+    decision: Decision
+    rule: str
+    reason: str
+    events: list  # of Event
 
 
 @dataclass(frozen=True)
@@ -447,38 +600,85 @@ class Client:
         self.request("ping")
 
     def receive(self, conversation: str, message_id: str, received_at: Optional[int] = None,
-                expected_seq: Optional[int] = None) -> Decision:
+                expected_seq: Optional[int] = None, *, fingerprint: Optional[str] = None,
+                with_steps: bool = False) -> Decision:
         """Records a delivery of a message and returns what to do with it.
-        ``received_at`` is in epoch milliseconds (default: the daemon's now)."""
+        ``received_at`` is in epoch milliseconds (default: the daemon's now).
+        ``fingerprint`` names the payload (e.g. its sha256): the first
+        receive stores it, and a later one with another raises
+        :class:`FingerprintMismatch`.  With ``with_steps``, a "resume"
+        carries the completed steps' outputs."""
         return _decision(self.request("receive", conversation=conversation, message_id=message_id,
-                                      received_at=received_at, expected_seq=expected_seq))
+                                      received_at=received_at, expected_seq=expected_seq,
+                                      fingerprint=fingerprint, with_steps=with_steps or None))
 
-    def decide(self, conversation: str, message_id: str) -> Decision:
+    def decide(self, conversation: str, message_id: str, *, fingerprint: Optional[str] = None,
+               with_steps: bool = False) -> Decision:
         """The decision ``receive`` would give, without recording anything."""
-        return _decision(self.request("decide", conversation=conversation, message_id=message_id))
+        return _decision(self.request("decide", conversation=conversation, message_id=message_id,
+                                      fingerprint=fingerprint, with_steps=with_steps or None))
 
-    def start(self, conversation: str, message_id: str, expected_seq: Optional[int] = None) -> Ack:
-        """Records that processing (re)started."""
+    def start(self, conversation: str, message_id: str, expected_seq: Optional[int] = None, *,
+              worker: Optional[str] = None, lease_ms: Optional[int] = None) -> Ack:
+        """Records that processing (re)started; the Ack carries its
+        ``token``.  With ``lease_ms`` (1 to 86,400,000) it takes a lease for
+        ``worker``, answered with ``lease_expires_at``: while the lease is
+        live, deliveries answer "busy" and a start by another worker raises
+        :class:`Busy`; once it lapsed, a start with a lease takes the
+        message over and fences the old token.  :meth:`lease` wraps this
+        with renewals."""
         return _ack(self.request("start", conversation=conversation, message_id=message_id,
-                                 expected_seq=expected_seq))
+                                 expected_seq=expected_seq, worker=worker, lease_ms=lease_ms))
 
     def step(self, conversation: str, message_id: str, step_index: int, output: bytes,
-             expected_seq: Optional[int] = None) -> Ack:
-        """Records a completed step and its output (bytes, may be empty)."""
+             expected_seq: Optional[int] = None, *, token: Optional[int] = None) -> Ack:
+        """Records a completed step and its output (bytes, may be empty).
+        With ``token``, raises :class:`Fenced` unless it is the message's
+        current token; likewise for finish and fail."""
         return _ack(self.request("step", conversation=conversation, message_id=message_id,
                                  step_index=step_index, output=_b64(output),
-                                 expected_seq=expected_seq))
+                                 expected_seq=expected_seq, token=token))
 
-    def finish(self, conversation: str, message_id: str, expected_seq: Optional[int] = None) -> Ack:
+    def finish(self, conversation: str, message_id: str, expected_seq: Optional[int] = None, *,
+               token: Optional[int] = None) -> Ack:
         """Records that the message is fully processed."""
         return _ack(self.request("finish", conversation=conversation, message_id=message_id,
-                                 expected_seq=expected_seq))
+                                 expected_seq=expected_seq, token=token))
 
     def fail(self, conversation: str, message_id: str, error: str,
-             expected_seq: Optional[int] = None) -> Ack:
+             expected_seq: Optional[int] = None, *, token: Optional[int] = None) -> Ack:
         """Records that processing failed (it may be retried with ``start``)."""
         return _ack(self.request("fail", conversation=conversation, message_id=message_id,
-                                 error=error, expected_seq=expected_seq))
+                                 error=error, expected_seq=expected_seq, token=token))
+
+    def renew(self, conversation: str, message_id: str, token: int, lease_ms: int,
+              expected_seq: Optional[int] = None) -> Ack:
+        """Extends the lease of ``token`` to ``lease_ms`` from now (the Ack
+        carries ``lease_expires_at``).  Raises :class:`Fenced` when the token
+        is not current or the message is no longer in progress."""
+        return _ack(self.request("renew", conversation=conversation, message_id=message_id,
+                                 token=token, lease_ms=lease_ms, expected_seq=expected_seq))
+
+    def release(self, conversation: str, message_id: str, reason: Optional[str] = None,
+                expected_seq: Optional[int] = None) -> Ack:
+        """Releases a quarantined message: its attempts start again from 0
+        and its next delivery resumes it.  Raises :class:`NotQuarantined`
+        for a message that is not quarantined."""
+        return _ack(self.request("release", conversation=conversation, message_id=message_id,
+                                 reason=reason, expected_seq=expected_seq))
+
+    def lease(self, conversation: str, message_id: str, worker: str, lease_ms: int, *,
+              renew_every: Optional[float] = None) -> "Lease":
+        """Starts a message with a lease for ``worker`` and returns the
+        :class:`Lease`, which renews it in the background every
+        ``renew_every`` seconds (default: a third of ``lease_ms``; 0 for
+        never) until it is finished, failed, lost or stopped.  Raises
+        :class:`Busy` while another worker holds it, :class:`Quarantined`,
+        :class:`AlreadyFinished` or :class:`UnknownMessage` as ``start``
+        does."""
+        ack = self.start(conversation, message_id, worker=worker, lease_ms=lease_ms)
+        return Lease(self, conversation, message_id, worker, lease_ms, ack,
+                     renew_every=renew_every)
 
     def state(self, conversation: str, message_id: Optional[str] = None):
         """A :class:`MessageState` with ``message_id``, else a
@@ -489,9 +689,10 @@ class Client:
         return MessageState(
             status=r["status"], received_at=r.get("received_at"),
             last_completed_step=r.get("last_completed_step"),
-            steps=[Step(s["step_index"], s["seq"], base64.b64decode(s["output"]))
-                   for s in r.get("steps") or []],
-            error=r.get("error"))
+            steps=_steps(r) or [],
+            error=r.get("error"), attempts=r.get("attempts", 0), token=r.get("token"),
+            worker=r.get("worker"), lease_expires_at=r.get("lease_expires_at"),
+            quarantined=bool(r.get("quarantined", False)), fingerprint=r.get("fingerprint"))
 
     def read(self, conversation: str, from_seq: int = 0, limit: Optional[int] = None):
         """Up to ``limit`` events (default 1000, at most 10000) of a
@@ -518,6 +719,27 @@ class Client:
                             timeout=self.timeout if timeout is None else timeout,
                             resume_on_lag=resume_on_lag)
 
+    def messages(self, conversation: str, status: Optional[str] = None,
+                 after: Optional[str] = None, limit: Optional[int] = None):
+        """Up to ``limit`` messages of a conversation (default 100, at most
+        1000), by id, after the id ``after``; ``status`` filters them
+        ("received", "in_progress", "leased", "errored", "finished",
+        "quarantined").  Returns ``(messages, next)``: a list of
+        :class:`MessageInfo`, and the ``after`` of the next page (None at
+        the end)."""
+        r = self.request("messages", conversation=conversation, status=status, after=after,
+                         limit=limit)
+        return [MessageInfo.from_wire(m) for m in r["messages"]], r.get("next")
+
+    def explain(self, conversation: str, message_id: str, *, fingerprint: Optional[str] = None,
+                with_steps: bool = False) -> Explanation:
+        """Why a delivery of the message would get the decision it would:
+        see :class:`Explanation`."""
+        r = self.request("explain", conversation=conversation, message_id=message_id,
+                         fingerprint=fingerprint, with_steps=with_steps or None)
+        return Explanation(decision=_decision(r), rule=r["rule"], reason=r["reason"],
+                           events=[Event.from_wire(e) for e in r.get("events") or []])
+
     def conversations(self, after: Optional[str] = None, limit: Optional[int] = None) -> list:
         """Up to ``limit`` conversations (default 100, at most 1000), by
         name, after the name ``after``: a list of :class:`ConversationInfo`."""
@@ -531,6 +753,117 @@ class Client:
         return self.request("stats")
 
 
+class Lease:
+    """A live lease on one message, held by one worker: made by
+    :meth:`Client.lease`, which started the message.
+
+    A background thread renews it every ``renew_every`` seconds (default a
+    third of the lease), so it stays held however long the work takes.
+    Every write through it (:meth:`step`, :meth:`finish`, :meth:`fail`)
+    carries its ``token``.  If the lease lapsed anyway (the process stalled,
+    the renewals could not get through) and another worker took the
+    message over, the daemon refuses the old token: the write or renewal
+    raises :class:`Fenced`, and the lease is ``lost``.  A worker calls
+    :meth:`check` before each side effect, so that it stops as soon as
+    either sees it, and does nothing more for the message.
+
+    Renewal stops on :meth:`finish`, :meth:`fail`, :meth:`stop`, leaving a
+    ``with`` block, or once lost.  A renewal that fails for another reason
+    (a broken connection, ``unavailable``) is kept in ``renew_error`` and
+    tried again at the next tick.  The client is shared with the renewing
+    thread, which a :class:`Client` allows.
+    """
+
+    def __init__(self, client: "Client", conversation: str, message_id: str, worker: str,
+                 lease_ms: int, ack: Ack, *, renew_every: Optional[float] = None):
+        self.client = client
+        self.conversation = conversation
+        self.message_id = message_id
+        self.worker = worker
+        self.lease_ms = lease_ms
+        self.token: int = ack.token
+        self.expires_at: Optional[int] = ack.lease_expires_at
+        self.renewals = 0
+        self.renew_error: Optional[BaseException] = None
+        self.lost: Optional[Fenced] = None
+        self._stopped = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        every = lease_ms / 3000 if renew_every is None else renew_every
+        if every > 0:
+            self._thread = threading.Thread(
+                target=self._renew_loop, args=(max(every, 0.001),),
+                name=f"liminald-lease-{message_id}", daemon=True)
+            self._thread.start()
+
+    def _renew_loop(self, every: float) -> None:
+        while not self._stopped.wait(every):
+            try:
+                self.renew()
+            except Fenced:
+                return  # lost: renew() recorded it
+            except (LiminalError, OSError) as e:
+                self.renew_error = e  # tried again at the next tick
+
+    def _fenced(self, e: Fenced) -> None:
+        if self.lost is None:
+            self.lost = e
+        self._stopped.set()
+
+    def check(self) -> None:
+        """Raises :class:`Fenced` if the lease is known to be lost."""
+        if self.lost is not None:
+            raise self.lost
+
+    def renew(self) -> Ack:
+        """Renews the lease now (the background thread calls this)."""
+        self.check()
+        try:
+            ack = self.client.renew(self.conversation, self.message_id, self.token, self.lease_ms)
+        except Fenced as e:
+            self._fenced(e)
+            raise
+        self.expires_at = ack.lease_expires_at
+        self.renewals += 1
+        self.renew_error = None
+        return ack
+
+    def _write(self, op: str, *args: Any) -> Ack:
+        self.check()
+        try:
+            return getattr(self.client, op)(self.conversation, self.message_id, *args,
+                                            token=self.token)
+        except Fenced as e:
+            self._fenced(e)
+            raise
+
+    def step(self, step_index: int, output: bytes) -> Ack:
+        """Records a completed step with this lease's token."""
+        return self._write("step", step_index, output)
+
+    def finish(self) -> Ack:
+        """Stops renewing and records that the message is done."""
+        self.stop()
+        return self._write("finish")
+
+    def fail(self, error: str) -> Ack:
+        """Stops renewing and records that processing failed."""
+        self.stop()
+        return self._write("fail", error)
+
+    def stop(self) -> None:
+        """Stops renewing (the lease then lapses after its length)."""
+        self._stopped.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 def _refusal(conn: _Conn) -> Optional[dict]:
     """The failure line a closed connection was sent, if any."""
     try:
@@ -542,17 +875,27 @@ def _refusal(conn: _Conn) -> Optional[dict]:
     return None
 
 
+def _steps(r: dict) -> Optional[list]:
+    if "steps" not in r:
+        return None
+    return [Step(s["step_index"], s.get("seq"), base64.b64decode(s["output"]))
+            for s in r["steps"] or []]
+
+
 def _decision(r: dict) -> Decision:
     action = r["decision"]
     resume_from = r.get("resume_from")
     if action == "start":
         resume_from = 0
     return Decision(action=action, resume_from=resume_from, seq=r.get("seq"),
-                    duplicate=bool(r.get("duplicate", False)))
+                    duplicate=bool(r.get("duplicate", False)), worker=r.get("worker"),
+                    token=r.get("token"), retry_after_ms=r.get("retry_after_ms"),
+                    attempts=r.get("attempts"), error=r.get("error"), steps=_steps(r))
 
 
 def _ack(r: dict) -> Ack:
-    return Ack(seq=r["seq"], duplicate=bool(r.get("duplicate", False)))
+    return Ack(seq=r["seq"], duplicate=bool(r.get("duplicate", False)), token=r.get("token"),
+               lease_expires_at=r.get("lease_expires_at"))
 
 
 class Subscription:

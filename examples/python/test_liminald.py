@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 from pathlib import Path
 
@@ -30,9 +31,9 @@ sys.path.insert(0, str(HERE))
 
 import liminald  # noqa: E402
 from liminald import (  # noqa: E402
-    Ack, AlreadyFinished, BadRequest, Client, Decision, Forbidden, Internal,
-    LiminalError, LineTooLong, SequenceConflict, ShuttingDown, StepConflict,
-    Unavailable, UnknownMessage, UnknownOp,
+    Ack, AlreadyFinished, BadRequest, Busy, Client, Decision, Fenced, FingerprintMismatch,
+    Forbidden, Internal, LiminalError, LineTooLong, NotQuarantined, Quarantined,
+    SequenceConflict, ShuttingDown, Step, StepConflict, Unavailable, UnknownMessage, UnknownOp,
 )
 
 WORKER = HERE / "worker.py"
@@ -154,10 +155,11 @@ class ClientTest(DaemonTestCase):
 
     def test_hello_and_ping(self):
         h = self.client.hello()
-        self.assertEqual(h["protocol"], 1)
+        self.assertEqual(h["protocol"], 2)
         self.assertEqual(h["server"]["name"], "liminald")
-        for op in ("receive", "step", "subscribe"):
+        for op in ("receive", "step", "subscribe", "renew", "release", "messages", "explain"):
             self.assertIn(op, h["ops"])
+        self.assertEqual(h["limits"]["max_lease_ms"], 86_400_000)
         self.assertIsNone(self.client.ping())
 
     def test_lifecycle(self):
@@ -544,7 +546,8 @@ class ErrorMappingTest(unittest.TestCase):
             "unknown_message": UnknownMessage, "already_finished": AlreadyFinished,
             "step_conflict": StepConflict, "sequence_conflict": SequenceConflict,
             "forbidden": Forbidden, "unavailable": Unavailable, "shutting_down": ShuttingDown,
-            "internal": Internal,
+            "internal": Internal, "busy": Busy, "fenced": Fenced, "quarantined": Quarantined,
+            "not_quarantined": NotQuarantined, "fingerprint_mismatch": FingerprintMismatch,
         }
         for code, cls in codes.items():
             e = LiminalError.from_wire({"code": code, "message": "m", "retryable": True, "x": 1})
@@ -556,6 +559,18 @@ class ErrorMappingTest(unittest.TestCase):
         e = LiminalError.from_wire({"code": "brand_new", "message": "m", "retryable": False})
         self.assertIs(type(e), LiminalError)
         self.assertEqual(e.code, "brand_new")
+
+    def test_protocol_2_details(self):
+        busy = LiminalError.from_wire({"code": "busy", "message": "m", "retryable": True,
+                                       "worker": "w1", "token": 4, "retry_after_ms": 250})
+        self.assertEqual((busy.worker, busy.token, busy.retry_after_ms, busy.retryable),
+                         ("w1", 4, 250, True))
+        fenced = LiminalError.from_wire({"code": "fenced", "message": "m", "retryable": False,
+                                         "token": 4, "current_token": 9})
+        self.assertEqual((fenced.token, fenced.current_token), (4, 9))
+        fm = LiminalError.from_wire({"code": "fingerprint_mismatch", "message": "m",
+                                     "retryable": False, "stored": "sha256:ab"})
+        self.assertEqual(fm.stored, "sha256:ab")
 
     def test_sequence_conflict_details(self):
         e = LiminalError.from_wire({"code": "sequence_conflict", "message": "m", "retryable": False,
@@ -647,6 +662,214 @@ class WorkerTest(DaemonTestCase):
         self.assertEqual([(e.step_index, e.output) for e in steps],
                          list(enumerate(expected_outputs(m, 3))))
         self.assertEqual(c.decide(conv, m).action, "skip")
+
+
+def wait_for_decision(client: Client, conv: str, message_id: str, action: str) -> Decision:
+    """Polls decide until it answers ``action``, sleeping between polls for
+    the retry_after_ms a busy decision gives (a lease's remaining time),
+    never longer than IO_TIMEOUT in all."""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        d = client.decide(conv, message_id)
+        if d.action == action:
+            return d
+        if time.monotonic() > deadline:
+            raise AssertionError(f"decide of {message_id} still answers {d} after {IO_TIMEOUT} s")
+        time.sleep(min(d.retry_after_ms or 1, 100) / 1000)
+
+
+# --------------------------------------------------------------------------
+# Protocol 2: leases, fencing, attempts, fingerprints
+
+
+class LeaseTest(DaemonTestCase):
+    """The protocol-2 ops and fields, one client call at a time."""
+
+    def test_start_with_a_lease(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        ack = c.start(conv, "m", worker="w1", lease_ms=60_000)
+        self.assertEqual((ack.seq, ack.token, ack.duplicate), (1, 1, False))
+        self.assertIsNotNone(ack.lease_expires_at)
+
+        # While leased: deliveries are busy and append nothing.
+        d = c.receive(conv, "m")
+        self.assertEqual((d.action, d.worker, d.token), ("busy", "w1", 1))
+        self.assertTrue(0 < d.retry_after_ms <= 60_000)
+        self.assertEqual(c.decide(conv, "m").action, "busy")
+        self.assertEqual(c.read(conv)[1], 2)
+
+        # The same worker's start is a duplicate; another's is refused.
+        again = c.start(conv, "m", worker="w1", lease_ms=60_000)
+        self.assertEqual((again.seq, again.token, again.duplicate), (1, 1, True))
+        for other in ({"worker": "w2", "lease_ms": 60_000}, {}):
+            with self.subTest(other=other), self.assertRaises(Busy) as cm:
+                c.start(conv, "m", **other)
+            e = cm.exception
+            self.assertEqual((e.code, e.retryable, e.worker, e.token), ("busy", True, "w1", 1))
+            self.assertTrue(0 < e.retry_after_ms <= 60_000)
+
+        st = c.state(conv, "m")
+        self.assertEqual((st.status, st.attempts, st.token, st.worker), ("in_progress", 1, 1, "w1"))
+        self.assertEqual(st.lease_expires_at, ack.lease_expires_at)
+        self.assertFalse(st.quarantined)
+        started = c.read(conv)[0][1]
+        self.assertEqual((started.type, started.worker, started.lease_ms),
+                         ("processing_started", "w1", 60_000))
+
+    def test_renew(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        token = c.start(conv, "m", worker="w1", lease_ms=60_000).token
+        ack = c.renew(conv, "m", token, 120_000)
+        self.assertEqual(ack.seq, 2)
+        self.assertEqual(c.state(conv, "m").lease_expires_at, ack.lease_expires_at)
+        renewed = c.read(conv)[0][2]
+        self.assertEqual((renewed.type, renewed.token, renewed.lease_ms),
+                         ("lease_renewed", token, 120_000))
+        self.assertEqual(ack.lease_expires_at, renewed.ts + 120_000)
+        c.finish(conv, "m", token=token)
+        with self.assertRaises(Fenced):  # no longer in progress
+            c.renew(conv, "m", token, 1000)
+        with self.assertRaises(UnknownMessage):
+            c.renew(conv, "never", 1, 1000)
+
+    def test_fencing(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        old = c.start(conv, "m", worker="w1", lease_ms=1).token
+        wait_for_decision(c, conv, "m", "resume")  # the lease of 1 ms lapsed
+        new = c.start(conv, "m", worker="w2", lease_ms=60_000)
+        self.assertFalse(new.duplicate)  # a takeover appends
+        self.assertGreater(new.token, old)
+        stale = [lambda: c.step(conv, "m", 0, b"x", token=old),
+                 lambda: c.finish(conv, "m", token=old),
+                 lambda: c.fail(conv, "m", "late", token=old),
+                 lambda: c.renew(conv, "m", old, 1000)]
+        for write in stale:
+            with self.assertRaises(Fenced) as cm:
+                write()
+            e = cm.exception
+            self.assertEqual((e.code, e.retryable, e.token, e.current_token),
+                             ("fenced", False, old, new.token))
+        self.assertEqual(c.read(conv)[1], new.seq + 1)  # nothing appended
+        self.assertEqual(c.step(conv, "m", 0, b"x", token=new.token).seq, new.seq + 1)
+        self.assertEqual(c.step(conv, "m", 1, b"y").seq, new.seq + 2)  # no token: no fencing
+        self.assertEqual(c.finish(conv, "m", token=new.token).seq, new.seq + 3)
+
+    def test_lease_renews_in_the_background_and_notices_it_was_lost(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        # A lease of 1 ms renewed every 20 ms lapses between renewals, so
+        # another worker can take it over, after which the next renewal is
+        # refused.
+        lease = c.lease(conv, "m", "a", 1, renew_every=0.02)
+        with lease, Client(self.daemon.socket, timeout=IO_TIMEOUT) as other:
+            deadline = time.monotonic() + IO_TIMEOUT
+            while True:
+                try:
+                    taken = other.start(conv, "m", worker="b", lease_ms=60_000)
+                    break
+                except Busy as e:  # caught between a renewal and its lapse
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(e.retry_after_ms / 1000)
+            while lease.lost is None:  # the renewer's next renewal
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.01)
+            self.assertEqual((lease.lost.token, lease.lost.current_token),
+                             (lease.token, taken.token))
+            next_seq = c.read(conv)[1]
+            with self.assertRaises(Fenced):
+                lease.check()
+            with self.assertRaises(Fenced):  # refused before it is sent
+                lease.step(0, b"late")
+            self.assertEqual(c.read(conv)[1], next_seq)
+
+    def test_with_steps(self):
+        c, conv = self.client, self.conv()
+        self.assertIsNone(c.receive(conv, "m", with_steps=True).steps)  # start: none
+        c.start(conv, "m")
+        c.step(conv, "m", 0, b"a")
+        c.step(conv, "m", 2, b"\x00\xff")
+        d = c.receive(conv, "m", with_steps=True)
+        self.assertEqual((d.action, d.resume_from), ("resume", 3))
+        self.assertEqual(d.steps, [Step(0, None, b"a"), Step(2, None, b"\x00\xff")])
+        self.assertEqual((d.output(2), d.output(1)), (b"\x00\xff", None))
+        self.assertEqual(c.decide(conv, "m", with_steps=True), d)
+        self.assertIsNone(c.receive(conv, "m").steps)  # not asked
+        self.assertEqual(c.receive(conv, "m"), Decision("resume", 3))
+
+    def test_fingerprint(self):
+        c, conv = self.client, self.conv()
+        self.assertEqual(c.receive(conv, "m", fingerprint="sha256:aa").action, "start")
+        self.assertEqual(c.receive(conv, "m", fingerprint="sha256:aa").action, "resume")
+        for call in (lambda: c.receive(conv, "m", fingerprint="sha256:bb"),
+                     lambda: c.decide(conv, "m", fingerprint="sha256:bb")):
+            with self.assertRaises(FingerprintMismatch) as cm:
+                call()
+            e = cm.exception
+            self.assertEqual((e.code, e.retryable, e.stored),
+                             ("fingerprint_mismatch", False, "sha256:aa"))
+        self.assertEqual(c.receive(conv, "m").action, "resume")  # without one: no check
+        self.assertEqual(c.state(conv, "m").fingerprint, "sha256:aa")
+        self.assertEqual(c.read(conv)[0][0].fingerprint, "sha256:aa")
+        self.assertEqual(c.read(conv)[1], 1)
+
+
+    def test_messages_and_explain(self):
+        c, conv = self.client, self.conv()
+        for m in ("a", "b", "c", "d"):
+            c.receive(conv, m)
+        c.start(conv, "b", worker="w1", lease_ms=60_000)
+        c.start(conv, "c")
+        c.fail(conv, "c", "boom")
+        c.finish(conv, "d")
+
+        page, nxt = c.messages(conv, limit=3)
+        self.assertEqual([(i.message_id, i.status) for i in page],
+                         [("a", "received"), ("b", "in_progress"), ("c", "errored")])
+        self.assertEqual(nxt, "c")
+        page, nxt = c.messages(conv, after=nxt)
+        self.assertEqual(([i.message_id for i in page], nxt), (["d"], None))
+        leased, _ = c.messages(conv, status="leased")
+        self.assertEqual([i.message_id for i in leased], ["b"])
+        b = leased[0]
+        self.assertEqual((b.worker, b.attempts, b.quarantined, b.compacted), ("w1", 1, False, False))
+        self.assertIsNotNone(b.lease_expires_at)
+        self.assertGreaterEqual(b.updated_at, b.received_at)
+        self.assertEqual(c.messages(conv, status="quarantined"), ([], None))
+
+        x = c.explain(conv, "b")
+        self.assertEqual((x.decision.action, x.decision.worker, x.rule), ("busy", "w1", "leased"))
+        self.assertIsInstance(x.reason, str)
+        self.assertEqual([e.type for e in x.events], ["message_received", "processing_started"])
+        self.assertEqual(c.explain(conv, "d").rule, "finished")
+        self.assertEqual(c.explain(conv, "c").decision, Decision("resume", 0))
+        never = c.explain(conv, "zz")
+        self.assertEqual((never.decision.action, never.rule, never.events), ("start", "never_seen", []))
+
+    def test_bad_request_protocol_2(self):
+        c, conv = self.client, self.conv()
+        c.receive(conv, "m")
+        cases = [
+            (lambda: c.start(conv, "m", worker="w", lease_ms=0), "lease_ms"),
+            (lambda: c.start(conv, "m", worker="w", lease_ms=86_400_001), "lease_ms"),
+            (lambda: c.start(conv, "m", worker="", lease_ms=1000), "worker"),
+            (lambda: c.renew(conv, "m", 1, 0), "lease_ms"),
+            (lambda: c.request("renew", conversation=conv, message_id="m", lease_ms=10), "token"),
+            (lambda: c.step(conv, "m", 0, b"", token="x"), "token"),
+            (lambda: c.finish(conv, "m", token=-1), "token"),
+            (lambda: c.receive(conv, "m", fingerprint=""), "fingerprint"),
+            (lambda: c.decide(conv, "m", fingerprint=""), "fingerprint"),
+            (lambda: c.release(conv, "m", reason=""), "reason"),
+            (lambda: c.messages(conv, status="bogus"), "status"),
+            (lambda: c.messages(conv, limit=1001), "limit"),
+        ]
+        for call, field in cases:
+            with self.subTest(field=field), self.assertRaises(BadRequest) as cm:
+                call()
+            self.assertEqual((cm.exception.code, cm.exception.field), ("bad_request", field))
+        self.assertEqual(c.read(conv)[1], 1)  # nothing appended
 
 
 if __name__ == "__main__":
