@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ from liminald import (  # noqa: E402
 )
 
 WORKER = HERE / "worker.py"
+import worker  # noqa: E402
 READY_TIMEOUT = 30.0   # seconds for a daemon to report READY=1
 IO_TIMEOUT = 30.0      # seconds for any socket operation of a test
 
@@ -599,8 +601,29 @@ def expected_outputs(message_id: str, steps: int) -> list[bytes]:
     return outs
 
 
+def wait_for_decision(client: Client, conv: str, message_id: str, action: str) -> Decision:
+    """Polls decide until it answers ``action``, sleeping between polls for
+    the retry_after_ms a busy decision gives (a lease's remaining time),
+    never longer than IO_TIMEOUT in all."""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        d = client.decide(conv, message_id)
+        if d.action == action:
+            return d
+        if time.monotonic() > deadline:
+            raise AssertionError(f"decide of {message_id} still answers {d} after {IO_TIMEOUT} s")
+        time.sleep(min(d.retry_after_ms or 1, 100) / 1000)
+
+
+def lease_events(events: list) -> list:
+    """The events without lease_renewed: how many renewals a run made depends
+    on how long it took."""
+    return [e for e in events if e.type != "lease_renewed"]
+
+
 class WorkerTest(DaemonTestCase):
-    """The worked example, end to end: crash mid-message, redelivery, skip."""
+    """The worked example, end to end: crash mid-message, redelivery once the
+    crashed run's lease lapsed, skip."""
 
     def run_worker(self, conv, message_id, *args, crash_env=None):
         env = {k: v for k, v in os.environ.items() if k != "CRASH_AFTER_STEP"}
@@ -618,32 +641,38 @@ class WorkerTest(DaemonTestCase):
         c, conv, m = self.client, self.conv(), "msg-1"
         outs = expected_outputs(m, 3)
 
-        # 1. The first delivery dies right after recording step 1.
-        run1 = self.run_worker(conv, m, crash_env=1)
+        # 1. The first delivery dies right after recording step 1, holding a
+        # lease of 300 ms.
+        run1 = self.run_worker(conv, m, "--worker", "crasher", "--lease-ms", "300", crash_env=1)
         self.assertNotEqual(run1.returncode, 0)
         self.assertEqual(run1.returncode, -signal.SIGKILL)
         self.assertIn(f"{m}: start from 0", run1.stdout)
+        self.assertIn(f"{m}: leased by crasher for 300 ms, token 1", run1.stdout)
         self.assertIn(f"{m}: crashing after step 1", run1.stdout)
         st = c.state(conv, m)
-        self.assertEqual((st.status, st.last_completed_step), ("in_progress", 1))
+        self.assertEqual((st.status, st.last_completed_step, st.worker, st.token),
+                         ("in_progress", 1, "crasher", 1))
 
-        # 2. The redelivery resumes at step 2.
-        run2 = self.run_worker(conv, m)
+        # 2. Once its lease lapsed, the redelivery takes it over and resumes
+        # at step 2, with step 1's output from the receive reply.
+        wait_for_decision(c, conv, m, "resume")
+        run2 = self.run_worker(conv, m, "--worker", "second")
         self.assert_ran(run2)
         self.assertIn(f"{m}: resume from 2", run2.stdout)
         self.assertNotIn("step 0", run2.stdout)
         self.assertNotIn("step 1", run2.stdout)
-        self.assertIn(f"{m}: step 2 seq 4", run2.stdout)
+        self.assertIn(f"{m}: step 2 seq ", run2.stdout)
 
         events, next_seq = c.read(conv)
-        self.assertEqual([(e.type, e.step_index) for e in events], [
-            ("message_received", None), ("processing_started", None),
-            ("step_completed", 0), ("step_completed", 1), ("step_completed", 2),
-            ("processing_finished", None)])
+        self.assertEqual([(e.type, e.step_index, e.worker) for e in lease_events(events)], [
+            ("message_received", None, None), ("processing_started", None, "crasher"),
+            ("step_completed", 0, None), ("step_completed", 1, None),
+            ("processing_started", None, "second"), ("step_completed", 2, None),
+            ("processing_finished", None, None)])
         steps = [e for e in events if e.type == "step_completed"]
         self.assertEqual([e.output for e in steps], outs)  # each step recorded once
         st = c.state(conv, m)
-        self.assertEqual((st.status, st.last_completed_step), ("finished", 2))
+        self.assertEqual((st.status, st.last_completed_step, st.attempts), ("finished", 2, 2))
 
         # 3. A third delivery is skipped and appends nothing.
         run3 = self.run_worker(conv, m)
@@ -653,8 +682,9 @@ class WorkerTest(DaemonTestCase):
 
     def test_crash_flag_on_the_command_line(self):
         c, conv, m = self.client, self.conv(), "msg-2"
-        run1 = self.run_worker(conv, m, "--crash-after-step", "0")
+        run1 = self.run_worker(conv, m, "--lease-ms", "1", "--crash-after-step", "0")
         self.assertEqual(run1.returncode, -signal.SIGKILL)
+        wait_for_decision(c, conv, m, "resume")
         run2 = self.run_worker(conv, m)
         self.assert_ran(run2)
         self.assertIn(f"{m}: resume from 1", run2.stdout)
@@ -663,19 +693,20 @@ class WorkerTest(DaemonTestCase):
                          list(enumerate(expected_outputs(m, 3))))
         self.assertEqual(c.decide(conv, m).action, "skip")
 
-
-def wait_for_decision(client: Client, conv: str, message_id: str, action: str) -> Decision:
-    """Polls decide until it answers ``action``, sleeping between polls for
-    the retry_after_ms a busy decision gives (a lease's remaining time),
-    never longer than IO_TIMEOUT in all."""
-    deadline = time.monotonic() + IO_TIMEOUT
-    while True:
-        d = client.decide(conv, message_id)
-        if d.action == action:
-            return d
-        if time.monotonic() > deadline:
-            raise AssertionError(f"decide of {message_id} still answers {d} after {IO_TIMEOUT} s")
-        time.sleep(min(d.retry_after_ms or 1, 100) / 1000)
+    def test_busy_runs_nothing(self):
+        # Another worker holds a live lease: the delivery is busy, and the
+        # worker records nothing.
+        c, conv, m = self.client, self.conv(), "msg-3"
+        c.receive(conv, m)
+        with c.lease(conv, m, "holder", 60_000) as lease:
+            next_seq = c.read(conv)[1]
+            run = self.run_worker(conv, m, "--worker", "latecomer")
+            self.assert_ran(run)
+            self.assertRegex(run.stdout.strip(),
+                             rf"^{m}: busy: worker holder holds it \(token {lease.token}\); "
+                             r"retry in \d+ ms$")
+            # Nothing since but the holder's renewals.
+            self.assertEqual(lease_events(c.read(conv, from_seq=next_seq)[0]), [])
 
 
 # --------------------------------------------------------------------------
@@ -815,6 +846,15 @@ class LeaseTest(DaemonTestCase):
         self.assertEqual(c.read(conv)[0][0].fingerprint, "sha256:aa")
         self.assertEqual(c.read(conv)[1], 1)
 
+        # The worker refuses a payload that is not the one recorded, before
+        # any side effect.
+        effects = []
+        with self.assertRaises(FingerprintMismatch) as cm:
+            worker.process(c, conv, "m", 3, worker="w", fingerprint="sha256:bb",
+                           run=lambda i, m, p: effects.append(i) or b"", log=lambda line: None)
+        self.assertEqual(cm.exception.stored, "sha256:aa")
+        self.assertEqual(effects, [])
+        self.assertEqual(c.read(conv)[1], 1)
 
     def test_messages_and_explain(self):
         c, conv = self.client, self.conv()
@@ -870,6 +910,256 @@ class LeaseTest(DaemonTestCase):
                 call()
             self.assertEqual((cm.exception.code, cm.exception.field), ("bad_request", field))
         self.assertEqual(c.read(conv)[1], 1)  # nothing appended
+
+
+class Gate:
+    """A step's side effect that records itself, and on its first call says
+    so (``entered``) and waits until the test lets it go on (``go``)."""
+
+    def __init__(self, name: str, effects: list):
+        self.name, self.effects = name, effects
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def __call__(self, index: int, message_id: str, previous):
+        self.effects.append((self.name, index))
+        if not self.entered.is_set():
+            self.entered.set()
+            if not self.go.wait(IO_TIMEOUT):
+                raise AssertionError(f"{self.name} was never let go on")
+        return worker.run_step(index, message_id, previous)
+
+
+class LeasedWorkerTest(DaemonTestCase):
+    """worker.process under leases: concurrent workers, each on a connection
+    of its own in a thread of its own."""
+
+    def spawn(self, name: str, conv: str, m: str, results: "queue.Queue",
+              barrier: threading.Barrier | None = None, **kwargs):
+        """Runs worker.process of 3 steps as worker ``name`` in a thread,
+        after ``barrier`` if given; puts (name, what it returned or raised,
+        its log) in results."""
+        log: list = []
+
+        def run():
+            try:
+                with Client(self.daemon.socket, timeout=IO_TIMEOUT) as c:
+                    c.connect()
+                    if barrier is not None:
+                        barrier.wait()
+                    out = worker.process(c, conv, m, 3, worker=name, log=log.append, **kwargs)
+            except BaseException as e:  # reported by the test
+                out = e
+            results.put((name, out, log))
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        t.start()
+        return t
+
+    def test_two_workers_race_one_redelivery(self):
+        c, conv, m = self.client, self.conv(), "m"
+        # The first delivery's worker crashed after step 0, holding a lease
+        # of 1 ms; the message is redelivered to two workers at once.
+        c.receive(conv, m)
+        crashed = c.start(conv, m, worker="crashed", lease_ms=1).token
+        c.step(conv, m, 0, worker.run_step(0, m, None), token=crashed)
+        wait_for_decision(c, conv, m, "resume")
+
+        effects: list = []
+        gates = {name: Gate(name, effects) for name in ("A", "B")}
+        results: queue.Queue = queue.Queue()
+        barrier = threading.Barrier(2, timeout=IO_TIMEOUT)  # both receive at once
+        threads = [self.spawn(name, conv, m, results, barrier, lease_ms=30_000, run=gates[name])
+                   for name in ("A", "B")]
+
+        # No worker runs a side effect before its start succeeded, and the
+        # daemon serializes the two starts: the first appends and takes a
+        # lease of 30 s (renewed), the second finds that lease live and is
+        # refused with Busy, or, if it received after the first start, its
+        # receive is a busy decision.  The winner cannot finish (and turn
+        # the loser's answer into a skip) before the loser returned: its
+        # first side effect waits until the test lets it go, which the test
+        # does only once the loser has returned.
+        loser, out, loser_log = results.get(timeout=IO_TIMEOUT)
+        self.assertEqual(out, "busy", loser_log)
+        winner = "B" if loser == "A" else "A"
+        self.assertTrue(gates[winner].entered.wait(IO_TIMEOUT))  # the winner is mid-work
+        self.assertEqual(effects, [(winner, 1)])
+        self.assertEqual(c.decide(conv, m).action, "busy")
+        gates[winner].go.set()
+        name, out, winner_log = results.get(timeout=IO_TIMEOUT)
+        self.assertEqual((name, out), (winner, "resume"), winner_log)
+        for t in threads:
+            t.join(IO_TIMEOUT)
+
+        # The side effects ran once each, all in the winner.
+        self.assertEqual(effects, [(winner, 1), (winner, 2)])
+        self.assertIn(f"{m}: busy: worker {winner} holds it", "\n".join(loser_log))
+        events = lease_events(c.read(conv)[0])
+        self.assertEqual([(e.type, e.step_index, e.worker) for e in events], [
+            ("message_received", None, None), ("processing_started", None, "crashed"),
+            ("step_completed", 0, None), ("processing_started", None, winner),
+            ("step_completed", 1, None), ("step_completed", 2, None),
+            ("processing_finished", None, None)])
+        self.assertEqual([e.output for e in events if e.type == "step_completed"],
+                         expected_outputs(m, 3))
+
+        # The loser's next delivery is skipped.
+        log: list = []
+        with Client(self.daemon.socket, timeout=IO_TIMEOUT) as lc:
+            self.assertEqual(worker.process(lc, conv, m, 3, worker=loser, run=gates[loser],
+                                            log=log.append), "skip")
+        self.assertEqual(log, [f"{m}: skip"])
+        self.assertEqual(len(effects), 2)
+
+    def test_fenced_worker_stops(self):
+        c, conv, m = self.client, self.conv(), "m"
+        c.receive(conv, m)
+        effects: list = []
+        a, b = Gate("A", effects), Gate("B", effects)
+        results: queue.Queue = queue.Queue()
+
+        # A takes a lease of 1 ms and does not renew it, as a process that
+        # stalls would not (a long GC pause, SIGSTOP), and is held inside
+        # step 0's side effect.
+        self.spawn("A", conv, m, results, lease_ms=1, renew_every=0, run=a)
+        self.assertTrue(a.entered.wait(IO_TIMEOUT))
+        wait_for_decision(c, conv, m, "resume")  # A's lease lapsed
+
+        # B takes the message over and is held inside its own step 0.
+        self.spawn("B", conv, m, results, lease_ms=30_000, run=b)
+        self.assertTrue(b.entered.wait(IO_TIMEOUT))
+        self.assertEqual(c.state(conv, m).worker, "B")
+
+        # A wakes up: its step 0 write is fenced, and it stops.
+        a.go.set()
+        name, out, a_log = results.get(timeout=IO_TIMEOUT)
+        self.assertEqual((name, out), ("A", "fenced"), a_log)
+        self.assertIn(f"{m}: fenced: token 1 is no longer current (now 2); stopped", a_log)
+        self.assertEqual([e for e in effects if e[0] == "A"], [("A", 0)])  # nothing after
+
+        b.go.set()
+        name, out, b_log = results.get(timeout=IO_TIMEOUT)
+        self.assertEqual((name, out), ("B", "resume"), b_log)
+        self.assertEqual([e for e in effects if e[0] == "A"], [("A", 0)])
+        self.assertEqual([e for e in effects if e[0] == "B"], [("B", 0), ("B", 1), ("B", 2)])
+        events = lease_events(c.read(conv)[0])
+        self.assertEqual([(e.type, e.step_index, e.worker) for e in events], [
+            ("message_received", None, None), ("processing_started", None, "A"),
+            ("processing_started", None, "B"), ("step_completed", 0, None),
+            ("step_completed", 1, None), ("step_completed", 2, None),
+            ("processing_finished", None, None)])
+
+    def test_renewal_keeps_the_lease_across_long_work(self):
+        c, conv, m = self.client, self.conv(), "m"
+        c.receive(conv, m)
+        effects: list = []
+        gate = Gate("W", effects)
+        results: queue.Queue = queue.Queue()
+        # A lease of 300 ms, renewed every 100 ms, while step 0 takes over
+        # a second: the test holds it until it has checked.
+        self.spawn("W", conv, m, results, lease_ms=300, run=gate)
+        self.assertTrue(gate.entered.wait(IO_TIMEOUT))
+        started = c.read(conv)[0][1]
+        self.assertEqual((started.type, started.worker), ("processing_started", "W"))
+
+        # Wait (by the daemon's clock) until a renewal committed a second
+        # after the start: the work has lasted over three lease lengths.
+        deadline = time.monotonic() + IO_TIMEOUT
+        while (c.state(conv, m).lease_expires_at or 0) < started.ts + 1000 + 300:
+            self.assertLess(time.monotonic(), deadline, "no renewal a second after the start")
+            time.sleep(0.05)
+
+        # W is still inside step 0, and the message is still its own.
+        self.assertFalse(gate.go.is_set())
+        d = c.decide(conv, m)
+        self.assertEqual((d.action, d.worker, d.token), ("busy", "W", started.seq))
+        with self.assertRaises(Busy) as cm:
+            c.start(conv, m, worker="other", lease_ms=300)
+        self.assertEqual(cm.exception.worker, "W")
+
+        gate.go.set()
+        name, out, log = results.get(timeout=IO_TIMEOUT)
+        self.assertEqual((name, out), ("W", "resume"), log)
+        self.assertEqual(effects, [("W", 0), ("W", 1), ("W", 2)])
+        # Each renewal came before the lease it extended expired: the lease
+        # never lapsed.
+        events = c.read(conv)[0]
+        expires = started.ts + 300
+        renewals = [e for e in events if e.type == "lease_renewed"]
+        self.assertGreaterEqual(len(renewals), 3)
+        for e in renewals:
+            self.assertEqual((e.token, e.lease_ms), (started.seq, 300))
+            self.assertLess(e.ts, expires, "a renewal came after the lease lapsed")
+            expires = e.ts + 300
+        self.assertEqual(events[-1].type, "processing_finished")
+
+
+class QuarantineTest(DaemonTestCase):
+    """max_attempts: a message started twice without finishing is set aside
+    until released."""
+
+    flags = ("--max-attempts", "2")
+
+    def test_quarantine_and_release(self):
+        c, conv, m = self.client, self.conv(), "m"
+        effects: list = []
+
+        def broken(index, message_id, previous):
+            effects.append(index)
+            if index == 1:
+                raise RuntimeError("boom")
+            return worker.run_step(index, message_id, previous)
+
+        quiet = {"log": lambda line: None}
+        # Two attempts fail at step 1; the failure is recorded with the token.
+        for attempt in (1, 2):
+            with self.subTest(attempt=attempt), self.assertRaises(RuntimeError):
+                worker.process(c, conv, m, 3, worker=f"w{attempt}", run=broken, **quiet)
+            self.assertEqual(c.state(conv, m).attempts, attempt)
+        self.assertEqual(effects, [0, 1, 1])
+
+        # The third delivery is quarantined: nothing runs or is appended.
+        next_seq = c.read(conv)[1]
+        self.assertEqual(worker.process(c, conv, m, 3, worker="w3", run=broken, **quiet),
+                         "quarantined")
+        self.assertEqual(effects, [0, 1, 1])
+        d = c.decide(conv, m)
+        self.assertEqual((d.action, d.attempts, d.error),
+                         ("quarantined", 2, "step 1: RuntimeError('boom')"))
+        with self.assertRaises(Quarantined) as cm:
+            c.start(conv, m, worker="w3", lease_ms=1000)
+        self.assertEqual((cm.exception.code, cm.exception.retryable), ("quarantined", False))
+        self.assertEqual(c.read(conv)[1], next_seq)
+        listed, _ = c.messages(conv, status="quarantined")
+        self.assertEqual([(i.message_id, i.attempts, i.quarantined) for i in listed],
+                         [(m, 2, True)])
+        self.assertTrue(c.state(conv, m).quarantined)
+        self.assertEqual(c.explain(conv, m).rule, "quarantined")
+
+        # Released, the next delivery resumes after step 0.
+        ack = c.release(conv, m, reason="fixed step 1")
+        self.assertEqual(ack.seq, next_seq)
+        released = c.read(conv)[0][-1]
+        self.assertEqual((released.type, released.reason), ("message_released", "fixed step 1"))
+        self.assertEqual((c.state(conv, m).attempts, c.decide(conv, m)), (0, Decision("resume", 1)))
+        with self.assertRaises(NotQuarantined) as cm:
+            c.release(conv, m)
+        self.assertEqual((cm.exception.code, cm.exception.retryable), ("not_quarantined", False))
+        with self.assertRaises(UnknownMessage):
+            c.release(conv, "never")
+        self.assertEqual(worker.process(c, conv, m, 3, worker="w4", **quiet), "resume")
+        self.assertEqual(c.decide(conv, m).action, "skip")
+
+    def test_a_crash_counts_as_an_attempt(self):
+        # Starts whose leases lapsed, with no fail, count too.
+        c, conv, m = self.client, self.conv(), "m"
+        c.receive(conv, m)
+        c.start(conv, m, worker="w1", lease_ms=1)
+        wait_for_decision(c, conv, m, "resume")
+        c.start(conv, m, worker="w2", lease_ms=1)
+        d = wait_for_decision(c, conv, m, "quarantined")
+        self.assertEqual((d.attempts, d.error), (2, None))
+        self.assertEqual(c.receive(conv, m), d)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,41 @@
 #!/usr/bin/env python3
-"""A worker that processes messages in checkpointed steps with liminald.
+"""A worker that processes messages in checkpointed steps, under a lease, with liminald.
 
 For each message id given, on a (re)delivery:
 
 1. ``receive`` records the delivery and decides: ``skip`` (already finished:
    do nothing), ``start`` (new) or ``resume`` (started before, e.g. by a
-   worker that crashed) from the first step not recorded;
-2. ``start`` records that processing (re)starts;
-3. each step left runs and is recorded with ``step``, its output being the
+   worker that crashed) from the first step not recorded.  It asks
+   ``with_steps``, so a resume carries the outputs of the steps recorded.
+   Two decisions mean "not now": ``busy`` (another worker holds a live lease
+   on it: redeliver it after ``retry_after_ms``) and ``quarantined`` (it was
+   started ``--max-attempts`` times without finishing: an operator releases
+   it).  The worker runs nothing for either;
+2. ``start`` with this worker's name and a lease records that processing
+   (re)starts and answers a token.  If another worker's start got there
+   first, this one is refused with ``busy`` and runs nothing;
+3. while it works, a background thread renews the lease at a third of its
+   length, and every write carries the token.  If the lease was lost anyway
+   (this process stalled past its lease, and another worker took the
+   message over), the daemon answers ``fenced`` to a write or a renewal,
+   and the worker stops at once, running no further step;
+4. each step left runs and is recorded with ``step``, its output being the
    checkpoint the next step needs.  Here step 0 computes the sha256 of the
    message id and step i the sha256 of step i-1's output: deterministic, so
    a step redone after a crash records the same output (a duplicate, not a
-   conflict).  On resume, the previous step's output is read back from the
-   daemon with ``state``;
-4. ``finish`` records that the message is done.  A step that raises records
+   conflict);
+5. ``finish`` records that the message is done.  A step that raises records
    the error with ``fail``; the next delivery resumes after the last step
    recorded.
 
 To simulate a crash mid-message, ``--crash-after-step N`` (or the environment
 variable CRASH_AFTER_STEP=N) makes the worker SIGKILL itself right after step
-N is recorded.
+N is recorded.  Its lease then lapses after ``--lease-ms``; until then a
+redelivery is ``busy``.
 
 Usage:
     python3 worker.py [--socket PATH] [--conversation C] [--steps N]
+                      [--worker NAME] [--lease-ms MS]
                       [--crash-after-step N] MESSAGE_ID...
 
 It prints one line per decision and per step, such as
@@ -35,11 +48,20 @@ import argparse
 import hashlib
 import os
 import signal
+import socket
 import sys
+from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from liminald import Client  # noqa: E402
+from liminald import AlreadyFinished, Busy, Client, Fenced, Quarantined  # noqa: E402
+
+DEFAULT_LEASE_MS = 30_000
+
+
+def default_worker_name() -> str:
+    """A name no other live process uses: host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def run_step(index: int, message_id: str, previous: bytes | None) -> bytes:
@@ -48,39 +70,79 @@ def run_step(index: int, message_id: str, previous: bytes | None) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 def process(client: Client, conversation: str, message_id: str, steps: int,
-            crash_after_step: int | None = None) -> str:
-    """Processes one delivery of a message; returns the decision's action."""
-    decision = client.receive(conversation, message_id)
+            crash_after_step: int | None = None, *, worker: str | None = None,
+            lease_ms: int = DEFAULT_LEASE_MS, renew_every: float | None = None,
+            fingerprint: str | None = None,
+            run: Callable[[int, str, Optional[bytes]], bytes] = run_step,
+            log: Callable[[str], None] = _print) -> str:
+    """Processes one delivery of a message.
+
+    Returns the decision's action ("start" or "resume") once the message is
+    finished, or why it ran nothing more: "skip", "busy", "quarantined", or
+    "fenced" (the lease was lost mid-message; another worker has it).
+    ``run(index, message_id, previous_output)`` is a step's work (its side
+    effects); ``renew_every`` is passed to :meth:`Client.lease`.
+    """
+    m = message_id
+    decision = client.receive(conversation, m, fingerprint=fingerprint, with_steps=True)
     if decision.action == "skip":
-        print(f"{message_id}: skip", flush=True)
+        log(f"{m}: skip")
         return "skip"
-    print(f"{message_id}: {decision.action} from {decision.resume_from}", flush=True)
+    if decision.action == "busy":
+        log(f"{m}: busy: worker {decision.worker} holds it (token {decision.token}); "
+            f"retry in {decision.retry_after_ms} ms")
+        return "busy"
+    if decision.action == "quarantined":
+        log(f"{m}: quarantined after {decision.attempts} attempts (last error: {decision.error})")
+        return "quarantined"
+    if decision.action not in ("start", "resume"):
+        log(f"{m}: {decision.action}: not processed")
+        return decision.action
+    log(f"{m}: {decision.action} from {decision.resume_from}")
 
-    client.start(conversation, message_id)  # a duplicate if already in progress
+    try:
+        lease = client.lease(conversation, m, worker or default_worker_name(), lease_ms,
+                             renew_every=renew_every)
+    except Busy as e:  # another worker started it since our receive
+        log(f"{m}: busy: worker {e.worker} holds it (token {e.token}); "
+            f"retry in {e.retry_after_ms} ms")
+        return "busy"
+    except Quarantined:
+        log(f"{m}: quarantined")
+        return "quarantined"
+    except AlreadyFinished:  # another worker finished it since our receive
+        log(f"{m}: skip")
+        return "skip"
 
-    previous = None
-    if decision.resume_from > 0:
-        # The checkpoint the next step needs: the last recorded output.
-        state = client.state(conversation, message_id)
-        previous = state.output(decision.resume_from - 1)
-
-    for index in range(decision.resume_from, steps):
+    with lease:
+        log(f"{m}: leased by {lease.worker} for {lease_ms} ms, token {lease.token}")
+        # The checkpoint the next step needs came with the decision.
+        previous = decision.output(decision.resume_from - 1) if decision.resume_from > 0 else None
         try:
-            output = run_step(index, message_id, previous)
-        except Exception as e:
-            client.fail(conversation, message_id, f"step {index}: {e!r}")
-            raise
-        ack = client.step(conversation, message_id, index, output)
-        print(f"{message_id}: step {index} seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}",
-              flush=True)
-        if crash_after_step is not None and index == crash_after_step:
-            print(f"{message_id}: crashing after step {index}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-        previous = output
-
-    ack = client.finish(conversation, message_id)
-    print(f"{message_id}: finished seq {ack.seq}", flush=True)
+            for index in range(decision.resume_from, steps):
+                lease.check()  # the renewing thread may have found the lease lost
+                try:
+                    output = run(index, m, previous)
+                except Exception as e:
+                    lease.fail(f"step {index}: {e!r}")
+                    raise
+                ack = lease.step(index, output)
+                log(f"{m}: step {index} seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}")
+                if crash_after_step is not None and index == crash_after_step:
+                    log(f"{m}: crashing after step {index}")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                previous = output
+            ack = lease.finish()
+        except Fenced as e:
+            log(f"{m}: fenced: token {e.token} is no longer current "
+                f"(now {e.current_token}); stopped")
+            return "fenced"
+    log(f"{m}: finished seq {ack.seq}")
     return decision.action
 
 
@@ -89,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", help="the daemon's socket (default: as liminald finds it)")
     p.add_argument("--conversation", default="worker")
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--worker", help="this worker's name (default: host-pid)")
+    p.add_argument("--lease-ms", type=int, default=DEFAULT_LEASE_MS,
+                   help=f"the lease's length, renewed at a third of it (default {DEFAULT_LEASE_MS})")
     env_crash = os.environ.get("CRASH_AFTER_STEP")
     p.add_argument("--crash-after-step", type=int,
                    default=int(env_crash) if env_crash else None,
@@ -98,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with Client(args.socket) as client:
         for message_id in args.message_ids:
-            process(client, args.conversation, message_id, args.steps, args.crash_after_step)
+            process(client, args.conversation, message_id, args.steps, args.crash_after_step,
+                    worker=args.worker, lease_ms=args.lease_ms)
     return 0
 
 
