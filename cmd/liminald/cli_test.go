@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCLI_Lifecycle runs the client subcommands of SPEC §6 against the real
@@ -39,7 +41,7 @@ func TestCLI_Lifecycle(t *testing.T) {
 		{args: []string{"receive", "c", "m"}, want: "skip"},
 		{args: []string{"receive", "--json", "--received-at", "1700000000000", "c", "m2"}, want: `"decision":"start","seq":7`},
 		{args: []string{"state", "c"}, want: "finished     1"},
-		{args: []string{"state", "c", "m"}, want: `step 1       base64:AAEC/w==`},
+		{args: []string{"state", "c", "m"}, want: `step 1       hex:000102ff`},
 		{args: []string{"state", "--json", "c", "m2"}, want: `"status":"received","received_at":1700000000000`},
 		{args: []string{"events", "c"}, want: `step_completed      m step 0 output "hello"`},
 		{args: []string{"events"}, want: "processing_finished m"},
@@ -47,6 +49,8 @@ func TestCLI_Lifecycle(t *testing.T) {
 		{args: []string{"stats", "--json"}, want: `"events":8`},
 		{args: []string{"finish", "c", "nobody"}, wantCode: 1, wantErr: "unknown_message"},
 		{args: []string{"state"}, wantCode: 2, wantErr: "state takes CONV [MSG]"},
+		{args: []string{"fail", "c", "m"}, wantCode: 2, wantErr: "liminald: bad_request: fail needs --error"},
+		{args: []string{"start", "--nope", "c", "m"}, wantCode: 2, wantErr: "liminald: bad_request: "},
 	} {
 		stdout, stderr, code := runCLI(t, d, tc.args...)
 		if code != tc.wantCode || !strings.Contains(stdout, tc.want) || !strings.Contains(stderr, tc.wantErr) {
@@ -70,6 +74,111 @@ func TestCLI_Lifecycle(t *testing.T) {
 			t.Errorf("events --json line %d: %s", i, line)
 		}
 	}
+}
+
+// cliStep is a command line and what it must do.
+type cliStep struct {
+	args     []string
+	want     []string // each in stdout
+	wantCode int
+	wantErr  string // in stderr
+}
+
+// runSteps runs steps against d, in order.
+func runSteps(t *testing.T, d *daemonProc, steps []cliStep) {
+	t.Helper()
+	for _, tc := range steps {
+		stdout, stderr, code := runCLI(t, d, tc.args...)
+		ok := code == tc.wantCode && strings.Contains(stderr, tc.wantErr)
+		for _, want := range tc.want {
+			ok = ok && strings.Contains(stdout, want)
+		}
+		if !ok {
+			t.Errorf("liminald %s: exit %d\nstdout: %s\nstderr: %s\nwant exit %d, stdout with %q, stderr with %q",
+				strings.Join(tc.args, " "), code, stdout, stderr, tc.wantCode, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// TestCLI_Leases runs a worker's life from the command line: a leased
+// start, busy for another worker, a renew, the takeover once the lease
+// lapsed, a step fenced for the old token, and explain's timeline.
+func TestCLI_Leases(t *testing.T) {
+	d := startDaemon(t)
+	runSteps(t, d, []cliStep{
+		{args: []string{"receive", "--fingerprint", "sha:1", "c", "m"}, want: []string{"start (message_received at seq 0)"}},
+		{args: []string{"start", "--worker", "w1", "--lease", "1m", "c", "m"}, want: []string{"appended at seq 1, token 1, leased until "}},
+		{args: []string{"start", "--worker", "w1", "--lease", "1m", "c", "m"}, want: []string{"duplicate of seq 1 (nothing appended), token 1"}},
+		{args: []string{"decide", "c", "m"}, want: []string{`busy: worker "w1" holds it with token 1; retry after `}},
+		{args: []string{"start", "--worker", "w2", "--lease", "1m", "c", "m"}, wantCode: 1, wantErr: `liminald: busy: worker "w1"`},
+		{args: []string{"step", "--token", "1", "--output", "hi", "c", "m", "0"}, want: []string{"appended at seq 2"}},
+		{args: []string{"messages", "--status", "leased", "c"}, want: []string{"m", "in_progress", "w1", "no\n"}},
+		{args: []string{"renew", "--token", "1", "--lease", "1ms", "c", "m"}, want: []string{"appended at seq 3, leased until "}},
+		{args: []string{"renew", "c", "m"}, wantCode: 2, wantErr: "liminald: bad_request: renew needs --token and --lease"},
+		{args: []string{"start", "--lease", "0s", "c", "m"}, wantCode: 2, wantErr: "liminald: bad_request: --lease 0s: must be from 1ms to 24h"},
+		{args: []string{"start", "--lease", "25h", "c", "m"}, wantCode: 2, wantErr: "must be from 1ms to 24h"},
+	})
+	// The renewed lease of 1 ms lapses: decide says so once it has.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		stdout, stderr, _ := runCLI(t, d, "decide", "--with-steps", "c", "m")
+		if strings.HasPrefix(stdout, "resume from step 1\nstep 0       \"hi\"") {
+			break
+		}
+		if !strings.HasPrefix(stdout, "busy:") || time.Now().After(deadline) {
+			t.Fatalf("decide after a lease of 1 ms: %s%s", stdout, stderr)
+		}
+	}
+	runSteps(t, d, []cliStep{
+		{args: []string{"start", "--worker", "w2", "--lease", "1m", "c", "m"}, want: []string{"appended at seq 4, token 4, leased until "}},
+		{args: []string{"step", "--token", "1", "--output", "late", "c", "m", "1"}, wantCode: 1,
+			wantErr: "liminald: fenced: token 1 is not current: the message's token is 4"},
+		{args: []string{"step", "--json", "--token", "1", "--output", "late", "c", "m", "1"}, wantCode: 1,
+			want: []string{`"code":"fenced"`, `"current_token":4`}, wantErr: "liminald: fenced"},
+		{args: []string{"renew", "--token", "1", "--lease", "1m", "c", "m"}, wantCode: 1, wantErr: "liminald: fenced: "},
+		{args: []string{"step", "--token", "4", "--output-base64", "AP8=", "c", "m", "1"}, want: []string{"appended at seq 5"}},
+		{args: []string{"finish", "--token", "4", "c", "m"}, want: []string{"appended at seq 6"}},
+		{args: []string{"receive", "--fingerprint", "sha:2", "c", "m"}, wantCode: 1, wantErr: "liminald: fingerprint_mismatch: "},
+		{args: []string{"state", "c", "m"}, want: []string{"status       finished", "attempts     2", "token        4",
+			`worker       "w2"`, "quarantined  no", `fingerprint  "sha:1"`, `step 1       hex:00ff`}},
+		{args: []string{"explain", "c", "m"}, want: []string{
+			"decision  skip\n", "rule      finished\n", "reason    Its processing_finished is at seq 6, so it is done: skip it.\n",
+			"\nSEQ  TIME                      EVENT                FIELDS\n",
+			timeline("message_received", "received "), `fingerprint "sha:1"`,
+			timeline("processing_started", `worker "w1" lease 1m0s`), timeline("step_completed", `step 0 output "hi"`),
+			timeline("lease_renewed", "token 1 lease 1ms"), timeline("processing_started", `worker "w2" lease 1m0s`),
+			timeline("step_completed", "step 1 output hex:00ff"), "  processing_finished\n"}},
+		{args: []string{"explain", "--json", "c", "m"}, want: []string{`"decision":"skip","rule":"finished"`, `"type":"lease_renewed"`}},
+		{args: []string{"explain", "c", "nobody"}, want: []string{"decision  start\n", "rule      never_seen\n", "no events"}},
+	})
+}
+
+// timeline is how explain shows an event of type typ with fields.
+func timeline(typ, fields string) string { return fmt.Sprintf("  %-19s  %s", typ, fields) }
+
+// TestCLI_Quarantine: under --max-attempts 1 a failed message is
+// quarantined, listed by messages --status quarantined, and released.
+func TestCLI_Quarantine(t *testing.T) {
+	d := startDaemon(t, "--max-attempts", "1")
+	runSteps(t, d, []cliStep{
+		{args: []string{"receive", "q", "m"}, want: []string{"start"}},
+		{args: []string{"receive", "q", "n"}, want: []string{"start"}},
+		{args: []string{"start", "q", "m"}, want: []string{"appended at seq 2, token 2"}},
+		{args: []string{"fail", "--error", "boom", "q", "m"}, want: []string{"appended at seq 3"}},
+		{args: []string{"receive", "q", "m"}, want: []string{`quarantined after 1 attempts; last error "boom"`}},
+		{args: []string{"start", "q", "m"}, wantCode: 1, wantErr: "liminald: quarantined: "},
+		{args: []string{"messages", "--status", "quarantined", "q"}, want: []string{
+			"MESSAGE  STATUS   ATTEMPTS  LAST_STEP  WORKER  LEASED_UNTIL  QUARANTINED\n",
+			"m        errored  1         none       -       -             yes\n"}},
+		{args: []string{"messages", "--limit", "1", "q"}, want: []string{"\nm ", `more: run again with --after "m"`}},
+		{args: []string{"messages", "--after", "m", "q"}, want: []string{"\nn        received  0 "}},
+		{args: []string{"messages", "--status", "stuck", "q"}, wantCode: 1, wantErr: "liminald: bad_request: status "},
+		{args: []string{"explain", "q", "m"}, want: []string{"decision  quarantined after 1 attempts", "rule      quarantined\n", "max_attempts is 1"}},
+		{args: []string{"release", "--reason", "fixed the parser", "q", "m"}, want: []string{"appended at seq 4"}},
+		{args: []string{"release", "q", "m"}, wantCode: 1, wantErr: "liminald: not_quarantined: "},
+		{args: []string{"decide", "q", "m"}, want: []string{"resume from step 0"}},
+		{args: []string{"events", "q"}, want: []string{`message_released    m reason "fixed the parser"`}},
+		{args: []string{"messages", "--json", "--status", "quarantined", "q"}, want: []string{`"messages":[],"next":null`}},
+	})
 }
 
 // TestCLI_NoDaemon: a client command with no daemon fails with a code, and

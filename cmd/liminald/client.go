@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"liminald/conversation"
 	"liminald/ipc"
 )
 
@@ -23,6 +24,15 @@ var (
 	// expectedSeqFlag is the optimistic concurrency check of the commands
 	// that append an event; withExpectedSeq puts it in the request.
 	expectedSeqFlag = &cli.Int64Flag{Name: "expected-seq", Value: -1, DefaultText: "none", Usage: "append only at this `SEQ` (optimistic concurrency)"}
+
+	// tokenFlag fences step, finish and fail; withToken puts it in the
+	// request.
+	tokenFlag = &cli.Int64Flag{Name: "token", Value: -1, DefaultText: "none", Usage: "fence the write: refuse it unless `TOKEN`, as start answered it, is still the message's"}
+
+	// fingerprintFlag and withStepsFlag are the optional arguments of
+	// receive, decide and explain; withDelivery puts them in the request.
+	fingerprintFlag = &cli.StringFlag{Name: "fingerprint", DefaultText: "none", Usage: "`FP` names the payload (such as its sha256); refuse a message id received with another"}
+	withStepsFlag   = &cli.BoolFlag{Name: "with-steps", Usage: "with a resume, answer the completed steps and their outputs too"}
 )
 
 // clientFlags returns the flags every client command takes, then more.
@@ -48,6 +58,36 @@ func withExpectedSeq(c *cli.Context, r request) request {
 		r["expected_seq"] = c.Int64(expectedSeqFlag.Name)
 	}
 	return r
+}
+
+// withToken adds --token to r when one was given.
+func withToken(c *cli.Context, r request) request {
+	if c.Int64(tokenFlag.Name) >= 0 {
+		r["token"] = c.Int64(tokenFlag.Name)
+	}
+	return r
+}
+
+// withDelivery adds --fingerprint and --with-steps to r when they were
+// given.
+func withDelivery(c *cli.Context, r request) request {
+	if c.IsSet(fingerprintFlag.Name) {
+		r["fingerprint"] = c.String(fingerprintFlag.Name)
+	}
+	if c.Bool(withStepsFlag.Name) {
+		r["with_steps"] = true
+	}
+	return r
+}
+
+// leaseMS returns the duration flag name, a lease, in whole milliseconds
+// rounded up. Returns a usage error unless it is from 1ms to 24h.
+func leaseMS(c *cli.Context, name string) (int64, error) {
+	d := c.Duration(name)
+	if d < time.Millisecond || d > conversation.MaxLeaseMS*time.Millisecond {
+		return 0, usagef("--%s %v: must be from 1ms to 24h", name, d)
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond), nil
 }
 
 // dial connects to the daemon the way serve finds its socket. Returns the

@@ -10,9 +10,9 @@ type decideCommand struct{}
 func (cmd decideCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:      "decide",
-		Usage:     "say whether a redelivered message should start, resume or skip, recording nothing",
+		Usage:     "say whether a redelivered message should start, resume or skip (or is busy or quarantined), recording nothing",
 		ArgsUsage: "CONV MSG",
-		Flags:     clientFlags(),
+		Flags:     clientFlags(fingerprintFlag, withStepsFlag),
 		Action:    cmd.Run,
 	}
 }
@@ -23,5 +23,5 @@ func (decideCommand) Run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	return call(c, r, printDecision)
+	return call(c, withDelivery(c, r), printDecision)
 }

@@ -12,7 +12,7 @@ func (cmd failCommand) Command() *cli.Command {
 		Name:      "fail",
 		Usage:     "record that processing of a message failed (it may be retried)",
 		ArgsUsage: "CONV MSG",
-		Flags:     clientFlags(expectedSeqFlag, &cli.StringFlag{Name: "error", Usage: "what went wrong, as `TEXT`", Required: true}),
+		Flags:     clientFlags(expectedSeqFlag, tokenFlag, required(&cli.StringFlag{Name: "error", Usage: "what went wrong, as `TEXT`"})),
 		Action:    cmd.Run,
 	}
 }
@@ -24,5 +24,5 @@ func (failCommand) Run(c *cli.Context) error {
 		return err
 	}
 	r["error"] = c.String("error")
-	return call(c, withExpectedSeq(c, r), printAck)
+	return call(c, withToken(c, withExpectedSeq(c, r)), printAck)
 }

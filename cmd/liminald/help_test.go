@@ -14,12 +14,12 @@ import (
 // TestHelp_Defaults runs --help for liminald and for each of its commands,
 // and reads every flag line: it names its default once, never as a zero
 // value that stands for another default, and serve's defaults are those of
-// daemon.DefaultConfig.
+// daemon.DefaultConfig; a required flag says so and shows no default.
 func TestHelp_Defaults(t *testing.T) {
-	// noDefault are the flags with no default to show: --error is
-	// required, and --output-file and --output-base64 are alternatives to
-	// --output, which shows the default output.
-	noDefault := map[string]bool{"help": true, "version": true, "error": true, "output-file": true, "output-base64": true}
+	// noDefault are the flags with no default to show: --output-file and
+	// --output-base64 are alternatives to --output, which shows the default
+	// output.
+	noDefault := map[string]bool{"help": true, "version": true, "output-file": true, "output-base64": true}
 	// zeroIsDefault are the flags whose default really is zero.
 	zeroIsDefault := map[string]bool{"from-seq": true, "from-pos": true}
 	def := daemon.DefaultConfig()
@@ -34,8 +34,14 @@ func TestHelp_Defaults(t *testing.T) {
 	}
 
 	names := []string{""}
+	required := map[string]bool{} // "command --flag"
 	for _, cmd := range commands() {
 		names = append(names, cmd.Name)
+		for _, f := range cmd.Flags {
+			if _, ok := f.(requiredFlag); ok {
+				required[cmd.Name+" --"+f.Names()[0]] = true
+			}
+		}
 	}
 	for _, name := range names {
 		args := []string{name, "--help"}
@@ -59,6 +65,10 @@ func TestHelp_Defaults(t *testing.T) {
 			}
 			m := shownDefault.FindStringSubmatch(line)
 			switch {
+			case required[name+" --"+flag]:
+				if m != nil || !strings.HasSuffix(line, "(required)") {
+					t.Errorf("%s is required, but its help does not say so, or shows a default: %s", where, line)
+				}
 			case m == nil && !noDefault[flag]:
 				t.Errorf("%s shows no default: %s", where, line)
 			case m == nil:

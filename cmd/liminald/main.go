@@ -67,24 +67,28 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		HideHelpCommand: true,
 		Commands:        commands(),
 		ExitErrHandler:  func(*cli.Context, error) {}, // run prints errors and picks the exit code
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError{err.Error()}
-		},
+		OnUsageError:    onUsageError,
 	}
 }
 
-// commands returns every subcommand, in the order help lists them.
+// commands returns every subcommand, in the order help lists them. A
+// command line that does not parse, or lacks a required flag, is a usage
+// error for each of them.
 func commands() []*cli.Command {
-	return []*cli.Command{
+	cmds := []*cli.Command{
 		serveCommand{}.Command(),
 
 		receiveCommand{}.Command(),
 		decideCommand{}.Command(),
-		startCommand.Command(),
+		startCommand{}.Command(),
 		stepCommand{}.Command(),
-		finishCommand.Command(),
+		renewCommand{}.Command(),
+		finishCommand{}.Command(),
 		failCommand{}.Command(),
+		releaseCommand{}.Command(),
 		stateCommand{}.Command(),
+		messagesCommand{}.Command(),
+		explainCommand{}.Command(),
 		eventsCommand{}.Command(),
 		conversationsCommand{}.Command(),
 		statsCommand{}.Command(),
@@ -95,6 +99,11 @@ func commands() []*cli.Command {
 		importCommand{}.Command(),
 		backupCommand{}.Command(),
 	}
+	for _, cmd := range cmds {
+		cmd.OnUsageError = onUsageError
+		cmd.Before = checkRequired
+	}
+	return cmds
 }
 
 func versionString() string {

@@ -2,10 +2,14 @@ package main
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
@@ -16,31 +20,59 @@ import (
 // decoded with UseNumber, to w. With --json the reply is printed as it
 // came instead.
 
-// printDecision prints the reply of receive or decide.
+// printDecision prints the reply of receive or decide: the decision, and
+// the completed steps a resume answered.
 func printDecision(w io.Writer, m map[string]any) {
+	fmt.Fprintln(w, decisionText(m))
+	printSteps(w, m)
+}
+
+// decisionText says the decision of a reply of receive, decide or explain
+// in a line.
+func decisionText(m map[string]any) string {
 	switch m["decision"] {
 	case "start":
 		if seq, ok := jsonNumber(m["seq"]); ok {
-			fmt.Fprintf(w, "start (message_received at seq %d)\n", seq)
-			return
+			return fmt.Sprintf("start (message_received at seq %d)", seq)
 		}
-		fmt.Fprintln(w, "start")
+		return "start"
 	case "resume":
 		from, _ := jsonNumber(m["resume_from"])
-		fmt.Fprintf(w, "resume from step %d\n", from)
-	default:
-		fmt.Fprintln(w, m["decision"])
+		return fmt.Sprintf("resume from step %d", from)
+	case "busy":
+		holder := "a worker"
+		if worker, ok := m["worker"].(string); ok {
+			holder = fmt.Sprintf("worker %q", worker)
+		}
+		token, _ := jsonNumber(m["token"])
+		after, _ := jsonNumber(m["retry_after_ms"])
+		return fmt.Sprintf("busy: %s holds it with token %d; retry after %v", holder, token, time.Duration(after)*time.Millisecond)
+	case "quarantined":
+		attempts, _ := jsonNumber(m["attempts"])
+		text := fmt.Sprintf("quarantined after %d attempts", attempts)
+		if e, ok := m["error"].(string); ok {
+			text += fmt.Sprintf("; last error %q", e)
+		}
+		return text
 	}
+	return fmt.Sprint(m["decision"])
 }
 
-// printAck prints the reply of a write: the seq of its event.
+// printAck prints the reply of a write: the seq of its event, and the
+// token and lease a start or renew answered.
 func printAck(w io.Writer, m map[string]any) {
 	seq, _ := jsonNumber(m["seq"])
+	line := fmt.Sprintf("appended at seq %d", seq)
 	if m["duplicate"] == true {
-		fmt.Fprintf(w, "duplicate of seq %d (nothing appended)\n", seq)
-		return
+		line = fmt.Sprintf("duplicate of seq %d (nothing appended)", seq)
 	}
-	fmt.Fprintf(w, "appended at seq %d\n", seq)
+	if token, ok := jsonNumber(m["token"]); ok {
+		line += fmt.Sprintf(", token %d", token)
+	}
+	if until, ok := jsonNumber(m["lease_expires_at"]); ok {
+		line += ", leased until " + millisTime(until)
+	}
+	fmt.Fprintln(w, line)
 }
 
 // printConversationState prints the reply of state for a conversation.
@@ -68,6 +100,28 @@ func printMessageState(w io.Writer, m map[string]any) {
 	if e, ok := m["error"].(string); ok {
 		fmt.Fprintf(w, "error        %q\n", e)
 	}
+	attempts, _ := jsonNumber(m["attempts"])
+	fmt.Fprintf(w, "attempts     %d\n", attempts)
+	if token, ok := jsonNumber(m["token"]); ok {
+		fmt.Fprintf(w, "token        %d\n", token)
+	} else {
+		fmt.Fprintf(w, "token        none\n")
+	}
+	if worker, ok := m["worker"].(string); ok {
+		fmt.Fprintf(w, "worker       %q\n", worker)
+	}
+	if until, ok := jsonNumber(m["lease_expires_at"]); ok {
+		fmt.Fprintf(w, "leased_until %s\n", millisTime(until))
+	}
+	fmt.Fprintf(w, "quarantined  %s\n", yesNo(m["quarantined"] == true))
+	if fp, ok := m["fingerprint"].(string); ok {
+		fmt.Fprintf(w, "fingerprint  %q\n", fp)
+	}
+	printSteps(w, m)
+}
+
+// printSteps prints the "steps" of a reply, one line each.
+func printSteps(w io.Writer, m map[string]any) {
 	steps, _ := m["steps"].([]any)
 	for _, s := range steps {
 		step, _ := s.(map[string]any)
@@ -78,6 +132,65 @@ func printMessageState(w io.Writer, m map[string]any) {
 			b = []byte(out)
 		}
 		fmt.Fprintf(w, "step %-7d %s\n", index, showBytes(b))
+	}
+}
+
+// printMessages prints the reply of messages: a table, one line a
+// message, and where the next page starts.
+func printMessages(w io.Writer, m map[string]any) {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "MESSAGE\tSTATUS\tATTEMPTS\tLAST_STEP\tWORKER\tLEASED_UNTIL\tQUARANTINED")
+	list, _ := m["messages"].([]any)
+	for _, v := range list {
+		msg, _ := v.(map[string]any)
+		status := fmt.Sprint(msg["status"])
+		if msg["compacted"] == true {
+			status += " (compacted)"
+		}
+		attempts, _ := jsonNumber(msg["attempts"])
+		last := "none"
+		if n, ok := jsonNumber(msg["last_completed_step"]); ok {
+			last = fmt.Sprint(n)
+		}
+		worker := "-"
+		if s, ok := msg["worker"].(string); ok {
+			worker = s
+		}
+		until := "-"
+		if ms, ok := jsonNumber(msg["lease_expires_at"]); ok {
+			until = millisTime(ms)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", msg["message_id"], status, attempts, last, worker, until, yesNo(msg["quarantined"] == true))
+	}
+	tw.Flush()
+	if next, ok := m["next"].(string); ok {
+		fmt.Fprintf(w, "more: run again with --after %q\n", next)
+	}
+}
+
+// printExplanation prints the reply of explain: the decision, its rule and
+// the reason, then the message's events as a timeline.
+func printExplanation(w io.Writer, m map[string]any) {
+	fmt.Fprintf(w, "decision  %s\n", decisionText(m))
+	fmt.Fprintf(w, "rule      %v\n", m["rule"])
+	fmt.Fprintf(w, "reason    %v\n", m["reason"])
+	printSteps(w, m)
+	var events []conversation.Event
+	if raw, err := json.Marshal(m["events"]); err == nil {
+		json.Unmarshal(raw, &events)
+	}
+	if len(events) == 0 {
+		fmt.Fprintln(w, "\nno events")
+		return
+	}
+	// Seqs grow, so the last is the widest; event types are at most 19
+	// characters, as in printEvent.
+	width := max(len("SEQ"), len(strconv.FormatInt(events[len(events)-1].Seq, 10)))
+	fmt.Fprintf(w, "\n%-*s  %-24s  %-19s  %s\n", width, "SEQ", "TIME", "EVENT", "FIELDS")
+	for i := range events {
+		e := &events[i]
+		line := fmt.Sprintf("%-*d  %s  %-19s  %s", width, e.Seq, millisTime(e.TS), e.Type, strings.TrimSpace(eventFields(e)))
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 }
 
@@ -111,21 +224,53 @@ func printEvent(w io.Writer, e *conversation.Event, asJSON bool) {
 		w.Write(append(e.AppendJSON(nil), '\n'))
 		return
 	}
-	ts := time.UnixMilli(e.TS).UTC().Format("2006-01-02T15:04:05.000Z")
-	line := fmt.Sprintf("%s %s #%d (pos %d) %-19s %s", ts, e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID)
+	fmt.Fprintf(w, "%s %s #%d (pos %d) %-19s %s%s\n", millisTime(e.TS), e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID, eventFields(e))
+}
+
+// eventFields says the fields of e's type, each after a space.
+func eventFields(e *conversation.Event) string {
+	var b strings.Builder
 	switch e.Type {
-	case conversation.StepCompleted:
-		line += fmt.Sprintf(" step %d output %s", e.StepIndex, showBytes(e.Output))
-	case conversation.ErrorOccurred:
-		line += fmt.Sprintf(" error %q", e.Error)
 	case conversation.MessageReceived:
-		line += " received " + time.UnixMilli(e.ReceivedAt).UTC().Format(time.RFC3339Nano)
+		b.WriteString(" received " + time.UnixMilli(e.ReceivedAt).UTC().Format(time.RFC3339Nano))
+		if e.Fingerprint != "" {
+			fmt.Fprintf(&b, " fingerprint %q", e.Fingerprint)
+		}
+	case conversation.ProcessingStarted:
+		if e.Worker != "" {
+			fmt.Fprintf(&b, " worker %q", e.Worker)
+		}
+		if e.LeaseMS > 0 {
+			fmt.Fprintf(&b, " lease %v", time.Duration(e.LeaseMS)*time.Millisecond)
+		}
+	case conversation.StepCompleted:
+		fmt.Fprintf(&b, " step %d output %s", e.StepIndex, showBytes(e.Output))
+	case conversation.ErrorOccurred:
+		fmt.Fprintf(&b, " error %q", e.Error)
+	case conversation.LeaseRenewed:
+		fmt.Fprintf(&b, " token %d lease %v", e.Token, time.Duration(e.LeaseMS)*time.Millisecond)
+	case conversation.MessageReleased:
+		if e.Reason != "" {
+			fmt.Fprintf(&b, " reason %q", e.Reason)
+		}
 	}
-	fmt.Fprintln(w, line)
+	return b.String()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// millisTime formats epoch ms as a UTC time, to the millisecond.
+func millisTime(ms int64) string {
+	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z")
 }
 
 // showBytes shows b as quoted text when it is printable UTF-8, else as
-// base64.
+// hex.
 func showBytes(b []byte) string {
 	if utf8.Valid(b) && len(b) <= 200 {
 		printable := true
@@ -139,7 +284,7 @@ func showBytes(b []byte) string {
 			return fmt.Sprintf("%q", b)
 		}
 	}
-	return "base64:" + base64.StdEncoding.EncodeToString(b)
+	return "hex:" + hex.EncodeToString(b)
 }
 
 // jsonNumber returns v, a number decoded with UseNumber, as an int64.

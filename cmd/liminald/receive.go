@@ -12,7 +12,7 @@ func (cmd receiveCommand) Command() *cli.Command {
 		Name:      "receive",
 		Usage:     "record a delivery of a message and say whether to start, resume or skip it",
 		ArgsUsage: "CONV MSG",
-		Flags: clientFlags(expectedSeqFlag,
+		Flags: clientFlags(expectedSeqFlag, fingerprintFlag, withStepsFlag,
 			&cli.Int64Flag{Name: "received-at", Value: -1, DefaultText: "now", Usage: "when it was received, in epoch `MS`"},
 		),
 		Action: cmd.Run,
@@ -28,5 +28,5 @@ func (receiveCommand) Run(c *cli.Context) error {
 	if c.Int64("received-at") >= 0 {
 		r["received_at"] = c.Int64("received-at")
 	}
-	return call(c, withExpectedSeq(c, r), printDecision)
+	return call(c, withDelivery(c, withExpectedSeq(c, r)), printDecision)
 }

@@ -20,7 +20,7 @@ func (cmd stepCommand) Command() *cli.Command {
 		Name:      "step",
 		Usage:     "record a completed step of a message and its output",
 		ArgsUsage: "CONV MSG INDEX",
-		Flags: clientFlags(expectedSeqFlag,
+		Flags: clientFlags(expectedSeqFlag, tokenFlag,
 			&cli.StringFlag{Name: "output", Usage: "the step's output as `TEXT`", DefaultText: "empty"},
 			&cli.StringFlag{Name: "output-file", Usage: "read the step's output from `FILE` (- for stdin)"},
 			&cli.StringFlag{Name: "output-base64", Usage: "the step's output as standard `BASE64`"},
@@ -44,7 +44,7 @@ func (stepCommand) Run(c *cli.Context) error {
 	}
 	r := request{"op": "step", "conversation": c.Args().Get(0), "message_id": c.Args().Get(1),
 		"step_index": index, "output": base64.StdEncoding.EncodeToString(output)}
-	return call(c, withExpectedSeq(c, r), printAck)
+	return call(c, withToken(c, withExpectedSeq(c, r)), printAck)
 }
 
 // stepOutput returns the output given by --output, --output-file or
