@@ -391,6 +391,11 @@ func TestServe_Reload(t *testing.T) {
 	if got := limit(); got != "8192" {
 		t.Errorf("after a refused reload: max_line_bytes = %s, want 8192 kept", got)
 	}
+	// The daemon logs a refusal before it says READY=1, but its stderr
+	// reaches d.stderr through a pipe and a goroutine: wait for the line.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(d.stderr.String(), "settings=[sync]") && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	logs := d.stderr.String()
 	if !strings.Contains(logs, "invalid configuration") || !strings.Contains(logs, "settings=[sync]") {
 		t.Errorf("refused reloads are not reported by name:\n%s", logs)
