@@ -12,6 +12,15 @@
 //   ...
 //   await client.close();
 //
+// A worker holds a message under a lease (protocol 2):
+//
+//   const lease = await client.lease('orders', 'm-17', { worker: 'w1', leaseMs: 30_000 });
+//   await lease.step(0, output);   // with the lease's token; FencedError once taken over
+//   await lease.finish();
+//
+// The Lease renews itself every third of its length (an unref'd
+// setInterval) until it is finished, failed, stopped or lost.
+//
 // Results use camelCase names (message_id -> messageId, next_seq ->
 // nextSeq); step outputs are Buffers (base64 on the wire). Integers are JS
 // numbers: exact below 2^53, which seq, pos and epoch milliseconds are in
@@ -54,6 +63,38 @@ export class ForbiddenError extends LiminalError {}
 export class UnavailableError extends LiminalError {}
 export class ShuttingDownError extends LiminalError {}
 export class InternalError extends LiminalError {}
+/**
+ * busy (retryable): another worker holds a live lease on the message. Try
+ * again after retryAfterMs.
+ */
+export class BusyError extends LiminalError {
+  /** The worker holding the lease (null if it gave no name). */
+  get worker() { return this.details.worker; }
+  /** The token of the lease held. */
+  get token() { return this.details.token; }
+  /** Milliseconds until the lease expires, unless it is renewed. */
+  get retryAfterMs() { return this.details.retry_after_ms; }
+}
+/**
+ * fenced: a write or renew with a token that is no longer the message's
+ * current one (another worker took it over), or a renew of a message no
+ * longer in progress. The worker holding `token` must stop.
+ */
+export class FencedError extends LiminalError {
+  /** The token the request gave. */
+  get token() { return this.details.token; }
+  /** The message's current token (null if it has none). */
+  get currentToken() { return this.details.current_token; }
+}
+/** quarantined: start of a message started max_attempts times without finishing. */
+export class QuarantinedError extends LiminalError {}
+/** not_quarantined: release of a message that is not quarantined. */
+export class NotQuarantinedError extends LiminalError {}
+/** fingerprint_mismatch: the message id was first received with another fingerprint. */
+export class FingerprintMismatchError extends LiminalError {
+  /** The fingerprint the message was first received with. */
+  get stored() { return this.details.stored; }
+}
 
 /** The class of each wire error code. */
 export const ERROR_CLASSES = Object.freeze({
@@ -68,6 +109,11 @@ export const ERROR_CLASSES = Object.freeze({
   unavailable: UnavailableError,
   shutting_down: ShuttingDownError,
   internal: InternalError,
+  busy: BusyError,
+  fenced: FencedError,
+  quarantined: QuarantinedError,
+  not_quarantined: NotQuarantinedError,
+  fingerprint_mismatch: FingerprintMismatchError,
 });
 
 /**
@@ -164,9 +210,28 @@ export function decodeEvent(wire) {
   return event;
 }
 
-/** A write's reply: { seq, duplicate }. */
+/**
+ * A write's reply: { seq, duplicate }, with start's token, and the
+ * leaseExpiresAt of a start with a lease or a renew.
+ */
 function writeResult(reply) {
-  return { seq: reply.seq, duplicate: reply.duplicate === true };
+  const r = { seq: reply.seq, duplicate: reply.duplicate === true };
+  if (reply.token !== undefined) r.token = reply.token;
+  if (reply.lease_expires_at !== undefined) r.leaseExpiresAt = reply.lease_expires_at;
+  return r;
+}
+
+/** steps [{ stepIndex, output (base64) }] of a result, their outputs as Buffers. */
+function decodeSteps(value) {
+  if (Array.isArray(value.steps)) {
+    for (const s of value.steps) s.output = Buffer.from(s.output ?? '', 'base64');
+  }
+  return value;
+}
+
+/** A decision (receive, decide): camelCased, the outputs of its steps as Buffers. */
+function decisionResult(reply) {
+  return decodeSteps(result(reply));
 }
 
 function toBase64(output) {
@@ -499,26 +564,46 @@ export class Client {
    * { decision: 'start', seq } (new; its message_received is at seq),
    * { decision: 'resume', resumeFrom } or { decision: 'skip' }. A retried
    * receive with expectedSeq that already landed is { decision: 'start',
-   * seq, duplicate: true }.
+   * seq, duplicate: true }. Protocol 2 adds { decision: 'busy', worker,
+   * token, retryAfterMs } (another worker holds a live lease) and
+   * { decision: 'quarantined', attempts, error }: run nothing for either.
+   * fingerprint names the payload (stored by the first receive; another one
+   * later rejects with FingerprintMismatchError); with withSteps, a resume
+   * carries steps: [{ stepIndex, output }], the completed steps.
    */
-  receive(conversation, messageId, { receivedAt, expectedSeq } = {}) {
+  receive(conversation, messageId, { receivedAt, expectedSeq, fingerprint, withSteps } = {}) {
     return this.#send('receive', {
       conversation, message_id: messageId, received_at: receivedAt, expected_seq: expectedSeq,
-    }, result);
+      fingerprint, with_steps: withSteps || undefined,
+    }, decisionResult);
   }
 
   /** The decision receive would give, without recording anything. */
-  decide(conversation, messageId) {
-    return this.#send('decide', { conversation, message_id: messageId }, result);
+  decide(conversation, messageId, { fingerprint, withSteps } = {}) {
+    return this.#send('decide', {
+      conversation, message_id: messageId, fingerprint, with_steps: withSteps || undefined,
+    }, decisionResult);
   }
 
-  /** Records processing_started: { seq, duplicate }. */
-  start(conversation, messageId, { expectedSeq } = {}) {
-    return this.#send('start', { conversation, message_id: messageId, expected_seq: expectedSeq }, writeResult);
+  /**
+   * Records processing_started: { seq, duplicate, token }. With leaseMs it
+   * takes a lease for worker, and also answers leaseExpiresAt: while it is
+   * live, deliveries are busy and another worker's start rejects with
+   * BusyError; once it lapsed, a start with a lease takes the message over.
+   * lease() wraps this with renewals.
+   */
+  start(conversation, messageId, { expectedSeq, worker, leaseMs } = {}) {
+    return this.#send('start', {
+      conversation, message_id: messageId, expected_seq: expectedSeq, worker, lease_ms: leaseMs,
+    }, writeResult);
   }
 
-  /** Records step stepIndex with its output (Buffer, Uint8Array or string): { seq, duplicate }. */
-  step(conversation, messageId, stepIndex, output, { expectedSeq } = {}) {
+  /**
+   * Records step stepIndex with its output (Buffer, Uint8Array or string):
+   * { seq, duplicate }. With token, rejects with FencedError unless it is
+   * the message's current token (likewise finish and fail).
+   */
+  step(conversation, messageId, stepIndex, output, { expectedSeq, token } = {}) {
     let b64;
     try {
       b64 = toBase64(output);
@@ -526,20 +611,55 @@ export class Client {
       return Promise.reject(err);
     }
     return this.#send('step', {
-      conversation, message_id: messageId, step_index: stepIndex, output: b64, expected_seq: expectedSeq,
+      conversation, message_id: messageId, step_index: stepIndex, output: b64, expected_seq: expectedSeq, token,
     }, writeResult);
   }
 
   /** Records processing_finished: { seq, duplicate }. */
-  finish(conversation, messageId, { expectedSeq } = {}) {
-    return this.#send('finish', { conversation, message_id: messageId, expected_seq: expectedSeq }, writeResult);
+  finish(conversation, messageId, { expectedSeq, token } = {}) {
+    return this.#send('finish', { conversation, message_id: messageId, expected_seq: expectedSeq, token }, writeResult);
   }
 
   /** Records error_occurred with the error text: { seq, duplicate }. */
-  fail(conversation, messageId, error, { expectedSeq } = {}) {
+  fail(conversation, messageId, error, { expectedSeq, token } = {}) {
     return this.#send('fail', {
-      conversation, message_id: messageId, error, expected_seq: expectedSeq,
+      conversation, message_id: messageId, error, expected_seq: expectedSeq, token,
     }, writeResult);
+  }
+
+  /**
+   * Extends the lease of token to leaseMs from now: { seq, duplicate,
+   * leaseExpiresAt }. Rejects with FencedError when the token is not current
+   * or the message is no longer in progress.
+   */
+  renew(conversation, messageId, token, leaseMs, { expectedSeq } = {}) {
+    return this.#send('renew', {
+      conversation, message_id: messageId, token, lease_ms: leaseMs, expected_seq: expectedSeq,
+    }, writeResult);
+  }
+
+  /**
+   * Releases a quarantined message: its attempts start again from 0 and its
+   * next delivery resumes it. { seq, duplicate }; NotQuarantinedError for
+   * a message that is not quarantined.
+   */
+  release(conversation, messageId, { reason, expectedSeq } = {}) {
+    return this.#send('release', {
+      conversation, message_id: messageId, reason, expected_seq: expectedSeq,
+    }, writeResult);
+  }
+
+  /**
+   * Starts messageId under a lease for worker, and resolves with the Lease,
+   * which renews itself every renewEveryMs (default a third of leaseMs; 0
+   * for never). Rejects as start does: BusyError while another worker holds
+   * it, QuarantinedError, AlreadyFinishedError, UnknownMessageError.
+   */
+  async lease(conversation, messageId, { worker, leaseMs, renewEveryMs } = {}) {
+    const started = await this.start(conversation, messageId, { worker, leaseMs });
+    return new Lease(this, conversation, messageId, {
+      worker, leaseMs, token: started.token, expiresAt: started.leaseExpiresAt, renewEveryMs,
+    });
   }
 
   /**
@@ -594,6 +714,34 @@ export class Client {
     return this.#send('unsubscribe', { sub: id }, () => undefined);
   }
 
+  /**
+   * Up to limit messages of a conversation, by id, after the id `after`,
+   * filtered by status (received, in_progress, leased, errored, finished,
+   * quarantined): { messages: [{ messageId, status, attempts,
+   * lastCompletedStep, receivedAt, updatedAt, worker, leaseExpiresAt,
+   * quarantined, compacted }], next } (next: the `after` of the next page,
+   * or null).
+   */
+  messages(conversation, { status, after, limit } = {}) {
+    return this.#send('messages', { conversation, status, after, limit }, result);
+  }
+
+  /**
+   * Why a delivery would get the decision it would: decide's fields
+   * (decision, resumeFrom, worker, ...), rule (such as 'leased' or
+   * 'quarantined'), reason (one English sentence) and events (the message's).
+   */
+  explain(conversation, messageId, { fingerprint, withSteps } = {}) {
+    return this.#send('explain', {
+      conversation, message_id: messageId, fingerprint, with_steps: withSteps || undefined,
+    }, (reply) => {
+      const { events, ...rest } = reply;
+      const out = decisionResult(rest);
+      out.events = (events ?? []).map(decodeEvent);
+      return out;
+    });
+  }
+
   /** Conversations by name after `after`: [{ conversation, nextSeq, messages }]. */
   conversations({ after, limit } = {}) {
     return this.#send('conversations', { after, limit }, (reply) => camelize(reply.conversations));
@@ -602,5 +750,120 @@ export class Client {
   /** { conversations, messages, events, dbBytes, uptimeS, connections, subscribers, commits: {...} } */
   stats() {
     return this.#send('stats', {}, result);
+  }
+}
+
+// ---------------------------------------------------------------- leases
+
+/**
+ * A live lease on one message, held by one worker: made by client.lease(),
+ * which started the message.
+ *
+ * An unref'd setInterval renews it every renewEveryMs (default a third of
+ * the lease), so it stays held however long the work takes, without
+ * keeping the process alive. Every write through it (step, finish, fail)
+ * carries its token. If the lease lapsed anyway (the process stalled, the
+ * renewals could not get through) and another worker took the message
+ * over, the daemon refuses the old token: the write or renewal rejects
+ * with FencedError and the lease is `lost`. A worker calls check() before
+ * each side effect, so that it stops as soon as either sees it.
+ *
+ * Renewal stops on finish(), fail(), stop(), once lost, or when the
+ * connection closed. A renewal that fails for another reason is kept in
+ * renewError and tried again at the next tick.
+ */
+export class Lease {
+  #client;
+  #timer = null;
+  #renewing = false;
+
+  constructor(client, conversation, messageId, { worker, leaseMs, token, expiresAt, renewEveryMs }) {
+    this.#client = client;
+    this.conversation = conversation;
+    this.messageId = messageId;
+    this.worker = worker;
+    this.leaseMs = leaseMs;
+    /** The token every write carries. */
+    this.token = token;
+    /** When the lease expires unless renewed (epoch ms, the daemon's clock). */
+    this.expiresAt = expiresAt;
+    /** How many renewals succeeded. */
+    this.renewals = 0;
+    /** The error of the last renewal, if it failed for a reason other than fencing. */
+    this.renewError = null;
+    /** The FencedError that showed the lease lost, or null. */
+    this.lost = null;
+    const every = renewEveryMs ?? leaseMs / 3;
+    if (every > 0) {
+      this.#timer = setInterval(() => this.#tick(), Math.max(1, Math.floor(every)));
+      this.#timer.unref();
+    }
+  }
+
+  #tick() {
+    if (this.#renewing) return; // one renewal at a time
+    this.#renewing = true;
+    this.renew().catch((err) => {
+      if (err instanceof FencedError) return; // lost: renew() recorded it
+      this.renewError = err;
+      if (err instanceof ConnectionClosedError) this.stop(); // this client cannot reconnect
+    }).finally(() => { this.#renewing = false; });
+  }
+
+  /** Throws the FencedError if the lease is known to be lost. */
+  check() {
+    if (this.lost) throw this.lost;
+  }
+
+  #fenced(err) {
+    this.lost ??= err;
+    this.stop();
+  }
+
+  async #write(send) {
+    this.check();
+    try {
+      return await send();
+    } catch (err) {
+      if (err instanceof FencedError) this.#fenced(err);
+      throw err;
+    }
+  }
+
+  /** Renews the lease now (the interval calls this): { seq, duplicate, leaseExpiresAt }. */
+  async renew() {
+    const r = await this.#write(() => this.#client.renew(this.conversation, this.messageId, this.token, this.leaseMs));
+    this.expiresAt = r.leaseExpiresAt;
+    this.renewals += 1;
+    this.renewError = null;
+    return r;
+  }
+
+  /** Records a completed step with this lease's token. */
+  step(stepIndex, output) {
+    return this.#write(() => this.#client.step(this.conversation, this.messageId, stepIndex, output, { token: this.token }));
+  }
+
+  /** Stops renewing and records that the message is done. */
+  finish() {
+    this.stop();
+    return this.#write(() => this.#client.finish(this.conversation, this.messageId, { token: this.token }));
+  }
+
+  /** Stops renewing and records that processing failed. */
+  fail(error) {
+    this.stop();
+    return this.#write(() => this.#client.fail(this.conversation, this.messageId, error, { token: this.token }));
+  }
+
+  /**
+   * Stops renewing (the lease then lapses after its length). A renewal
+   * already sent is answered before any later request of the client.
+   */
+  stop() {
+    if (this.#timer !== null) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
   }
 }

@@ -25,7 +25,8 @@ import {
   connect, defaultSocketPath, errorFromWire, LiminalError, BadRequestError, LineTooLongError,
   UnknownOpError, UnknownMessageError, AlreadyFinishedError, StepConflictError,
   SequenceConflictError, ForbiddenError, UnavailableError, ShuttingDownError, InternalError,
-  ConnectionClosedError, LaggedError,
+  ConnectionClosedError, LaggedError, BusyError, FencedError, QuarantinedError, NotQuarantinedError,
+  FingerprintMismatchError,
 } from './liminald.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -190,9 +191,10 @@ test('every error code maps to its class', { timeout: TEST_TIMEOUT }, () => {
 test('hello and ping', { timeout: TEST_TIMEOUT }, async (t) => {
   const c = await client(t);
   const hello = await c.hello({ client: 'node-test' });
-  assert.equal(hello.protocol, 1);
+  assert.equal(hello.protocol, 2);
   assert.equal(hello.server.name, 'liminald');
-  assert.ok(hello.ops.includes('subscribe'));
+  for (const op of ['subscribe', 'renew', 'release', 'messages', 'explain']) assert.ok(hello.ops.includes(op), op);
+  assert.equal(hello.limits.maxLeaseMs, 86_400_000);
   assert.equal(hello.limits.maxLineBytes, 1048576);
   assert.equal(hello.limits.maxInflight, 64);
   assert.equal(await c.ping(), undefined);
@@ -205,13 +207,13 @@ test('a full lifecycle', { timeout: TEST_TIMEOUT }, async (t) => {
   assert.deepEqual(await c.receive(conv, 'm-1'), { decision: 'resume', resumeFrom: 0 });
   assert.deepEqual(await c.decide(conv, 'm-1'), { decision: 'resume', resumeFrom: 0 });
   assert.deepEqual(await c.decide(conv, 'm-404'), { decision: 'start' });
-  assert.deepEqual(await c.start(conv, 'm-1'), { seq: 1, duplicate: false });
+  assert.deepEqual(await c.start(conv, 'm-1'), { seq: 1, duplicate: false, token: 1 });
   assert.deepEqual(await c.step(conv, 'm-1', 0, 'charged'), { seq: 2, duplicate: false });
   assert.deepEqual(await c.step(conv, 'm-1', 1, Buffer.from([0, 255, 1])), { seq: 3, duplicate: false });
   assert.deepEqual(await c.decide(conv, 'm-1'), { decision: 'resume', resumeFrom: 2 });
   assert.deepEqual(await c.fail(conv, 'm-1', 'shipping API timed out'), { seq: 4, duplicate: false });
   assert.equal((await c.state(conv, 'm-1')).status, 'errored');
-  assert.deepEqual(await c.start(conv, 'm-1'), { seq: 5, duplicate: false }); // a retry
+  assert.deepEqual(await c.start(conv, 'm-1'), { seq: 5, duplicate: false, token: 5 }); // a retry
   assert.deepEqual(await c.step(conv, 'm-1', 2, new Uint8Array([7, 7])), { seq: 6, duplicate: false });
   assert.deepEqual(await c.finish(conv, 'm-1'), { seq: 7, duplicate: false });
   assert.deepEqual(await c.receive(conv, 'm-1'), { decision: 'skip' });
@@ -226,6 +228,12 @@ test('a full lifecycle', { timeout: TEST_TIMEOUT }, async (t) => {
       { stepIndex: 2, seq: 6, output: Buffer.from([7, 7]) },
     ],
     error: 'shipping API timed out',
+    attempts: 2,
+    token: 5,
+    worker: null,
+    leaseExpiresAt: null,
+    quarantined: false,
+    fingerprint: null,
   });
   const { events, nextSeq } = await c.read(conv);
   assert.equal(nextSeq, 8);
@@ -324,15 +332,15 @@ test('duplicates are acknowledged with the original seq and not appended', { tim
   const c = await client(t);
   const conv = 'dups';
   assert.deepEqual(await c.receive(conv, 'm'), { decision: 'start', seq: 0 });
-  assert.deepEqual(await c.start(conv, 'm'), { seq: 1, duplicate: false });
-  assert.deepEqual(await c.start(conv, 'm'), { seq: 1, duplicate: true });
+  assert.deepEqual(await c.start(conv, 'm'), { seq: 1, duplicate: false, token: 1 });
+  assert.deepEqual(await c.start(conv, 'm'), { seq: 1, duplicate: true, token: 1 });
   assert.deepEqual(await c.step(conv, 'm', 0, Buffer.from('out')), { seq: 2, duplicate: false });
   assert.deepEqual(await c.step(conv, 'm', 0, 'out'), { seq: 2, duplicate: true });
   assert.deepEqual(await c.fail(conv, 'm', 'boom'), { seq: 3, duplicate: false });
   assert.deepEqual(await c.fail(conv, 'm', 'boom'), { seq: 3, duplicate: true });
-  assert.deepEqual(await c.start(conv, 'm', { expectedSeq: 4 }), { seq: 4, duplicate: false });
+  assert.deepEqual(await c.start(conv, 'm', { expectedSeq: 4 }), { seq: 4, duplicate: false, token: 4 });
   // A retry of a write that landed at expected_seq.
-  assert.deepEqual(await c.start(conv, 'm', { expectedSeq: 4 }), { seq: 4, duplicate: true });
+  assert.deepEqual(await c.start(conv, 'm', { expectedSeq: 4 }), { seq: 4, duplicate: true, token: 4 });
   assert.deepEqual(await c.finish(conv, 'm'), { seq: 5, duplicate: false });
   assert.deepEqual(await c.finish(conv, 'm'), { seq: 5, duplicate: true });
   assert.deepEqual(await c.receive(conv, 'n', { receivedAt: 5, expectedSeq: 6 }), { decision: 'start', seq: 6 });
@@ -399,11 +407,13 @@ test('state, read, conversations and stats', { timeout: TEST_TIMEOUT }, async (t
   assert.equal(a.error, null);
   assert.equal((await c.state(conv, 'b')).status, 'in_progress');
   assert.equal((await c.state(conv, 'c')).status, 'received');
+  const noLease = { worker: null, leaseExpiresAt: null, quarantined: false, fingerprint: null };
   assert.deepEqual(await c.state(conv, 'd'), {
     status: 'errored', receivedAt: (await c.state(conv, 'd')).receivedAt, lastCompletedStep: null, steps: [], error: 'bad input',
+    attempts: 0, token: null, ...noLease,
   });
   assert.deepEqual(await c.state(conv, 'nope'), {
-    status: 'unknown', receivedAt: null, lastCompletedStep: null, steps: [], error: null,
+    status: 'unknown', receivedAt: null, lastCompletedStep: null, steps: [], error: null, attempts: 0, token: null, ...noLease,
   });
   assert.deepEqual(await c.decide(conv, 'a'), { decision: 'skip' });
   assert.deepEqual(await c.decide(conv, 'b'), { decision: 'resume', resumeFrom: 0 });
@@ -688,6 +698,19 @@ const sha256 = (...parts) => {
   return h.digest();
 };
 
+// Polls decide until it answers `action`, sleeping between polls for the
+// retryAfterMs a busy decision gives (a lease's remaining time), for
+// TEST_TIMEOUT at most in all.
+async function waitForDecision(c, conv, msg, action) {
+  const deadline = Date.now() + TEST_TIMEOUT;
+  for (;;) {
+    const d = await c.decide(conv, msg);
+    if (d.decision === action) return d;
+    if (Date.now() > deadline) throw new Error(`decide of ${msg} still answers ${JSON.stringify(d)}`);
+    await delay(Math.min(d.retryAfterMs ?? 1, 100));
+  }
+}
+
 test('worked example: a worker crashes after step 1; the redelivery resumes at step 2', { timeout: TEST_TIMEOUT }, async (t) => {
   const c = await client(t);
   const conv = 'worker-orders';
@@ -733,4 +756,213 @@ test('worked example: a worker crashes after step 1; the redelivery resumes at s
   assert.deepEqual([skipped.code, skipped.signal], [0, null], `worker: ${skipped.stderr}`);
   assert.deepEqual(skipped.lines, [{ decision: 'skip' }]);
   assert.equal((await c.read(conv)).nextSeq, nextSeq);
+});
+
+// ------------------------------------------------------------------ protocol 2
+
+test('every protocol-2 error code maps to its class, with its details', { timeout: TEST_TIMEOUT }, () => {
+  const busy = errorFromWire({ code: 'busy', message: 'm', retryable: true, worker: 'w1', token: 4, retry_after_ms: 250 });
+  assert.ok(busy instanceof BusyError);
+  assert.deepEqual([busy.worker, busy.token, busy.retryAfterMs, busy.retryable], ['w1', 4, 250, true]);
+  const fenced = errorFromWire({ code: 'fenced', message: 'm', retryable: false, token: 4, current_token: 9 });
+  assert.ok(fenced instanceof FencedError);
+  assert.deepEqual([fenced.token, fenced.currentToken], [4, 9]);
+  assert.ok(errorFromWire({ code: 'quarantined', message: 'm' }) instanceof QuarantinedError);
+  assert.ok(errorFromWire({ code: 'not_quarantined', message: 'm' }) instanceof NotQuarantinedError);
+  const fm = errorFromWire({ code: 'fingerprint_mismatch', message: 'm', retryable: false, stored: 'sha256:ab' });
+  assert.ok(fm instanceof FingerprintMismatchError);
+  assert.equal(fm.stored, 'sha256:ab');
+});
+
+test('start with a lease: busy for others, a duplicate for its worker', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-lease';
+  await c.receive(conv, 'm');
+  const started = await c.start(conv, 'm', { worker: 'w1', leaseMs: 60_000 });
+  assert.deepEqual([started.seq, started.token, started.duplicate], [1, 1, false]);
+  assert.equal(typeof started.leaseExpiresAt, 'number');
+
+  // While leased: deliveries are busy and append nothing.
+  const busy = await c.receive(conv, 'm');
+  assert.deepEqual([busy.decision, busy.worker, busy.token], ['busy', 'w1', 1]);
+  assert.ok(busy.retryAfterMs > 0 && busy.retryAfterMs <= 60_000);
+  assert.equal((await c.decide(conv, 'm')).decision, 'busy');
+  assert.equal((await c.read(conv)).nextSeq, 2);
+
+  assert.deepEqual(await c.start(conv, 'm', { worker: 'w1', leaseMs: 60_000 }),
+    { seq: 1, duplicate: true, token: 1, leaseExpiresAt: started.leaseExpiresAt });
+  for (const other of [{ worker: 'w2', leaseMs: 60_000 }, {}]) {
+    await assert.rejects(c.start(conv, 'm', other), (err) => {
+      assert.ok(err instanceof BusyError);
+      assert.deepEqual([err.code, err.retryable, err.worker, err.token], ['busy', true, 'w1', 1]);
+      assert.ok(err.retryAfterMs > 0 && err.retryAfterMs <= 60_000);
+      return true;
+    });
+  }
+  const st = await c.state(conv, 'm');
+  assert.deepEqual([st.status, st.attempts, st.token, st.worker, st.leaseExpiresAt, st.quarantined],
+    ['in_progress', 1, 1, 'w1', started.leaseExpiresAt, false]);
+  const { events } = await c.read(conv);
+  assert.deepEqual([events[1].type, events[1].worker, events[1].leaseMs], ['processing_started', 'w1', 60_000]);
+});
+
+test('renew extends a lease; a stale token is fenced', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-renew';
+  await c.receive(conv, 'm');
+  const { token } = await c.start(conv, 'm', { worker: 'w1', leaseMs: 60_000 });
+  const renewed = await c.renew(conv, 'm', token, 120_000);
+  assert.equal(renewed.seq, 2);
+  const ev = (await c.read(conv)).events[2];
+  assert.deepEqual([ev.type, ev.token, ev.leaseMs], ['lease_renewed', token, 120_000]);
+  assert.equal(renewed.leaseExpiresAt, ev.ts + 120_000);
+  assert.equal((await c.state(conv, 'm')).leaseExpiresAt, renewed.leaseExpiresAt);
+
+  // Fencing: once a lease of 1 ms lapsed, another worker takes over, and
+  // every write with the old token is refused.
+  await c.receive(conv, 'f');
+  const old = (await c.start(conv, 'f', { worker: 'w1', leaseMs: 1 })).token;
+  await waitForDecision(c, conv, 'f', 'resume');
+  const taken = await c.start(conv, 'f', { worker: 'w2', leaseMs: 60_000 });
+  assert.equal(taken.duplicate, false); // a takeover appends
+  assert.ok(taken.token > old);
+  const stale = [
+    () => c.step(conv, 'f', 0, 'x', { token: old }),
+    () => c.finish(conv, 'f', { token: old }),
+    () => c.fail(conv, 'f', 'late', { token: old }),
+    () => c.renew(conv, 'f', old, 1000),
+  ];
+  for (const write of stale) {
+    await assert.rejects(write(), (err) => {
+      assert.ok(err instanceof FencedError);
+      assert.deepEqual([err.code, err.retryable, err.token, err.currentToken], ['fenced', false, old, taken.token]);
+      return true;
+    });
+  }
+  assert.equal((await c.read(conv)).nextSeq, taken.seq + 1); // nothing appended
+  assert.equal((await c.step(conv, 'f', 0, 'x', { token: taken.token })).seq, taken.seq + 1);
+  assert.equal((await c.step(conv, 'f', 1, 'y')).seq, taken.seq + 2); // no token: no fencing
+  assert.equal((await c.finish(conv, 'f', { token: taken.token })).seq, taken.seq + 3);
+  await assert.rejects(c.renew(conv, 'f', taken.token, 1000), FencedError); // no longer in progress
+  await assert.rejects(c.renew(conv, 'never', 1, 1000), UnknownMessageError);
+});
+
+test('a Lease renews itself, and notices when a renewal is fenced', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const other = await client(t);
+  const conv = 'p2-lease-object';
+  await c.receive(conv, 'm');
+  // A lease of 1 ms renewed every 20 ms lapses between renewals, so another
+  // worker can take it over, after which the next renewal is refused.
+  const lease = await c.lease(conv, 'm', { worker: 'a', leaseMs: 1, renewEveryMs: 20 });
+  t.after(() => lease.stop());
+  let taken;
+  for (;;) {
+    try {
+      taken = await other.start(conv, 'm', { worker: 'b', leaseMs: 60_000 });
+      break;
+    } catch (err) {
+      if (!(err instanceof BusyError)) throw err; // caught between a renewal and its lapse
+      await delay(err.retryAfterMs);
+    }
+  }
+  while (lease.lost === null) await delay(10); // the interval's next renewal
+  assert.deepEqual([lease.lost.token, lease.lost.currentToken], [lease.token, taken.token]);
+  const { nextSeq } = await c.read(conv);
+  assert.throws(() => lease.check(), FencedError);
+  await assert.rejects(lease.step(0, 'late'), FencedError); // refused before it is sent
+  assert.equal((await c.read(conv)).nextSeq, nextSeq);
+});
+
+test('withSteps: a resume carries the completed steps', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-steps';
+  assert.deepEqual(await c.receive(conv, 'm', { withSteps: true }), { decision: 'start', seq: 0 });
+  await c.start(conv, 'm');
+  await c.step(conv, 'm', 0, 'a');
+  await c.step(conv, 'm', 2, Buffer.from([0, 255]));
+  const resume = {
+    decision: 'resume', resumeFrom: 3,
+    steps: [{ stepIndex: 0, output: Buffer.from('a') }, { stepIndex: 2, output: Buffer.from([0, 255]) }],
+  };
+  assert.deepEqual(await c.receive(conv, 'm', { withSteps: true }), resume);
+  assert.deepEqual(await c.decide(conv, 'm', { withSteps: true }), resume);
+  assert.deepEqual(await c.receive(conv, 'm'), { decision: 'resume', resumeFrom: 3 }); // not asked
+});
+
+test('fingerprints: another payload under the same id is refused', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-fingerprint';
+  assert.equal((await c.receive(conv, 'm', { fingerprint: 'sha256:aa' })).decision, 'start');
+  assert.equal((await c.receive(conv, 'm', { fingerprint: 'sha256:aa' })).decision, 'resume');
+  for (const call of [() => c.receive(conv, 'm', { fingerprint: 'sha256:bb' }), () => c.decide(conv, 'm', { fingerprint: 'sha256:bb' })]) {
+    await assert.rejects(call(), (err) => {
+      assert.ok(err instanceof FingerprintMismatchError);
+      assert.deepEqual([err.code, err.retryable, err.stored], ['fingerprint_mismatch', false, 'sha256:aa']);
+      return true;
+    });
+  }
+  assert.equal((await c.receive(conv, 'm')).decision, 'resume'); // without one: no check
+  assert.equal((await c.state(conv, 'm')).fingerprint, 'sha256:aa');
+  assert.equal((await c.read(conv)).events[0].fingerprint, 'sha256:aa');
+  assert.equal((await c.read(conv)).nextSeq, 1);
+});
+
+test('messages and explain', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-messages';
+  for (const m of ['a', 'b', 'c', 'd']) await c.receive(conv, m);
+  await c.start(conv, 'b', { worker: 'w1', leaseMs: 60_000 });
+  await c.start(conv, 'c');
+  await c.fail(conv, 'c', 'boom');
+  await c.finish(conv, 'd');
+
+  let page = await c.messages(conv, { limit: 3 });
+  assert.deepEqual(page.messages.map((m) => [m.messageId, m.status]), [['a', 'received'], ['b', 'in_progress'], ['c', 'errored']]);
+  assert.equal(page.next, 'c');
+  page = await c.messages(conv, { after: page.next });
+  assert.deepEqual([page.messages.map((m) => m.messageId), page.next], [['d'], null]);
+  const leased = await c.messages(conv, { status: 'leased' });
+  assert.equal(leased.messages.length, 1);
+  const b = leased.messages[0];
+  assert.deepEqual([b.messageId, b.worker, b.attempts, b.quarantined, b.compacted], ['b', 'w1', 1, false, false]);
+  assert.equal(typeof b.leaseExpiresAt, 'number');
+  assert.ok(b.updatedAt >= b.receivedAt);
+  assert.deepEqual(await c.messages(conv, { status: 'quarantined' }), { messages: [], next: null });
+
+  const x = await c.explain(conv, 'b');
+  assert.deepEqual([x.decision, x.worker, x.rule], ['busy', 'w1', 'leased']);
+  assert.equal(typeof x.reason, 'string');
+  assert.deepEqual(x.events.map((e) => e.type), ['message_received', 'processing_started']);
+  assert.equal((await c.explain(conv, 'd')).rule, 'finished');
+  const never = await c.explain(conv, 'zz');
+  assert.deepEqual([never.decision, never.rule, never.events], ['start', 'never_seen', []]);
+});
+
+test('bad protocol-2 arguments are bad_request naming the field', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-bad';
+  await c.receive(conv, 'm');
+  const cases = [
+    [() => c.start(conv, 'm', { worker: 'w', leaseMs: 0 }), 'lease_ms'],
+    [() => c.start(conv, 'm', { worker: 'w', leaseMs: 86_400_001 }), 'lease_ms'],
+    [() => c.start(conv, 'm', { worker: '', leaseMs: 1000 }), 'worker'],
+    [() => c.renew(conv, 'm', 1, 0), 'lease_ms'],
+    [() => c.request('renew', { conversation: conv, message_id: 'm', lease_ms: 10 }), 'token'],
+    [() => c.step(conv, 'm', 0, '', { token: 'x' }), 'token'],
+    [() => c.finish(conv, 'm', { token: -1 }), 'token'],
+    [() => c.receive(conv, 'm', { fingerprint: '' }), 'fingerprint'],
+    [() => c.decide(conv, 'm', { fingerprint: '' }), 'fingerprint'],
+    [() => c.release(conv, 'm', { reason: '' }), 'reason'],
+    [() => c.messages(conv, { status: 'bogus' }), 'status'],
+    [() => c.messages(conv, { limit: 1001 }), 'limit'],
+  ];
+  for (const [call, field] of cases) {
+    await assert.rejects(call(), (err) => {
+      assert.ok(err instanceof BadRequestError, field);
+      assert.equal(err.field, field);
+      return true;
+    });
+  }
+  assert.equal((await c.read(conv)).nextSeq, 1); // nothing appended
 });
