@@ -28,6 +28,7 @@ import {
   ConnectionClosedError, LaggedError, BusyError, FencedError, QuarantinedError, NotQuarantinedError,
   FingerprintMismatchError,
 } from './liminald.js';
+import { processMessage, runStep } from './worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, '..', '..');
@@ -711,36 +712,45 @@ async function waitForDecision(c, conv, msg, action) {
   }
 }
 
+// The events without lease_renewed: how many renewals a run made depends on
+// how long it took.
+const withoutRenewals = (events) => events.filter((e) => e.type !== 'lease_renewed');
+
 test('worked example: a worker crashes after step 1; the redelivery resumes at step 2', { timeout: TEST_TIMEOUT }, async (t) => {
   const c = await client(t);
   const conv = 'worker-orders';
   const msg = 'order-1';
 
-  // Run 1: dies by SIGKILL right after recording step 1 of 3.
-  const crashed = await runWorker([conv, msg, '3'], { CRASH_AFTER_STEP: '1' });
+  // Run 1: dies by SIGKILL right after recording step 1 of 3, holding a
+  // lease of 300 ms.
+  const crashed = await runWorker(['--worker', 'crasher', '--lease-ms', '300', conv, msg, '3'], { CRASH_AFTER_STEP: '1' });
   assert.equal(crashed.signal, 'SIGKILL', `worker: ${crashed.stderr}`);
   assert.equal(crashed.code, null);
-  assert.deepEqual(crashed.lines.map((l) => l.decision ?? l.step), ['start', 0, 1]);
+  assert.deepEqual(crashed.lines.map((l) => l.decision ?? l.step ?? (l.leased && 'leased')), ['start', 'leased', 0, 1]);
+  assert.deepEqual(crashed.lines[1], { leased: true, worker: 'crasher', token: 1, leaseMs: 300 });
   const mid = await c.state(conv, msg);
   assert.equal(mid.status, 'in_progress');
   assert.equal(mid.lastCompletedStep, 1);
-  assert.deepEqual(await c.decide(conv, msg), { decision: 'resume', resumeFrom: 2 });
+  assert.equal(mid.worker, 'crasher');
 
-  // Run 2, the redelivery: resumes at step 2, runs only it, and finishes.
-  const resumed = await runWorker([conv, msg, '3']);
+  // Once its lease lapsed, the redelivery takes it over, resumes at step 2
+  // (step 1's output came with the receive), runs only it, and finishes.
+  assert.deepEqual(await waitForDecision(c, conv, msg, 'resume'), { decision: 'resume', resumeFrom: 2 });
+  const resumed = await runWorker(['--worker', 'second', conv, msg, '3']);
   assert.deepEqual([resumed.code, resumed.signal], [0, null], `worker: ${resumed.stderr}`);
   assert.deepEqual(resumed.lines[0], { decision: 'resume', resumeFrom: 2 });
-  assert.deepEqual(resumed.lines.slice(1).map((l) => l.step ?? (l.finished && 'finished')), [2, 'finished']);
+  assert.deepEqual(resumed.lines.slice(1).map((l) => l.step ?? (l.leased && 'leased') ?? (l.finished && 'finished')), ['leased', 2, 'finished']);
 
-  // The log: each step exactly once, one start, one finish.
+  // The log: each step exactly once, a start per run, one finish.
   const { events, nextSeq } = await c.read(conv);
-  assert.deepEqual(events.map((e) => [e.type, e.messageId, e.stepIndex]), [
-    ['message_received', msg, undefined],
-    ['processing_started', msg, undefined],
-    ['step_completed', msg, 0],
-    ['step_completed', msg, 1],
-    ['step_completed', msg, 2],
-    ['processing_finished', msg, undefined],
+  assert.deepEqual(withoutRenewals(events).map((e) => [e.type, e.stepIndex, e.worker]), [
+    ['message_received', undefined, undefined],
+    ['processing_started', undefined, 'crasher'],
+    ['step_completed', 0, undefined],
+    ['step_completed', 1, undefined],
+    ['processing_started', undefined, 'second'],
+    ['step_completed', 2, undefined],
+    ['processing_finished', undefined, undefined],
   ]);
   const steps = events.filter((e) => e.type === 'step_completed');
   assert.deepEqual(steps.map((e) => e.stepIndex), [0, 1, 2]);
@@ -749,13 +759,31 @@ test('worked example: a worker crashes after step 1; the redelivery resumes at s
   const out1 = sha256('step 1:', out0);
   const out2 = sha256('step 2:', out1);
   assert.deepEqual(steps.map((e) => e.output), [out0, out1, out2]);
-  assert.equal((await c.state(conv, msg)).status, 'finished');
+  const done = await c.state(conv, msg);
+  assert.deepEqual([done.status, done.attempts], ['finished', 2]);
 
   // Run 3, another redelivery: skip, and nothing is appended.
   const skipped = await runWorker([conv, msg, '3']);
   assert.deepEqual([skipped.code, skipped.signal], [0, null], `worker: ${skipped.stderr}`);
   assert.deepEqual(skipped.lines, [{ decision: 'skip' }]);
   assert.equal((await c.read(conv)).nextSeq, nextSeq);
+});
+
+test('worked example: a delivery while another worker holds the lease runs nothing', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'worker-busy';
+  await c.receive(conv, 'm');
+  const lease = await c.lease(conv, 'm', { worker: 'holder', leaseMs: 60_000 });
+  t.after(() => lease.stop());
+  const { nextSeq } = await c.read(conv);
+  const run = await runWorker(['--worker', 'latecomer', conv, 'm']);
+  assert.deepEqual([run.code, run.signal], [0, null], `worker: ${run.stderr}`);
+  assert.equal(run.lines.length, 1);
+  const [line] = run.lines;
+  assert.deepEqual([line.decision, line.worker, line.token], ['busy', 'holder', lease.token]);
+  assert.ok(line.retryAfterMs > 0 && line.retryAfterMs <= 60_000);
+  // Nothing since but the holder's renewals.
+  assert.deepEqual(withoutRenewals((await c.read(conv, { fromSeq: nextSeq })).events), []);
 });
 
 // ------------------------------------------------------------------ protocol 2
@@ -905,6 +933,14 @@ test('fingerprints: another payload under the same id is refused', { timeout: TE
   assert.equal((await c.receive(conv, 'm')).decision, 'resume'); // without one: no check
   assert.equal((await c.state(conv, 'm')).fingerprint, 'sha256:aa');
   assert.equal((await c.read(conv)).events[0].fingerprint, 'sha256:aa');
+
+  // The worker refuses a payload that is not the one recorded, before any
+  // side effect.
+  const effects = [];
+  await assert.rejects(processMessage(c, conv, 'm', {
+    worker: 'w', fingerprint: 'sha256:bb', run: (i) => { effects.push(i); return Buffer.alloc(0); }, report: () => {},
+  }), (err) => err instanceof FingerprintMismatchError && err.stored === 'sha256:aa');
+  assert.deepEqual(effects, []);
   assert.equal((await c.read(conv)).nextSeq, 1);
 });
 
@@ -965,4 +1001,244 @@ test('bad protocol-2 arguments are bad_request naming the field', { timeout: TES
     });
   }
   assert.equal((await c.read(conv)).nextSeq, 1); // nothing appended
+});
+
+// A step's side effect that records itself in effects, and on its first
+// call says so (entered resolves) and waits until the test calls go().
+function gate(name, effects) {
+  let signal;
+  let go;
+  const entered = new Promise((resolve) => { signal = resolve; });
+  const released = new Promise((resolve) => { go = resolve; });
+  let first = true;
+  const run = async (index, input) => {
+    effects.push([name, index]);
+    if (first) {
+      first = false;
+      signal();
+      await released;
+    }
+    return runStep(index, input);
+  };
+  return { run, entered, go };
+}
+
+// Runs processMessage of 3 steps as worker `name` on a connection of its
+// own; resolves with { name, out (what it resolved or rejected with), log }.
+async function spawnWorker(t, name, conv, msg, options) {
+  const c = await client(t);
+  const log = [];
+  const out = await processMessage(c, conv, msg, { worker: name, report: (o) => log.push(o), ...options })
+    .catch((err) => err);
+  return { name, out, log };
+}
+
+test('two workers race one redelivery: exactly one runs it, the other is busy, then skips', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-race';
+  const msg = 'm';
+  // The first delivery's worker crashed after step 0, holding a lease of
+  // 1 ms; the message is redelivered to two workers at once.
+  await c.receive(conv, msg);
+  const crashed = (await c.start(conv, msg, { worker: 'crashed', leaseMs: 1 })).token;
+  await c.step(conv, msg, 0, runStep(0, Buffer.from(msg)), { token: crashed });
+  await waitForDecision(c, conv, msg, 'resume');
+
+  const effects = [];
+  const gates = { A: gate('A', effects), B: gate('B', effects) };
+  const logs = { A: [], B: [] };
+  const [connA, connB] = [await client(t), await client(t)]; // a connection each
+  const run = (name, conn) => processMessage(conn, conv, msg, {
+    worker: name, leaseMs: 30_000, run: gates[name].run, report: (o) => logs[name].push(o),
+  }).catch((err) => err).then((out) => ({ name, out }));
+  const tasks = { A: run('A', connA), B: run('B', connB) };
+
+  // No worker runs a side effect before its start succeeded, and the daemon
+  // serializes the two starts: the first appends and takes a lease of 30 s
+  // (renewed), the second finds it live and is refused with busy, or, if it
+  // received after the first start, its receive is a busy decision. The
+  // winner cannot finish (and turn the loser's answer into a skip) before
+  // the loser returned: its first side effect waits until the test lets it
+  // go, which the test does only once the loser has returned.
+  const first = await Promise.race(Object.values(tasks));
+  assert.equal(first.out, 'busy', JSON.stringify(logs[first.name]));
+  const loser = first.name;
+  const winner = loser === 'A' ? 'B' : 'A';
+  await gates[winner].entered; // the winner is mid-work
+  assert.deepEqual(effects, [[winner, 1]]);
+  assert.equal((await c.decide(conv, msg)).decision, 'busy');
+  gates[winner].go();
+  const second = await tasks[winner];
+  assert.equal(second.out, 'resume', JSON.stringify(logs[winner]));
+
+  // The side effects ran once each, all in the winner.
+  assert.deepEqual(effects, [[winner, 1], [winner, 2]]);
+  assert.equal(logs[loser].at(-1).decision, 'busy');
+  assert.equal(logs[loser].at(-1).worker, winner);
+  const { events } = await c.read(conv);
+  assert.deepEqual(withoutRenewals(events).map((e) => [e.type, e.stepIndex, e.worker]), [
+    ['message_received', undefined, undefined],
+    ['processing_started', undefined, 'crashed'],
+    ['step_completed', 0, undefined],
+    ['processing_started', undefined, winner],
+    ['step_completed', 1, undefined],
+    ['step_completed', 2, undefined],
+    ['processing_finished', undefined, undefined],
+  ]);
+
+  // The loser's next delivery is skipped.
+  const again = await spawnWorker(t, loser, conv, msg, { run: gates[loser].run });
+  assert.equal(again.out, 'skip');
+  assert.deepEqual(again.log, [{ decision: 'skip' }]);
+  assert.equal(effects.length, 2);
+});
+
+test('a worker whose lease was taken over is fenced and stops', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-fenced';
+  const msg = 'm';
+  await c.receive(conv, msg);
+  const effects = [];
+  const a = gate('A', effects);
+  const b = gate('B', effects);
+
+  // A takes a lease of 1 ms and does not renew it, as a process that stalls
+  // would not (a long GC pause, SIGSTOP), and is held inside step 0.
+  const taskA = spawnWorker(t, 'A', conv, msg, { leaseMs: 1, renewEveryMs: 0, run: a.run });
+  await a.entered;
+  await waitForDecision(c, conv, msg, 'resume'); // A's lease lapsed
+
+  // B takes the message over and is held inside its own step 0.
+  const taskB = spawnWorker(t, 'B', conv, msg, { leaseMs: 30_000, run: b.run });
+  await b.entered;
+  assert.equal((await c.state(conv, msg)).worker, 'B');
+
+  // A goes on: its step 0 write is fenced, and it stops.
+  a.go();
+  const resultA = await taskA;
+  assert.equal(resultA.out, 'fenced', JSON.stringify(resultA.log));
+  assert.deepEqual(resultA.log.at(-1), { fenced: true, token: 1, currentToken: 2 });
+  assert.deepEqual(effects.filter(([n]) => n === 'A'), [['A', 0]]); // nothing after
+
+  b.go();
+  const resultB = await taskB;
+  assert.equal(resultB.out, 'resume', JSON.stringify(resultB.log));
+  assert.deepEqual(effects.filter(([n]) => n === 'A'), [['A', 0]]);
+  assert.deepEqual(effects.filter(([n]) => n === 'B'), [['B', 0], ['B', 1], ['B', 2]]);
+  const { events } = await c.read(conv);
+  assert.deepEqual(withoutRenewals(events).map((e) => [e.type, e.stepIndex, e.worker]), [
+    ['message_received', undefined, undefined],
+    ['processing_started', undefined, 'A'],
+    ['processing_started', undefined, 'B'],
+    ['step_completed', 0, undefined],
+    ['step_completed', 1, undefined],
+    ['step_completed', 2, undefined],
+    ['processing_finished', undefined, undefined],
+  ]);
+});
+
+test('renewals keep a lease of 300 ms through work lasting over a second', { timeout: TEST_TIMEOUT }, async (t) => {
+  const c = await client(t);
+  const conv = 'p2-renewal';
+  const msg = 'm';
+  await c.receive(conv, msg);
+  const effects = [];
+  const w = gate('W', effects);
+  // A lease of 300 ms, renewed every 100 ms, while step 0 takes over a
+  // second: the test holds it until it has checked.
+  const task = spawnWorker(t, 'W', conv, msg, { leaseMs: 300, run: w.run });
+  await w.entered;
+  const started = (await c.read(conv)).events[1];
+  assert.deepEqual([started.type, started.worker], ['processing_started', 'W']);
+
+  // Wait (by the daemon's clock) until a renewal committed a second after
+  // the start: the work has lasted over three lease lengths.
+  const deadline = Date.now() + TEST_TIMEOUT;
+  while (((await c.state(conv, msg)).leaseExpiresAt ?? 0) < started.ts + 1000 + 300) {
+    assert.ok(Date.now() < deadline, 'no renewal a second after the start');
+    await delay(50);
+  }
+
+  // W is still inside step 0, and the message is still its own.
+  assert.deepEqual(effects, [['W', 0]]);
+  const d = await c.decide(conv, msg);
+  assert.deepEqual([d.decision, d.worker, d.token], ['busy', 'W', started.seq]);
+  await assert.rejects(c.start(conv, msg, { worker: 'other', leaseMs: 300 }), (err) => err instanceof BusyError && err.worker === 'W');
+
+  w.go();
+  const result = await task;
+  assert.equal(result.out, 'resume', JSON.stringify(result.log));
+  assert.deepEqual(effects, [['W', 0], ['W', 1], ['W', 2]]);
+  // Each renewal came before the lease it extended expired: the lease never
+  // lapsed.
+  const { events } = await c.read(conv);
+  const renewals = events.filter((e) => e.type === 'lease_renewed');
+  assert.ok(renewals.length >= 3, `${renewals.length} renewals`);
+  let expires = started.ts + 300;
+  for (const e of renewals) {
+    assert.deepEqual([e.token, e.leaseMs], [started.seq, 300]);
+    assert.ok(e.ts < expires, `a renewal at ${e.ts} came after the lease lapsed at ${expires}`);
+    expires = e.ts + 300;
+  }
+  assert.equal(events.at(-1).type, 'processing_finished');
+});
+
+test('max_attempts: a message failing twice is quarantined until released', { timeout: TEST_TIMEOUT }, async () => {
+  const d = await startDaemon('quarantine', ['--max-attempts', '2']);
+  const c = d.first;
+  try {
+    const conv = 'p2-quarantine';
+    const msg = 'm';
+    const effects = [];
+    const broken = (i, input) => {
+      effects.push(i);
+      if (i === 1) throw new Error('boom');
+      return runStep(i, input);
+    };
+    const quiet = { report: () => {} };
+    await c.receive(conv, msg);
+    // Two attempts fail at step 1; the failure is recorded with the token.
+    for (const attempt of [1, 2]) {
+      await assert.rejects(processMessage(c, conv, msg, { worker: `w${attempt}`, run: broken, ...quiet }), /boom/);
+      assert.equal((await c.state(conv, msg)).attempts, attempt);
+    }
+    assert.deepEqual(effects, [0, 1, 1]);
+
+    // The third delivery is quarantined: nothing runs or is appended.
+    const { nextSeq } = await c.read(conv);
+    assert.equal(await processMessage(c, conv, msg, { worker: 'w3', run: broken, ...quiet }), 'quarantined');
+    assert.deepEqual(effects, [0, 1, 1]);
+    assert.deepEqual(await c.decide(conv, msg), { decision: 'quarantined', attempts: 2, error: 'step 1: boom' });
+    await assert.rejects(c.start(conv, msg, { worker: 'w3', leaseMs: 1000 }), (err) => {
+      assert.ok(err instanceof QuarantinedError);
+      assert.deepEqual([err.code, err.retryable], ['quarantined', false]);
+      return true;
+    });
+    assert.equal((await c.read(conv)).nextSeq, nextSeq);
+    const listed = await c.messages(conv, { status: 'quarantined' });
+    assert.deepEqual(listed.messages.map((m) => [m.messageId, m.attempts, m.quarantined]), [[msg, 2, true]]);
+    assert.equal((await c.state(conv, msg)).quarantined, true);
+    assert.equal((await c.explain(conv, msg)).rule, 'quarantined');
+
+    // Released, the next delivery resumes after step 0.
+    assert.deepEqual(await c.release(conv, msg, { reason: 'fixed step 1' }), { seq: nextSeq, duplicate: false });
+    const released = (await c.read(conv)).events.at(-1);
+    assert.deepEqual([released.type, released.reason], ['message_released', 'fixed step 1']);
+    assert.equal((await c.state(conv, msg)).attempts, 0);
+    assert.deepEqual(await c.decide(conv, msg), { decision: 'resume', resumeFrom: 1 });
+    await assert.rejects(c.release(conv, msg), (err) => err instanceof NotQuarantinedError && err.retryable === false);
+    await assert.rejects(c.release(conv, 'never'), UnknownMessageError);
+    assert.equal(await processMessage(c, conv, msg, { worker: 'w4', ...quiet }), 'resume');
+    assert.equal((await c.decide(conv, msg)).decision, 'skip');
+
+    // Starts whose leases lapsed, with no fail, count too.
+    await c.receive(conv, 'crashy');
+    await c.start(conv, 'crashy', { worker: 'w1', leaseMs: 1 });
+    await waitForDecision(c, conv, 'crashy', 'resume');
+    await c.start(conv, 'crashy', { worker: 'w2', leaseMs: 1 });
+    assert.deepEqual(await waitForDecision(c, conv, 'crashy', 'quarantined'), { decision: 'quarantined', attempts: 2, error: null });
+  } finally {
+    await c.close();
+    await d.stop();
+  }
 });

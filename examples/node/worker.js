@@ -1,76 +1,161 @@
 #!/usr/bin/env node
-// A worker that processes one message in deterministic steps, checkpointing
-// each step in liminald, so that a redelivery after a crash resumes where
-// the crashed run stopped instead of redoing the work.
+// A worker that processes one message in deterministic steps under a lease,
+// checkpointing each step in liminald, so that a redelivery after a crash
+// resumes where the crashed run stopped instead of redoing the work, and
+// two workers handed the same message never both run it.
 //
-//   node worker.js CONVERSATION MESSAGE_ID [STEPS]     (STEPS defaults to 3)
+//   node worker.js [--worker NAME] [--lease-ms MS] CONVERSATION MESSAGE_ID [STEPS]
 //
-// It finds the daemon at $LIMINAL_SOCKET (else the default socket). Step i
-// computes sha256("step i:" + input), where the input of step 0 is the
-// message id and that of step i the output of step i-1 (read back from
-// liminald on a resume). With CRASH_AFTER_STEP=N it kills itself with
-// SIGKILL right after step N is recorded, to simulate a crash mid-message.
+// STEPS defaults to 3, NAME to host-pid, MS to 30000. It finds the daemon at
+// $LIMINAL_SOCKET (else the default socket). Step i computes
+// sha256("step i:" + input), where the input of step 0 is the message id
+// and that of step i the output of step i-1 (on a resume, from the receive
+// reply, asked with_steps). With CRASH_AFTER_STEP=N it kills itself with
+// SIGKILL right after step N is recorded, to simulate a crash mid-message;
+// its lease then lapses after MS, and until then a redelivery is busy.
+//
+// On busy (another worker holds a live lease) or quarantined it runs
+// nothing. Otherwise it starts the message under a lease, renewed every
+// third of its length, and records each step with the lease's token; if a
+// write or renewal is fenced (its lease lapsed and another worker took the
+// message over), it stops at once.
 //
 // It prints one JSON object per line of what it did:
 //   {"decision":"start"} / {"decision":"resume","resumeFrom":2} / {"decision":"skip"}
+//   {"decision":"busy","worker":"w1","token":1,"retryAfterMs":812} / {"decision":"quarantined",...}
+//   {"leased":true,"worker":"w2","token":4,"leaseMs":30000}
 //   {"step":2,"seq":5,"duplicate":false,"output":"<hex>"}
-//   {"finished":true,"seq":6}
+//   {"finished":true,"seq":6} / {"fenced":true,"token":1,"currentToken":4}
 
 import { createHash } from 'node:crypto';
-import { connect } from './liminald.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import {
+  connect, AlreadyFinishedError, BusyError, FencedError, QuarantinedError,
+} from './liminald.js';
+
+export const DEFAULT_LEASE_MS = 30_000;
 
 /** Step index of the work: deterministic, so a re-run records the same output. */
-function runStep(index, input) {
+export function runStep(index, input) {
   return createHash('sha256').update(`step ${index}:`).update(input).digest();
 }
 
-function report(obj) {
+/** A name no other live process uses: host and pid. */
+export function defaultWorkerName() {
+  return `${os.hostname()}-${process.pid}`;
+}
+
+function printReport(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
 }
 
-async function processMessage(client, conversation, messageId, steps, crashAfter) {
-  const delivery = await client.receive(conversation, messageId);
-  report({ decision: delivery.decision, ...(delivery.decision === 'resume' && { resumeFrom: delivery.resumeFrom }) });
-  if (delivery.decision === 'skip') return; // already fully processed
-
-  const from = delivery.decision === 'resume' ? delivery.resumeFrom : 0;
-  // Marks it in progress; a duplicate when a crashed run had started it.
-  await client.start(conversation, messageId);
-
-  // The input of the first step to run: the message, or the checkpointed
-  // output of the step before it.
-  let input = Buffer.from(messageId, 'utf8');
-  if (from > 0) {
-    const { steps: done } = await client.state(conversation, messageId);
-    const previous = done.find((s) => s.stepIndex === from - 1);
-    if (previous === undefined) throw new Error(`step ${from - 1} has no recorded output`);
-    input = previous.output;
+/**
+ * Processes one delivery of messageId. Resolves with the decision ('start'
+ * or 'resume') once the message is finished, or with why it ran nothing
+ * more: 'skip', 'busy', 'quarantined', or 'fenced' (the lease was lost
+ * mid-message; another worker has it).
+ *
+ * run(index, input, messageId) is a step's work (its side effects; it may
+ * return a promise); report(obj) receives what the worker did;
+ * renewEveryMs is passed to client.lease().
+ */
+export async function processMessage(client, conversation, messageId, {
+  steps = 3, worker = defaultWorkerName(), leaseMs = DEFAULT_LEASE_MS, renewEveryMs,
+  fingerprint, run = runStep, crashAfter = -1, report = printReport,
+} = {}) {
+  const delivery = await client.receive(conversation, messageId, { fingerprint, withSteps: true });
+  const { decision } = delivery;
+  switch (decision) {
+    case 'skip': // already fully processed
+      report({ decision });
+      return decision;
+    case 'busy': // another worker holds a live lease: redeliver later
+      report({ decision, worker: delivery.worker, token: delivery.token, retryAfterMs: delivery.retryAfterMs });
+      return decision;
+    case 'quarantined': // started max_attempts times without finishing
+      report({ decision, attempts: delivery.attempts, error: delivery.error });
+      return decision;
+    case 'start':
+    case 'resume':
+      break;
+    default:
+      report({ decision });
+      return decision;
   }
+  const from = decision === 'resume' ? delivery.resumeFrom : 0;
+  report({ decision, ...(decision === 'resume' && { resumeFrom: from }) });
 
-  for (let i = from; i < steps; i++) {
-    let output;
-    try {
-      output = runStep(i, input);
-    } catch (err) {
-      // The work failed: record it, so that a redelivery retries it.
-      await client.fail(conversation, messageId, `step ${i}: ${err.message}`);
-      throw err;
+  let lease;
+  try {
+    lease = await client.lease(conversation, messageId, { worker, leaseMs, renewEveryMs });
+  } catch (err) {
+    if (err instanceof BusyError) { // another worker started it since our receive
+      report({ decision: 'busy', worker: err.worker, token: err.token, retryAfterMs: err.retryAfterMs });
+      return 'busy';
     }
-    const { seq, duplicate } = await client.step(conversation, messageId, i, output);
-    report({ step: i, seq, duplicate, output: output.toString('hex') });
-    if (i === crashAfter) process.kill(process.pid, 'SIGKILL'); // the simulated crash
-    input = output;
+    if (err instanceof QuarantinedError) {
+      report({ decision: 'quarantined' });
+      return 'quarantined';
+    }
+    if (err instanceof AlreadyFinishedError) { // another worker finished it since our receive
+      report({ decision: 'skip' });
+      return 'skip';
+    }
+    throw err;
   }
+  report({ leased: true, worker, token: lease.token, leaseMs });
 
-  const { seq } = await client.finish(conversation, messageId);
-  report({ finished: true, seq });
+  try {
+    // The input of the first step to run: the message, or the checkpointed
+    // output of the step before it, which came with the decision.
+    let input = Buffer.from(messageId, 'utf8');
+    if (from > 0) {
+      const previous = delivery.steps.find((s) => s.stepIndex === from - 1);
+      if (previous === undefined) throw new Error(`step ${from - 1} has no recorded output`);
+      input = previous.output;
+    }
+
+    for (let i = from; i < steps; i++) {
+      lease.check(); // a renewal may have found the lease lost
+      let output;
+      try {
+        output = await run(i, input, messageId);
+      } catch (err) {
+        // The work failed: record it, so that a redelivery retries it.
+        await lease.fail(`step ${i}: ${err.message}`);
+        throw err;
+      }
+      const { seq, duplicate } = await lease.step(i, output);
+      report({ step: i, seq, duplicate, output: Buffer.from(output).toString('hex') });
+      if (i === crashAfter) process.kill(process.pid, 'SIGKILL'); // the simulated crash
+      input = output;
+    }
+
+    const { seq } = await lease.finish();
+    report({ finished: true, seq });
+    return decision;
+  } catch (err) {
+    if (!(err instanceof FencedError)) throw err;
+    report({ fenced: true, token: err.token, currentToken: err.currentToken });
+    return 'fenced';
+  } finally {
+    lease.stop();
+  }
 }
 
 async function main() {
-  const [conversation, messageId, stepsArg = '3'] = process.argv.slice(2);
+  const { values, positionals } = parseArgs({
+    options: { worker: { type: 'string' }, 'lease-ms': { type: 'string' } },
+    allowPositionals: true,
+  });
+  const [conversation, messageId, stepsArg = '3'] = positionals;
   const steps = Number(stepsArg);
-  if (!conversation || !messageId || !Number.isInteger(steps) || steps < 1) {
-    process.stderr.write('usage: node worker.js CONVERSATION MESSAGE_ID [STEPS]\n');
+  const leaseMs = Number(values['lease-ms'] ?? DEFAULT_LEASE_MS);
+  if (!conversation || !messageId || !Number.isInteger(steps) || steps < 1 || !Number.isInteger(leaseMs)) {
+    process.stderr.write('usage: node worker.js [--worker NAME] [--lease-ms MS] CONVERSATION MESSAGE_ID [STEPS]\n');
     process.exitCode = 2;
     return;
   }
@@ -79,13 +164,18 @@ async function main() {
 
   const client = await connect();
   try {
-    await processMessage(client, conversation, messageId, steps, crashAfter);
+    await processMessage(client, conversation, messageId, {
+      steps, worker: values.worker ?? defaultWorkerName(), leaseMs, crashAfter,
+    });
   } finally {
     await client.close();
   }
 }
 
-main().catch((err) => {
-  process.stderr.write(`worker: ${err.name}${err.code ? ` (${err.code})` : ''}: ${err.message}\n`);
-  process.exitCode = 1;
-});
+// Run as a program, not when imported (the tests import processMessage).
+if (process.argv[1] && import.meta.url === pathToFileURL(fs.realpathSync(process.argv[1])).href) {
+  main().catch((err) => {
+    process.stderr.write(`worker: ${err.name}${err.code ? ` (${err.code})` : ''}: ${err.message}\n`);
+    process.exitCode = 1;
+  });
+}
