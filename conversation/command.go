@@ -294,7 +294,8 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		}
 		return Outcome{}, ErrAlreadyFinished
 	}
-	if c.HasToken && (c.Token != m.StartedSeq || (c.Op == OpRenew && m.Status != StatusInProgress)) {
+	// A message never started has no current token: every token is stale.
+	if c.HasToken && (m.StartedSeq == 0 || c.Token != m.StartedSeq || (c.Op == OpRenew && m.Status != StatusInProgress)) {
 		return Outcome{}, &FencedError{Token: c.Token, CurrentToken: m.StartedSeq}
 	}
 	switch c.Op {
