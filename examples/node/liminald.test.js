@@ -1137,25 +1137,25 @@ test('a worker whose lease was taken over is fenced and stops', { timeout: TEST_
   ]);
 });
 
-test('renewals keep a lease of 300 ms through work lasting over a second', { timeout: TEST_TIMEOUT }, async (t) => {
+test('renewals keep a lease of 1200 ms through work lasting over 2.4 seconds', { timeout: TEST_TIMEOUT }, async (t) => {
   const c = await client(t);
   const conv = 'p2-renewal';
   const msg = 'm';
   await c.receive(conv, msg);
   const effects = [];
   const w = gate('W', effects);
-  // A lease of 300 ms, renewed every 100 ms, while step 0 takes over a
-  // second: the test holds it until it has checked.
-  const task = spawnWorker(t, 'W', conv, msg, { leaseMs: 300, run: w.run });
+  // A lease of 1200 ms, renewed every 400 ms, while step 0 takes over 2.4
+  // seconds: the test holds it until it has checked.
+  const task = spawnWorker(t, 'W', conv, msg, { leaseMs: 1200, run: w.run });
   await w.entered;
   const started = (await c.read(conv)).events[1];
   assert.deepEqual([started.type, started.worker], ['processing_started', 'W']);
 
-  // Wait (by the daemon's clock) until a renewal committed a second after
-  // the start: the work has lasted over three lease lengths.
+  // Wait (by the daemon's clock) until a renewal committed 2.4 seconds
+  // after the start: the work has lasted two lease lengths.
   const deadline = Date.now() + TEST_TIMEOUT;
-  while (((await c.state(conv, msg)).leaseExpiresAt ?? 0) < started.ts + 1000 + 300) {
-    assert.ok(Date.now() < deadline, 'no renewal a second after the start');
+  while (((await c.state(conv, msg)).leaseExpiresAt ?? 0) < started.ts + 2400 + 1200) {
+    assert.ok(Date.now() < deadline, 'no renewal 2.4 seconds after the start');
     await delay(50);
   }
 
@@ -1174,11 +1174,11 @@ test('renewals keep a lease of 300 ms through work lasting over a second', { tim
   const { events } = await c.read(conv);
   const renewals = events.filter((e) => e.type === 'lease_renewed');
   assert.ok(renewals.length >= 3, `${renewals.length} renewals`);
-  let expires = started.ts + 300;
+  let expires = started.ts + 1200;
   for (const e of renewals) {
-    assert.deepEqual([e.token, e.leaseMs], [started.seq, 300]);
+    assert.deepEqual([e.token, e.leaseMs], [started.seq, 1200]);
     assert.ok(e.ts < expires, `a renewal at ${e.ts} came after the lease lapsed at ${expires}`);
-    expires = e.ts + 300;
+    expires = e.ts + 1200;
   }
   assert.equal(events.at(-1).type, 'processing_finished');
 });

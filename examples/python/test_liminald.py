@@ -1055,18 +1055,18 @@ class LeasedWorkerTest(DaemonTestCase):
         effects: list = []
         gate = Gate("W", effects)
         results: queue.Queue = queue.Queue()
-        # A lease of 300 ms, renewed every 100 ms, while step 0 takes over
-        # a second: the test holds it until it has checked.
-        self.spawn("W", conv, m, results, lease_ms=300, run=gate)
+        # A lease of 1200 ms, renewed every 400 ms, while step 0 takes over
+        # 2.4 seconds: the test holds it until it has checked.
+        self.spawn("W", conv, m, results, lease_ms=1200, run=gate)
         self.assertTrue(gate.entered.wait(IO_TIMEOUT))
         started = c.read(conv)[0][1]
         self.assertEqual((started.type, started.worker), ("processing_started", "W"))
 
-        # Wait (by the daemon's clock) until a renewal committed a second
-        # after the start: the work has lasted over three lease lengths.
+        # Wait (by the daemon's clock) until a renewal committed 2.4 seconds
+        # after the start: the work has lasted two lease lengths.
         deadline = time.monotonic() + IO_TIMEOUT
-        while (c.state(conv, m).lease_expires_at or 0) < started.ts + 1000 + 300:
-            self.assertLess(time.monotonic(), deadline, "no renewal a second after the start")
+        while (c.state(conv, m).lease_expires_at or 0) < started.ts + 2400 + 1200:
+            self.assertLess(time.monotonic(), deadline, "no renewal 2.4 seconds after the start")
             time.sleep(0.05)
 
         # W is still inside step 0, and the message is still its own.
@@ -1084,13 +1084,13 @@ class LeasedWorkerTest(DaemonTestCase):
         # Each renewal came before the lease it extended expired: the lease
         # never lapsed.
         events = c.read(conv)[0]
-        expires = started.ts + 300
+        expires = started.ts + 1200
         renewals = [e for e in events if e.type == "lease_renewed"]
         self.assertGreaterEqual(len(renewals), 3)
         for e in renewals:
-            self.assertEqual((e.token, e.lease_ms), (started.seq, 300))
+            self.assertEqual((e.token, e.lease_ms), (started.seq, 1200))
             self.assertLess(e.ts, expires, "a renewal came after the lease lapsed")
-            expires = e.ts + 300
+            expires = e.ts + 1200
         self.assertEqual(events[-1].type, "processing_finished")
 
 
