@@ -23,20 +23,31 @@
 //     answered every write it committed (no event without its
 //     acknowledgement).
 //   - Linearizability (linearizability_test.go, with the model in
-//     model_test.go). Concurrent histories of receive, decide, start, step
-//     and finish from many clients contending on one conversation and a
-//     few message ids are checked with github.com/anishathalye/porcupine
-//     against a sequential model of SPEC §1–§2 that predicts every
-//     decision, resume_from, seq, duplicate flag and error code. Calls
-//     whose outcome is unknown (the daemon was killed under them) may or
-//     may not have taken effect before the kill. Variants run across one
-//     kill and restart (short) and 8 histories across 3 kills each
-//     (long). On failure the visualization is written to
-//     $LIMINALD_LINEARIZABILITY_OUT (or a new directory under os.TempDir(),
-//     which outlives the test) and its path reported. model_test.go checks
-//     that the model rejects histories that break the rules, and each run
-//     checks that a copy of its real history with one seq moved is
-//     rejected, so the check can fail.
+//     model_test.go). Concurrent histories of receive, decide, start,
+//     step, finish, fail, renew and release from many clients contending
+//     on one conversation and a few message ids are checked with
+//     github.com/anishathalye/porcupine against a sequential model of
+//     SPEC §1–§2 and §7 that predicts every decision, resume_from, seq,
+//     duplicate flag, token and error code with its details (busy's
+//     holder and token, fenced's tokens, quarantine's attempts and error,
+//     sequence_conflict's next seq, the stored fingerprint). Starts take
+//     leases by worker, writes carry the tokens clients learned (some
+//     stale), clients retry their acknowledged writes by expected_seq,
+//     and the daemon runs with --max-attempts 2, so busy, takeovers,
+//     fencing, quarantine and release all happen. Leases are a day long,
+//     so none lapses during a run and the model needs no clock; the clock
+//     of leases is the property test's (conversation/property_test.go).
+//     Calls whose outcome is unknown (the daemon was killed under them)
+//     may or may not have taken effect before the kill. Variants run
+//     across one kill and restart (short) and 8 histories of 1000 calls
+//     across 3 kills each (long). On failure the visualization is written
+//     to $LIMINALD_LINEARIZABILITY_OUT (or a new directory under
+//     os.TempDir(), which outlives the test) and its path reported.
+//     model_test.go checks that the model accepts the protocol's own
+//     sequential histories and rejects each wrong reply in them, and
+//     TestModelMatchesDaemon that the real daemon answers those histories
+//     exactly; each run checks that a copy of its real history in which
+//     two appends claim one seq is rejected, so the check can fail.
 //
 // Commands, from the module root:
 //

@@ -62,6 +62,7 @@ type daemon struct {
 	socket string
 	db     string
 	start  time.Time // the base of now()
+	args   []string  // more arguments of serve
 
 	mu      sync.Mutex
 	p       *proc
@@ -71,11 +72,13 @@ type daemon struct {
 	stopped []int64       // now() when each generation's daemon had exited
 }
 
-func newDaemon(t *testing.T) *daemon {
+// newDaemon starts liminald serve with args besides its socket and
+// database, and stops it at cleanup.
+func newDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), db: filepath.Join(dir, "db.sqlite"),
-		start: time.Now(), ready: make(chan struct{}), changed: make(chan struct{})}
+		start: time.Now(), args: args, ready: make(chan struct{}), changed: make(chan struct{})}
 	d.p = d.run()
 	close(d.ready)
 	t.Cleanup(func() {
@@ -111,7 +114,7 @@ func (d *daemon) run() *proc {
 	}
 	defer nl.Close()
 	p := &proc{stderr: &daemontest.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(binary, "serve", "--socket", d.socket, "--db", d.db)
+	p.cmd = exec.Command(binary, append([]string{"serve", "--socket", d.socket, "--db", d.db}, d.args...)...)
 	p.cmd.Env = append(daemontest.Env(), "NOTIFY_SOCKET="+nl.Path, "HOME="+d.dir)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
