@@ -59,8 +59,11 @@ type FencedError struct {
 }
 
 func (e *FencedError) Error() string {
-	if e.CurrentToken == 0 {
+	switch e.CurrentToken {
+	case 0:
 		return fmt.Sprintf("token %d is not current: the message was never started", e.Token)
+	case e.Token: // a renew of a message no longer in progress
+		return fmt.Sprintf("token %d is current, but the message is no longer in progress: there is no lease to renew", e.Token)
 	}
 	return fmt.Sprintf("token %d is not current: the message's token is %d", e.Token, e.CurrentToken)
 }
