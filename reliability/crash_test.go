@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -15,7 +16,7 @@ import (
 	"liminald/ipc"
 )
 
-// ack is one acknowledged write.
+// ack is one acknowledged write; token is a start's.
 type ack struct {
 	conv, msg string
 	typ       conversation.Type
@@ -23,6 +24,7 @@ type ack struct {
 	output    string
 	seq       int64
 	duplicate bool
+	token     int64
 }
 
 // msgKey names a message of a conversation.
@@ -34,7 +36,11 @@ type ledger struct {
 	mu    sync.Mutex
 	acks  []ack
 	tried map[msgKey]*tried
-	n     atomic.Int64 // len(acks)
+	// tokens holds the highest token a start answered for each message;
+	// no later start, nor the state after a restart, may answer a lower.
+	tokens map[msgKey]int64
+	n      atomic.Int64 // len(acks)
+	busy   atomic.Int64 // deliveries busy with their worker's own lease
 	// stop asks the workers to end between calls, so that no reply is
 	// abandoned at the end.
 	stop atomic.Bool
@@ -46,27 +52,41 @@ var errStopped = errors.New("stopped")
 
 // tried is what the clients sent for one message, acknowledged or not.
 type tried struct {
-	received       bool // a receive was acknowledged (start or resume)
+	worker         string // the worker that starts it with a lease; "" for none
+	received       bool   // a receive was acknowledged (start or resume)
 	lastAckedStep  int64
 	finishAcked    bool
 	finishAttempts bool   // a finish was sent, whatever its outcome
 	lastUnknown    string // the error of the latest call of unknown outcome
 }
 
-func (l *ledger) record(a ack) {
+// record adds a to the ledger. Returns an error for a start whose token
+// is not its seq, or is lower than one a start of its message answered
+// before.
+func (l *ledger) record(a ack) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.acks = append(l.acks, a)
 	l.n.Add(1)
-	m := l.msg(msgKey{a.conv, a.msg})
+	k := msgKey{a.conv, a.msg}
+	m := l.msg(k)
 	switch a.typ {
 	case conversation.MessageReceived:
 		m.received = true
+	case conversation.ProcessingStarted:
+		if a.token != a.seq {
+			return fmt.Errorf("start of %v answered seq %d and token %d", k, a.seq, a.token)
+		}
+		if a.token < l.tokens[k] {
+			return fmt.Errorf("start of %v answered token %d after token %d: a token went backwards", k, a.token, l.tokens[k])
+		}
+		l.tokens[k] = a.token
 	case conversation.StepCompleted:
 		m.lastAckedStep = max(m.lastAckedStep, int64(a.step))
 	case conversation.ProcessingFinished:
 		m.finishAcked = true
 	}
+	return nil
 }
 
 // msg returns the record of k; l.mu is held.
@@ -89,6 +109,29 @@ func stepOutput(conv, msg string, step uint32) string {
 	return fmt.Sprintf("%s|%s|step-%d", conv, msg, step)
 }
 
+// holding is how a worker of the crash tests holds its messages: by name,
+// with a lease of that length, renewed now and then, and its token on
+// every write.
+type holding struct {
+	worker string
+	lease  time.Duration
+}
+
+// holdingOf is the holding of worker w: none for even workers (protocol
+// 1), a lease for odd ones, short enough for some to lapse while the
+// daemon restarts (then the next start takes the message over with a new
+// token) and long enough for others to be held across a restart (then
+// the next delivery is busy, and the worker's start a duplicate).
+func holdingOf(w int) *holding {
+	switch w % 4 {
+	case 1:
+		return &holding{worker: fmt.Sprintf("w%d", w), lease: 25 * time.Millisecond}
+	case 3:
+		return &holding{worker: fmt.Sprintf("w%d", w), lease: time.Minute}
+	}
+	return nil
+}
+
 // worker runs message lifecycles until ctx ends: message n of worker w is
 // "w<w>-m<n>" in conversation "c<n%convs>". A broken connection is an
 // unknown outcome: the worker reconnects once the daemon is back and goes
@@ -101,6 +144,7 @@ func worker(ctx context.Context, d *daemon, l *ledger, w, convs int) error {
 			c.Close()
 		}
 	}()
+	h := holdingOf(w)
 	n := 0
 	for ctx.Err() == nil && !l.stop.Load() {
 		conv, msg := fmt.Sprintf("c%d", n%convs), fmt.Sprintf("w%d-m%d", w, n)
@@ -114,7 +158,7 @@ func worker(ctx context.Context, d *daemon, l *ledger, w, convs int) error {
 				return err
 			}
 		}
-		done, err := lifecycle(ctx, c, l, k)
+		done, err := lifecycle(ctx, c, l, k, h)
 		switch {
 		case err == nil && done:
 			n++
@@ -139,13 +183,20 @@ func worker(ctx context.Context, d *daemon, l *ledger, w, convs int) error {
 }
 
 // lifecycle processes message k once through: receive, then start, the
-// steps from resume_from to 2 and finish. It reports whether the message
-// is finished.
-func lifecycle(ctx context.Context, c *ipc.Client, l *ledger, k msgKey) (bool, error) {
+// steps from resume_from to 2 and finish. With a holding h, the start
+// takes a lease, a renew precedes a step now and then, and every write
+// carries the start's token; no other worker touches k, so a busy
+// decision names h's worker, and the start then answers its token again.
+// It reports whether the message is finished.
+func lifecycle(ctx context.Context, c *ipc.Client, l *ledger, k msgKey, h *holding) (bool, error) {
 	if l.stop.Load() {
 		return false, errStopped
 	}
-	l.note(k, func(*tried) {})
+	l.note(k, func(m *tried) {
+		if h != nil {
+			m.worker = h.worker
+		}
+	})
 	dec, err := c.Receive(ctx, k.conv, k.msg)
 	if err != nil {
 		return false, fmt.Errorf("receive: %w", err)
@@ -155,40 +206,73 @@ func lifecycle(ctx context.Context, c *ipc.Client, l *ledger, k msgKey) (bool, e
 	case conversation.Skip:
 		return true, nil
 	case conversation.Start:
-		l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.MessageReceived, seq: dec.Seq, duplicate: dec.Duplicate})
+		if err := l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.MessageReceived, seq: dec.Seq, duplicate: dec.Duplicate}); err != nil {
+			return false, err
+		}
 	case conversation.Resume:
 		l.note(k, func(m *tried) { m.received = true })
 		from = uint32(dec.ResumeFrom)
+	case conversation.Busy:
+		if h == nil || dec.Worker != h.worker {
+			return false, fmt.Errorf("receive: busy, held by %q with token %d, but only %+v handles the message", dec.Worker, dec.Token, h)
+		}
+		// Its own lease outlived a restart: resume after the steps it knows.
+		l.busy.Add(1)
+		l.note(k, func(m *tried) { m.received, from = true, uint32(m.lastAckedStep+1) })
+	default:
+		return false, fmt.Errorf("receive: decision %v", dec.Action)
 	}
 	if l.stop.Load() {
 		return false, errStopped
 	}
-	a, err := c.Start(ctx, k.conv, k.msg)
+	var startOpts, tokenOpts []ipc.Option
+	if h != nil {
+		startOpts = []ipc.Option{ipc.Worker(h.worker), ipc.Lease(h.lease)}
+	}
+	a, err := c.Start(ctx, k.conv, k.msg, startOpts...)
 	if err != nil {
 		return false, fmt.Errorf("start: %w", err)
 	}
-	l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.ProcessingStarted, seq: a.Seq, duplicate: a.Duplicate})
+	if err := l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.ProcessingStarted, seq: a.Seq, duplicate: a.Duplicate, token: a.Token}); err != nil {
+		return false, err
+	}
+	if h != nil {
+		tokenOpts = []ipc.Option{ipc.Token(a.Token)}
+	}
 	for s := from; s <= 2; s++ {
 		if l.stop.Load() {
 			return false, errStopped
 		}
+		if h != nil && rand.IntN(3) == 0 {
+			r, err := c.Renew(ctx, k.conv, k.msg, a.Token, h.lease)
+			if err != nil {
+				return false, fmt.Errorf("renew token %d: %w", a.Token, err)
+			}
+			if r.LeaseExpiresAt <= 0 {
+				return false, fmt.Errorf("renew token %d: %+v, without lease_expires_at", a.Token, r)
+			}
+			if err := l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.LeaseRenewed, seq: r.Seq, duplicate: r.Duplicate}); err != nil {
+				return false, err
+			}
+		}
 		out := stepOutput(k.conv, k.msg, s)
-		a, err := c.Step(ctx, k.conv, k.msg, s, []byte(out))
+		a, err := c.Step(ctx, k.conv, k.msg, s, []byte(out), tokenOpts...)
 		if err != nil {
 			return false, fmt.Errorf("step %d: %w", s, err)
 		}
-		l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.StepCompleted, step: s, output: out, seq: a.Seq, duplicate: a.Duplicate})
+		if err := l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.StepCompleted, step: s, output: out, seq: a.Seq, duplicate: a.Duplicate}); err != nil {
+			return false, err
+		}
 	}
 	if l.stop.Load() {
 		return false, errStopped
 	}
 	l.note(k, func(m *tried) { m.finishAttempts = true })
-	a, err = c.Finish(ctx, k.conv, k.msg)
+	a, err = c.Finish(ctx, k.conv, k.msg, tokenOpts...)
 	if err != nil {
 		return false, fmt.Errorf("finish: %w", err)
 	}
-	l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.ProcessingFinished, seq: a.Seq, duplicate: a.Duplicate})
-	return true, nil
+	return true, l.record(ack{conv: k.conv, msg: k.msg, typ: conversation.ProcessingFinished, seq: a.Seq, duplicate: a.Duplicate})
 }
 
 // waitAcks polls until the ledger holds at least n acknowledgements.
@@ -231,7 +315,7 @@ func crashRun(t *testing.T, sig syscall.Signal, stops int) {
 	began := time.Now()
 	const workers, convs = 16, 3
 	d := newDaemon(t)
-	l := &ledger{tried: make(map[msgKey]*tried)}
+	l := &ledger{tried: make(map[msgKey]*tried), tokens: make(map[msgKey]int64)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errs := make(chan error, workers)
@@ -247,9 +331,11 @@ func crashRun(t *testing.T, sig syscall.Signal, stops int) {
 	if long() {
 		spread = 2000
 	}
+	tokenChecks := 0
 	for range stops {
 		waitAcks(t, l, l.n.Load()+50+rand.Int64N(spread), errs)
 		d.restart(sig)
+		tokenChecks += checkTokens(t, d, l)
 	}
 	// Let the workers carry their messages on past the last restart.
 	waitAcks(t, l, l.n.Load()+100, errs)
@@ -261,8 +347,8 @@ func crashRun(t *testing.T, sig syscall.Signal, stops int) {
 	}
 	checked, unacked, sample := verifyLedger(t, d, l, convs)
 	out := d.runCheck()
-	t.Logf("%v: %d stops survived, %d acknowledged writes verified against %d events (%d appended without an acknowledgement), %d messages decided; check: %s; %v",
-		sig, stops, len(l.acks), checked, unacked, len(l.tried), out, time.Since(began).Round(time.Millisecond))
+	t.Logf("%v: %d stops survived, %d acknowledged writes verified against %d events (%d appended without an acknowledgement), %d messages decided; %s; %d tokens checked after restarts, none went back; check: %s; %v",
+		sig, stops, len(l.acks), checked, unacked, len(l.tried), leaseCounts(l), tokenChecks, out, time.Since(began).Round(time.Millisecond))
 	// SIGTERM answers every request in flight: each appended event was
 	// acknowledged. After SIGKILL, an event without an acknowledgement
 	// must belong to a message one of whose calls broke.
@@ -277,18 +363,62 @@ func crashRun(t *testing.T, sig syscall.Signal, stops int) {
 	}
 }
 
+// checkTokens checks, after a restart, that the state of every message a
+// start acknowledged answers a token no lower than the highest start
+// answered. It returns the number of messages checked.
+func checkTokens(t *testing.T, d *daemon, l *ledger) int {
+	t.Helper()
+	l.mu.Lock()
+	tokens := maps.Clone(l.tokens)
+	l.mu.Unlock()
+	ctx, c, done := d.dialCheck()
+	defer done()
+	for k, token := range tokens {
+		st, err := c.MessageState(ctx, k.conv, k.msg)
+		if err != nil {
+			t.Fatalf("state %v after a restart: %v", k, err)
+		}
+		if st.Token < token {
+			t.Errorf("after a restart, state of %v answers token %d; a start answered %d before: a token went backwards", k, st.Token, token)
+		}
+	}
+	return len(tokens)
+}
+
+// leaseCounts says how many messages were leased, how many renewals and
+// takeovers (a start that appended after another start of its message)
+// were acknowledged, and how many deliveries were busy.
+func leaseCounts(l *ledger) string {
+	leased := 0
+	for _, m := range l.tried {
+		if m.worker != "" {
+			leased++
+		}
+	}
+	renewals, takeovers := 0, 0
+	starts := make(map[msgKey]int)
+	for _, a := range l.acks {
+		switch {
+		case a.typ == conversation.LeaseRenewed && !a.duplicate:
+			renewals++
+		case a.typ == conversation.ProcessingStarted && !a.duplicate:
+			k := msgKey{a.conv, a.msg}
+			if starts[k]++; starts[k] > 1 {
+				takeovers++
+			}
+		}
+	}
+	return fmt.Sprintf("%d messages leased, %d renewals and %d takeovers acknowledged, %d deliveries busy with their worker's lease",
+		leased, renewals, takeovers, l.busy.Load())
+}
+
 // verifyLedger checks the log against every acknowledgement and decide
 // against every message's acknowledged history. It returns the number of
 // events read.
 func verifyLedger(t *testing.T, d *daemon, l *ledger, convs int) (total, unacked int, unackedEvents []conversation.Event) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, _, err := d.connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c, done := d.dialCheck()
+	defer done()
 	logs := make(map[string][]conversation.Event)
 	for i := range convs {
 		conv := fmt.Sprintf("c%d", i)
@@ -346,12 +476,35 @@ func verifyLedger(t *testing.T, d *daemon, l *ledger, convs int) (total, unacked
 			}
 		}
 	}
+	// The token of each message is the seq of its latest start, never
+	// below one a start answered.
+	latest := make(map[msgKey]int64)
+	for conv, events := range logs {
+		for _, e := range events {
+			if e.Type == conversation.ProcessingStarted {
+				latest[msgKey{conv, e.MessageID}] = e.Seq
+			}
+		}
+	}
+	for k, token := range l.tokens {
+		st, err := c.MessageState(ctx, k.conv, k.msg)
+		if err != nil {
+			t.Fatalf("state %v: %v", k, err)
+		}
+		if st.Token != latest[k] || st.Token < token {
+			t.Fatalf("%v: state answers token %d; its latest processing_started is at seq %d, and a start answered token %d", k, st.Token, latest[k], token)
+		}
+	}
 	for k, m := range l.tried {
 		dec, err := c.Decide(ctx, k.conv, k.msg)
 		if err != nil {
 			t.Fatalf("decide %v: %v", k, err)
 		}
 		switch {
+		case dec.Action == conversation.Busy:
+			if m.worker == "" || dec.Worker != m.worker || dec.Token != latest[k] {
+				t.Fatalf("%v: decide says busy, held by %q with token %d; its worker is %q, its latest start at seq %d", k, dec.Worker, dec.Token, m.worker, latest[k])
+			}
 		case m.finishAcked:
 			if dec.Action != conversation.Skip {
 				t.Fatalf("%v: finish acknowledged, decide says %v", k, dec)

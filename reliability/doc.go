@@ -8,14 +8,24 @@
 //   - Crash safety (crash_test.go). Concurrent clients run message
 //     lifecycles (receive, start, steps 0..2, finish) over a few
 //     conversations while the daemon is killed with SIGKILL at random
-//     moments and restarted on the same database. Clients treat a broken
-//     connection as an unknown outcome, reconnect after the restart, and
-//     continue the same messages through receive and resume_from, so
-//     histories span kills. At the end every acknowledged write is in the
-//     log at its seq with the same type, message, step index and output,
-//     seqs are contiguous from 0, `liminald check --db D --json` passes,
-//     and decide agrees with the acknowledged history of every message
-//     (finished: skip; otherwise resume from at least the highest
+//     moments and restarted on the same database. Half the workers hold
+//     their messages as SPEC §7 has it: a start with a worker name and a
+//     lease (25 ms for some, so that it lapses across a restart and the
+//     next start takes the message over; a minute for others, so that the
+//     next delivery is busy and the start a duplicate), a renew before a
+//     step now and then, and the start's token on every write. Clients
+//     treat a broken connection as an unknown outcome, reconnect after the
+//     restart, and continue the same messages through receive and
+//     resume_from, so histories span kills. After each restart the state
+//     of every started message must answer a token no lower than any start
+//     answered before, and no start may answer a lower token than an
+//     earlier one. At the end every acknowledged write is in the log at its
+//     seq with the same type, message, step index and output, each start's
+//     token is its seq, seqs are contiguous from 0, each message's token is
+//     the seq of its latest processing_started, `liminald check --db D
+//     --json` passes, and decide agrees with the acknowledged history of
+//     every message (finished: skip; busy: held by its own worker with its
+//     latest token; otherwise resume from at least the highest
 //     acknowledged step + 1). Every non-duplicate acknowledgement has a
 //     seq of its own, and an event no reply acknowledged must belong to a
 //     message one of whose calls broke. A SIGTERM variant checks the

@@ -194,6 +194,20 @@ func (d *daemon) connect(ctx context.Context) (*ipc.Client, int, error) {
 	}
 }
 
+// dialCheck connects to the current daemon for a check that must end
+// within a minute, and fails the test if it cannot. done closes the
+// client.
+func (d *daemon) dialCheck() (ctx context.Context, c *ipc.Client, done func()) {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	c, _, err := d.connect(ctx)
+	if err != nil {
+		cancel()
+		d.t.Fatal(err)
+	}
+	return ctx, c, func() { c.Close(); cancel() }
+}
+
 // awaitAfter waits until a generation after gen has begun. It gives up
 // after 30 s: a connection that breaks while no restart is under way is a
 // failure.

@@ -334,13 +334,8 @@ func linClient(ctx context.Context, d *daemon, rec *recorder, conv string, id, t
 // one the history holds.
 func TestModelMatchesDaemon(t *testing.T) {
 	d := newDaemon(t, "--max-attempts", strconv.Itoa(maxAttempts))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, _, err := d.connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c, done := d.dialCheck()
+	defer done()
 	for name, h := range map[string][]seqOp{"docs": docsHistory(), "lease": leaseHistory()} {
 		for i, op := range h {
 			out, err := call(ctx, c, name, op.in)
