@@ -17,7 +17,25 @@ func PeerCred(c net.Conn) (uid, gid uint32, pid int32, err error) {
 	if !ok {
 		return 0, 0, 0, fmt.Errorf("peer credentials: %T is not a unix socket connection", c)
 	}
-	return peerCred(uc)
+	uid, gid, pid, err = peerCred(uc)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("peer credentials: %w", err)
+	}
+	return uid, gid, pid, nil
+}
+
+// onSocket runs read on the file descriptor of c, and returns its error or
+// the error of reaching the descriptor.
+func onSocket(c *net.UnixConn, read func(fd int) error) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var rerr error
+	if err := rc.Control(func(fd uintptr) { rerr = read(int(fd)) }); err != nil {
+		return err
+	}
+	return rerr
 }
 
 // AllowList says which peers may talk to the daemon, by their credentials as

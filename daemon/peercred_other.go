@@ -4,10 +4,9 @@ package daemon
 
 import (
 	"errors"
-	"fmt"
 	"net"
 )
 
 func peerCred(*net.UnixConn) (uid, gid uint32, pid int32, err error) {
-	return 0, 0, 0, fmt.Errorf("peer credentials: %w", errors.ErrUnsupported)
+	return 0, 0, 0, errors.ErrUnsupported
 }
