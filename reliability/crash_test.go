@@ -373,16 +373,54 @@ func checkTokens(t *testing.T, d *daemon, l *ledger) int {
 	l.mu.Unlock()
 	ctx, c, done := d.dialCheck()
 	defer done()
+	states, err := stateTokens(ctx, c, tokens)
+	if err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
 	for k, token := range tokens {
-		st, err := c.MessageState(ctx, k.conv, k.msg)
-		if err != nil {
-			t.Fatalf("state %v after a restart: %v", k, err)
-		}
-		if st.Token < token {
-			t.Errorf("after a restart, state of %v answers token %d; a start answered %d before: a token went backwards", k, st.Token, token)
+		if states[k] < token {
+			t.Errorf("after a restart, state of %v answers token %d; a start answered %d before: a token went backwards", k, states[k], token)
 		}
 	}
 	return len(tokens)
+}
+
+// stateTokens returns the token that state answers for each message of
+// keys, asking for many at once: there are thousands after a long run.
+func stateTokens(ctx context.Context, c *ipc.Client, keys map[msgKey]int64) (map[msgKey]int64, error) {
+	var mu sync.Mutex
+	tokens := make(map[msgKey]int64, len(keys))
+	todo := make(chan msgKey)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for k := range todo {
+				st, err := c.MessageState(ctx, k.conv, k.msg)
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("state %v: %w", k, err):
+					default:
+					}
+					continue
+				}
+				mu.Lock()
+				tokens[k] = st.Token
+				mu.Unlock()
+			}
+		})
+	}
+	for k := range keys {
+		todo <- k
+	}
+	close(todo)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return nil, err
+	default:
+		return tokens, nil
+	}
 }
 
 // leaseCounts says how many messages were leased, how many renewals and
@@ -486,13 +524,13 @@ func verifyLedger(t *testing.T, d *daemon, l *ledger, convs int) (total, unacked
 			}
 		}
 	}
+	states, err := stateTokens(ctx, c, l.tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for k, token := range l.tokens {
-		st, err := c.MessageState(ctx, k.conv, k.msg)
-		if err != nil {
-			t.Fatalf("state %v: %v", k, err)
-		}
-		if st.Token != latest[k] || st.Token < token {
-			t.Fatalf("%v: state answers token %d; its latest processing_started is at seq %d, and a start answered token %d", k, st.Token, latest[k], token)
+		if states[k] != latest[k] || states[k] < token {
+			t.Fatalf("%v: state answers token %d; its latest processing_started is at seq %d, and a start answered token %d", k, states[k], latest[k], token)
 		}
 	}
 	for k, m := range l.tried {
