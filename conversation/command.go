@@ -191,6 +191,23 @@ type Known struct {
 	MaxAttempts int64
 }
 
+// retried returns the outcome of a retry of the write that appended e: a
+// duplicate answered as the write was, with the decision of a receive, the
+// token of a start, and the lease a start or a renew set.
+func (e *Event) retried() Outcome {
+	o := Outcome{Seq: e.Seq, Duplicate: true}
+	switch e.Type {
+	case MessageReceived:
+		o.Decision = Decision{Action: Start, Rule: RuleNeverSeen}
+	case ProcessingStarted:
+		o.Token = e.Seq
+	}
+	if e.LeaseMS > 0 {
+		o.LeaseExpiresAt = e.TS + e.LeaseMS
+	}
+	return o
+}
+
 // Replaying sets k to judge c, the command of a logged event, as the rules
 // judged it when the log recorded it at ts: at that time, and a release
 // under the highest max_attempts that quarantines its message, for the log
@@ -253,14 +270,7 @@ type Outcome struct {
 func Evaluate(c *Command, k Known) (Outcome, error) {
 	if c.ExpectedSeq != NoExpectedSeq && c.ExpectedSeq != k.Next {
 		if c.ExpectedSeq < k.Next && k.Prior != nil && k.Prior.Seq == c.ExpectedSeq && c.sameAs(k.Prior) {
-			o := Outcome{Seq: c.ExpectedSeq, Duplicate: true}
-			switch c.Op {
-			case OpReceive:
-				o.Decision = Decision{Action: Start, Rule: RuleNeverSeen}
-			case OpStart:
-				o.Token = c.ExpectedSeq
-			}
-			return o, nil
+			return k.Prior.retried(), nil
 		}
 		return Outcome{}, &SequenceConflictError{Expected: c.ExpectedSeq, Actual: k.Next}
 	}

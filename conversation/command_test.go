@@ -68,6 +68,12 @@ func token(c Command, t int64) Command {
 	return c
 }
 
+// leaseOf returns o with the lease until expires.
+func leaseOf(o Outcome, expires int64) Outcome {
+	o.LeaseExpiresAt = expires
+	return o
+}
+
 // withToken returns o with the token of a start: its seq.
 func withToken(o Outcome) Outcome {
 	o.Token = o.Seq
@@ -584,10 +590,10 @@ func TestEvaluate(t *testing.T) {
 			wantConflict: &SequenceConflictError{Expected: 11, Actual: 10}},
 		{name: "RenewWithExpectedSeqEqualAppends", c: at(renewCmd(1, 2000), 10), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow},
 			want: Outcome{Append: true, Seq: 10, LeaseExpiresAt: leaseNow + 2000}},
-		{name: "RetryOfRenewIsDuplicate", c: at(renewCmd(1, 3000), 3), k: Known{Next: 10, Message: renewedMsg(), Now: 7000, Prior: renewedEvent(3, 5500, 1, 3000)},
-			want: duplicateOf(3)},
+		{name: "RetryOfRenewIsDuplicateWithTheLeaseItSet", c: at(renewCmd(1, 3000), 3), k: Known{Next: 10, Message: renewedMsg(), Now: 7000, Prior: renewedEvent(3, 5500, 1, 3000)},
+			want: leaseOf(duplicateOf(3), 5500+3000)},
 		{name: "RetryOfRenewOnceFencedIsDuplicate", c: at(renewCmd(1, 3000), 3), k: Known{Next: 10, Message: inProgressMsg(), Now: 7000, Prior: renewedEvent(3, 5500, 1, 3000)},
-			want: duplicateOf(3)},
+			want: leaseOf(duplicateOf(3), 5500+3000)},
 		{name: "RetryOfRenewWithOtherLeaseIsSequenceConflict", c: at(renewCmd(1, 2000), 3), k: Known{Next: 10, Message: renewedMsg(), Now: 7000, Prior: renewedEvent(3, 5500, 1, 3000)},
 			wantConflict: &SequenceConflictError{Expected: 3, Actual: 10}},
 		{name: "RetryOfRenewWithOtherTokenIsSequenceConflict", c: at(renewCmd(2, 3000), 3), k: Known{Next: 10, Message: renewedMsg(), Now: 7000, Prior: renewedEvent(3, 5500, 1, 3000)},
@@ -613,18 +619,18 @@ func TestEvaluate(t *testing.T) {
 			wantConflict: &SequenceConflictError{Expected: 4, Actual: 10}},
 
 		// §7 retries of a start: the token of the retried event.
-		{name: "RetryOfLeasedStartIsDuplicateWithItsToken", c: at(leaseStartCmd("w1", leaseMS), 1), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
-			want: withToken(duplicateOf(1))},
+		{name: "RetryOfLeasedStartIsDuplicateWithItsTokenAndLease", c: at(leaseStartCmd("w1", leaseMS), 1), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
+			want: leaseOf(withToken(duplicateOf(1)), leaseStart+leaseMS)},
 		{name: "RetryOfFencedStartIsDuplicateWithItsToken", c: at(leaseStartCmd("w1", leaseMS), 1), k: Known{Next: 10, Message: inProgressMsg(), Now: 9000, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
-			want: withToken(duplicateOf(1))},
+			want: leaseOf(withToken(duplicateOf(1)), leaseStart+leaseMS)},
 		{name: "RetryOfStartByOtherWorkerIsDuplicateEvenWhenBusy", c: at(startCmd(), 1), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
-			want: withToken(duplicateOf(1))},
+			want: leaseOf(withToken(duplicateOf(1)), leaseStart+leaseMS)},
 		{name: "RetryOfStartWithOtherWorkerIsSequenceConflict", c: at(leaseStartCmd("w2", leaseMS), 1), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
 			wantConflict: &SequenceConflictError{Expected: 1, Actual: 10}},
 		{name: "RetryOfStartWithOtherLeaseIsSequenceConflict", c: at(leaseStartCmd("w1", 2*leaseMS), 1), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
 			wantConflict: &SequenceConflictError{Expected: 1, Actual: 10}},
 		{name: "RetryOfStartWithoutLeaseWithWorkerIsDuplicate", c: at(leaseStartCmd("w1", 0), 1), k: Known{Next: 10, Message: leasedMsg(), Now: leaseNow, Prior: leaseStartedEvent(1, leaseStart, "w1", leaseMS)},
-			want: withToken(duplicateOf(1))},
+			want: leaseOf(withToken(duplicateOf(1)), leaseStart+leaseMS)},
 		{name: "RetryOfStartOfQuarantinedIsDuplicate", c: at(startCmd(), 1), k: Known{Next: 10, Message: attempted(erroredMsg(), 5), Now: 9000, MaxAttempts: 1, Prior: startedEvent(1)},
 			want: withToken(duplicateOf(1))},
 

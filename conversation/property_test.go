@@ -202,6 +202,10 @@ func modelEvaluate(log []Event, c *Command, now, maxAttempts int64) (Outcome, er
 			case OpStart:
 				o.Token = c.ExpectedSeq
 			}
+			// A retry answers the lease its start or renew set.
+			if e := &log[c.ExpectedSeq]; (c.Op == OpStart || c.Op == OpRenew) && e.LeaseMS > 0 {
+				o.LeaseExpiresAt = e.TS + e.LeaseMS
+			}
 			return o, nil
 		}
 		return Outcome{}, &SequenceConflictError{Expected: c.ExpectedSeq, Actual: next}
