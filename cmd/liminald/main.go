@@ -93,6 +93,7 @@ func commands() []*cli.Command {
 		conversationsCommand{}.Command(),
 		statsCommand{}.Command(),
 		pingCommand{}.Command(),
+		uiCommand{}.Command(),
 
 		checkCommand{}.Command(),
 		exportCommand{}.Command(),
