@@ -13,6 +13,10 @@ type store struct{ *sqlitestore.Store }
 
 var _ ipc.Store = store{}
 
+// Served returns s as the ipc.Store a server serves: what the daemon does
+// with its store, for tests that serve one themselves.
+func Served(s *sqlitestore.Store) ipc.Store { return store{s} }
+
 func (s store) Subscribe(capacity int) ipc.Subscription { return s.Store.Subscribe(capacity) }
 
 func (s store) Stats(ctx context.Context) (ipc.StoreStats, error) {
