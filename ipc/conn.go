@@ -73,6 +73,7 @@ type slot struct {
 	// A write's outcome, which the writer goroutine encodes into buf
 	// when encode is set: the store's callback only hands it over.
 	out    conversation.Outcome
+	steps  []conversation.StepRecord // a receive's resume, with_steps
 	err    error
 	began  time.Time
 	encode bool
@@ -273,8 +274,22 @@ func (c *conn) submit(sl *slot, after []chan struct{}, done chan struct{}) {
 	send := func() {
 		c.srv.store.WriteAsync(c.ctx, sl.req.cmd, func(o conversation.Outcome, err error) {
 			sl.out, sl.err, sl.began, sl.encode = o, err, began, true
-			sl.ready <- struct{}{}
-			answered()
+			if err != nil || !sl.req.withSteps || o.Decision.Action != conversation.Resume {
+				sl.ready <- struct{}{}
+				answered()
+				return
+			}
+			// A resume asked with_steps: its steps are read off the
+			// store's goroutine, and before the request counts as
+			// answered, so that the next request on its conversation
+			// waits for the read. The read ends even if the connection
+			// does: its reply is still owed.
+			go func() {
+				cmd := &sl.req.cmd
+				sl.steps, sl.err = c.srv.resumeSteps(context.WithoutCancel(c.ctx), cmd.Conversation, cmd.MessageID, o.Decision)
+				sl.ready <- struct{}{}
+				answered()
+			}()
 		})
 	}
 	if len(after) == 0 {
@@ -419,8 +434,8 @@ func keepIf[T any](ok bool, ch chan T) chan T {
 
 func (c *conn) writeReply(sl *slot) {
 	if sl.encode {
-		sl.buf = c.srv.appendWrite(c.ctx, sl.buf, &sl.req, sl.out, sl.err, sl.began)
-		sl.out, sl.err, sl.encode = conversation.Outcome{}, nil, false
+		sl.buf = c.srv.appendWrite(sl.buf, &sl.req, sl.out, sl.steps, sl.err, sl.began)
+		sl.out, sl.steps, sl.err, sl.encode = conversation.Outcome{}, nil, nil, false
 	}
 	c.write(sl.buf)
 	if sl.written != nil {

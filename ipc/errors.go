@@ -156,7 +156,8 @@ var codes = []codeRow{
 	{code: CodeSequenceConflict, toWire: sequenceDetails, fromWire: sequenceFromWire},
 	{code: CodeForbidden, errs: []error{ErrForbidden}},
 	{code: CodeUnavailable, retryable: true, errs: []error{conversation.ErrUnavailable}},
-	// The store's context is only cancelled when Shutdown gives up waiting.
+	// A store call's context is cancelled when Shutdown gives up waiting,
+	// or when its connection ended before the call was answered.
 	{code: CodeShuttingDown, retryable: true, errs: []error{conversation.ErrClosed, context.Canceled}},
 	{code: CodeInternal, retryable: true},
 	{code: CodeBusy, retryable: true, toWire: busyDetails, fromWire: busyFromWire},

@@ -66,7 +66,7 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 		if err != nil {
 			return dst, err
 		}
-		return s.appendDecision(ctx, dst, r, d)
+		return s.decision(ctx, dst, r, d)
 	case opMessages:
 		return s.messages(ctx, r, dst)
 	case opExplain:
@@ -84,25 +84,25 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 }
 
 // appendWrite appends the whole reply line of write request r, begun at
-// time began, whose outcome is o or err, to dst. A receive with_steps that
-// resumes reads the message's steps.
-func (s *Server) appendWrite(ctx context.Context, dst []byte, r *request, o conversation.Outcome, err error, began time.Time) []byte {
+// time began, whose outcome is o (with the steps of a receive's resume
+// asked with_steps) or err, to dst.
+func (s *Server) appendWrite(dst []byte, r *request, o conversation.Outcome, steps []conversation.StepRecord, err error, began time.Time) []byte {
 	out := appendOK(dst, r.id)
 	if err == nil {
-		out, err = s.appendOutcome(ctx, out, r, o)
+		out = appendOutcome(out, r, o, steps)
 	}
 	return s.end(dst, out, r, err, began)
 }
 
 // appendOutcome appends the result of write request r to dst.
-func (s *Server) appendOutcome(ctx context.Context, dst []byte, r *request, o conversation.Outcome) ([]byte, error) {
+func appendOutcome(dst []byte, r *request, o conversation.Outcome, steps []conversation.StepRecord) []byte {
 	switch r.op {
 	case opReceive:
-		dst, err := s.appendDecision(ctx, dst, r, o.Decision)
+		dst = appendDecision(dst, r, o.Decision, steps)
 		if o.Decision.Action == conversation.Start {
 			dst = appendSeq(dst, o)
 		}
-		return dst, err
+		return dst
 	case opStart:
 		dst = appendInt(appendSeq(dst, o), "token", o.Token)
 	default:
@@ -111,23 +111,50 @@ func (s *Server) appendOutcome(ctx context.Context, dst []byte, r *request, o co
 	if o.LeaseExpiresAt > 0 {
 		dst = appendInt(dst, "lease_expires_at", o.LeaseExpiresAt)
 	}
-	return dst, nil
+	return dst
 }
 
 // appendDecision appends the fields of decision d for request r (a
-// receive, decide or explain) to dst, and the completed steps of a resume
-// when r asks for them.
-func (s *Server) appendDecision(ctx context.Context, dst []byte, r *request, d conversation.Decision) ([]byte, error) {
+// receive, decide or explain) to dst, and the steps of a resume when r
+// asks for them.
+func appendDecision(dst []byte, r *request, d conversation.Decision, steps []conversation.StepRecord) []byte {
 	dst = appendDecisionFields(dst, d)
-	if !r.withSteps || d.Action != conversation.Resume {
-		return dst, nil
+	if r.withSteps && d.Action == conversation.Resume {
+		dst = appendSteps(dst, steps, false)
 	}
-	conv, id := r.conv, r.msg
-	if r.op == opReceive {
-		conv, id = r.cmd.Conversation, r.cmd.MessageID
+	return dst
+}
+
+// resumeSteps returns the steps a worker resuming message id of conv after
+// decision d needs: the completed steps below d.ResumeFrom. A step that
+// committed after the decision was taken is left out, so that the steps
+// always agree with resume_from.
+func (s *Server) resumeSteps(ctx context.Context, conv, id string, d conversation.Decision) ([]conversation.StepRecord, error) {
+	if d.Action != conversation.Resume {
+		return nil, nil
 	}
 	steps, err := s.store.Steps(ctx, conv, id)
-	return appendSteps(dst, steps, false), err
+	n := 0
+	for _, st := range steps {
+		if int64(st.Index) < d.ResumeFrom {
+			steps[n] = st
+			n++
+		}
+	}
+	return steps[:n], err
+}
+
+// decision appends the reply of a decide or an explain of request r, whose
+// decision is d, to dst.
+func (s *Server) decision(ctx context.Context, dst []byte, r *request, d conversation.Decision) ([]byte, error) {
+	var steps []conversation.StepRecord
+	if r.withSteps {
+		var err error
+		if steps, err = s.resumeSteps(ctx, r.conv, r.msg, d); err != nil {
+			return dst, err
+		}
+	}
+	return appendDecision(dst, r, d, steps), nil
 }
 
 // hello appends the result of hello to dst.
@@ -221,7 +248,7 @@ func (s *Server) explain(ctx context.Context, r *request, dst []byte) ([]byte, e
 	if err != nil {
 		return dst, err
 	}
-	if dst, err = s.appendDecision(ctx, dst, r, d); err != nil {
+	if dst, err = s.decision(ctx, dst, r, d); err != nil {
 		return dst, err
 	}
 	dst = appendString(dst, "rule", d.Rule.String())

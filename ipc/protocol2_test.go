@@ -1,6 +1,8 @@
 package ipc
 
 import (
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,4 +91,45 @@ func TestServer_Protocol2(t *testing.T) {
 		{"ReleaseUnknown", `{"id":26,"op":"release","conversation":"c","message_id":"x"}`,
 			`{"id":26,"ok":false,"error":{"code":"unknown_message","message":"*","retryable":false}}`},
 	})
+}
+
+// TestServer_ReceiveWithSteps: a receive that resumes answers the steps
+// below its resume_from, read before the next request on its conversation
+// runs (a step pipelined after it is not among them), and a client that
+// closes its writing half right after still gets them.
+func TestServer_ReceiveWithSteps(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := dialRaw(t, ts.path)
+	m := `"conversation":"c","message_id":"m"`
+	for _, req := range []string{
+		`{"op":"receive",` + m + `}`, `{"op":"start",` + m + `}`,
+		`{"op":"step",` + m + `,"step_index":0,"output":"YQ=="}`,
+	} {
+		if r := c.roundTrip(req); r["ok"] != true {
+			t.Fatalf("%s: %v", req, r)
+		}
+	}
+	for i := range 50 {
+		c.send(`{"id":1,"op":"receive",` + m + `,"with_steps":true}` + "\n" +
+			fmt.Sprintf(`{"id":2,"op":"step",`+m+`,"step_index":%d,"output":""}`, i+1) + "\n")
+		want := fmt.Sprintf(`{"id":1,"ok":true,"decision":"resume","resume_from":%d,"steps":[{"step_index":0,"output":"YQ=="}`, i+1)
+		for j := 1; j <= i; j++ {
+			want += fmt.Sprintf(`,{"step_index":%d,"output":""}`, j)
+		}
+		if got := c.line(); got != want+"]}" {
+			t.Fatalf("pipelined receive then step %d:\n got %s\nwant %s]}", i+1, got, want)
+		}
+		if got := c.line(); !strings.HasPrefix(got, `{"id":2,"ok":true`) {
+			t.Fatalf("step %d: %s", i+1, got)
+		}
+	}
+	for range 20 {
+		h := dialRaw(t, ts.path)
+		h.send(`{"id":3,"op":"receive",` + m + `,"with_steps":true}` + "\n")
+		h.nc.CloseWrite()
+		if got := h.line(); !strings.HasPrefix(got, `{"id":3,"ok":true,"decision":"resume"`) {
+			t.Fatalf("receive with_steps, then a half-close: %s", got)
+		}
+		h.eof()
+	}
 }
