@@ -15,7 +15,7 @@ func Reason(d Decision, m *Message, mo Moment) string {
 	case RuleFinished:
 		return fmt.Sprintf("Its processing_finished is at seq %d, so it is done: skip it.", m.LastSeq)
 	case RuleLeased:
-		return fmt.Sprintf("Its processing_started at seq %d%s holds a lease until %s, %d ms from now: another worker is on it, so try again after the lease lapses.",
+		return fmt.Sprintf("Its processing_started at seq %d%s holds a lease, set by that start or its latest lease_renewed, until %s, %d ms from now: another worker is on it, so try again after the lease lapses.",
 			m.StartedSeq, byWorker(m.Worker), millisTime(m.LeaseUntil), d.RetryAfterMS)
 	case RuleQuarantined:
 		return fmt.Sprintf("It was started %d times (processing_started events) since it was received or released, and max_attempts is %d, so it is quarantined: an operator releases it to try again.",
@@ -30,6 +30,10 @@ func Reason(d Decision, m *Message, mo Moment) string {
 	case RuleReceived:
 		return fmt.Sprintf("Its message_received is at seq %d and it was never started since: resume it from step %d%s.", m.ReceivedSeq, d.ResumeFrom, completed(m))
 	case RuleErrored:
+		if m.StartedSeq == 0 {
+			return fmt.Sprintf("It was never started, and an error_occurred (%q) was recorded for it, which allows a retry: resume it from step %d%s.",
+				m.Error, d.ResumeFrom, completed(m))
+		}
 		return fmt.Sprintf("Its latest start (seq %d) was followed by an error_occurred (%q), which allows a retry: resume it from step %d%s.",
 			m.StartedSeq, m.Error, d.ResumeFrom, completed(m))
 	}
