@@ -145,16 +145,18 @@ func CommandOf(e *Event) Command {
 
 // sameAs reports whether e is the event c would append: the same type and
 // message id, and the same step index, output, error text, received_at,
-// fingerprint, worker, lease, token and reason where c gives them.
-func (c *Command) sameAs(e *Event) bool {
+// fingerprint, worker, lease, token and reason where c gives them; when
+// exact, an optional field c leaves out must be absent from e too.
+func (c *Command) sameAs(e *Event, exact bool) bool {
 	if e == nil || e.Type != c.Op.eventType() || e.MessageID != c.MessageID || e.Conversation != c.Conversation {
 		return false
 	}
+	given := func(asked, stored string) bool { return asked == stored || !exact && asked == "" }
 	switch c.Op {
 	case OpReceive:
 		return (!c.HasReceivedAt || c.ReceivedAt == e.ReceivedAt) && given(c.Fingerprint, e.Fingerprint)
 	case OpStart:
-		return given(c.Worker, e.Worker) && (c.LeaseMS == 0 || c.LeaseMS == e.LeaseMS)
+		return given(c.Worker, e.Worker) && (c.LeaseMS == e.LeaseMS || !exact && c.LeaseMS == 0)
 	case OpStep:
 		return c.StepIndex == e.StepIndex && bytes.Equal(c.Output, e.Output)
 	case OpFail:
@@ -166,10 +168,6 @@ func (c *Command) sameAs(e *Event) bool {
 	}
 	return true
 }
-
-// given reports whether a request's optional text asked is what stored
-// holds, or was not given.
-func given(asked, stored string) bool { return asked == "" || asked == stored }
 
 // Known is what the write rules need to know to evaluate one command.
 type Known struct {
@@ -189,6 +187,12 @@ type Known struct {
 	// MaxAttempts is how many times a message may be started before it is
 	// quarantined; 0 for no limit.
 	MaxAttempts int64
+	// Exact makes a retry by expected_seq a duplicate only of the very
+	// event the command makes: an optional field it leaves out must be
+	// absent from the stored event too. A log replayed or imported is
+	// exact; a request from a client is not (it may leave out what it
+	// gave the first time).
+	Exact bool
 }
 
 // retried returns the outcome of a retry of the write that appended e: a
@@ -212,9 +216,9 @@ func (e *Event) retried() Outcome {
 // judged it when the log recorded it at ts: at that time, and a release
 // under the highest max_attempts that quarantines its message, for the log
 // does not keep the setting of its day. A start is never refused by
-// quarantine then.
+// quarantine then, and a retry must be exact (see Known.Exact).
 func (k *Known) Replaying(c *Command, ts int64) {
-	k.Now, k.MaxAttempts = ts, 0
+	k.Now, k.MaxAttempts, k.Exact = ts, 0, true
 	if m := k.Message; c.Op == OpRelease && m != nil {
 		k.MaxAttempts = max(1, m.Attempts)
 	}
@@ -269,7 +273,7 @@ type Outcome struct {
 // A rejected command appends nothing.
 func Evaluate(c *Command, k Known) (Outcome, error) {
 	if c.ExpectedSeq != NoExpectedSeq && c.ExpectedSeq != k.Next {
-		if c.ExpectedSeq < k.Next && k.Prior != nil && k.Prior.Seq == c.ExpectedSeq && c.sameAs(k.Prior) {
+		if c.ExpectedSeq < k.Next && k.Prior != nil && k.Prior.Seq == c.ExpectedSeq && c.sameAs(k.Prior, k.Exact) {
 			return k.Prior.retried(), nil
 		}
 		return Outcome{}, &SequenceConflictError{Expected: c.ExpectedSeq, Actual: k.Next}

@@ -113,7 +113,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, progress Progress) (int
 				}
 				return appended, &ImportError{Line: line, Err: fmt.Errorf("not an event object: %w", err)}
 			}
-			reqs = append(reqs, &request{cmd: conversation.CommandOf(&e), ts: e.TS, then: answered})
+			reqs = append(reqs, &request{cmd: conversation.CommandOf(&e), imported: true, ts: e.TS, then: answered})
 			lines = append(lines, line)
 		}
 		if len(reqs) == 0 {

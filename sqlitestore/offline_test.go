@@ -85,6 +85,15 @@ func TestStore_ImportRefuses(t *testing.T) {
 {"conversation":"c","seq":1,"ts":1,"type":"processing_started","message_id":"m"}
 {"conversation":"c","seq":2,"ts":1,"type":"processing_started","message_id":"m"}
 `, 3},
+		// Only an identical event is skipped as already there: one without
+		// the worker and lease of the stored one is not it.
+		{"NotIdenticalAtSeq", `{"conversation":"c","seq":0,"ts":1,"type":"message_received","message_id":"m","received_at":1}
+{"conversation":"c","seq":1,"ts":1,"type":"processing_started","message_id":"m","worker":"w","lease_ms":1000}
+{"conversation":"c","seq":1,"ts":1,"type":"processing_started","message_id":"m"}
+`, 3},
+		{"NotIdenticalFingerprint", `{"conversation":"c","seq":0,"ts":1,"type":"message_received","message_id":"m","received_at":1,"fingerprint":"a"}
+{"conversation":"c","seq":0,"ts":1,"type":"message_received","message_id":"m","received_at":1}
+`, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,11 +16,14 @@ import (
 // request is one write waiting for the writer. The writer or the syncer
 // sets out and err, then answers it: then is called exactly once.
 type request struct {
-	cmd  conversation.Command
-	ts   int64 // the commit time to record, when not the batch's own (imports)
-	out  conversation.Outcome
-	err  error
-	then func(conversation.Outcome, error)
+	cmd conversation.Command
+	// imported is set for an event Import appends: it keeps its ts, and is
+	// judged as when it was logged.
+	imported bool
+	ts       int64
+	out      conversation.Outcome
+	err      error
+	then     func(conversation.Outcome, error)
 }
 
 // finish answers r with its out and err.
@@ -416,7 +419,7 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 			}
 		}
 	}
-	if r.ts != 0 { // an imported event, judged as when it was logged
+	if r.imported {
 		ts = r.ts
 		k.Replaying(c, ts)
 	}
