@@ -210,11 +210,11 @@ func (s *Server) state(ctx context.Context, r *request, dst []byte) ([]byte, err
 }
 
 func (s *Server) messages(ctx context.Context, r *request, dst []byte) ([]byte, error) {
-	list, err := s.store.Messages(ctx, r.conv, r.status, r.after, r.limit)
+	mo := s.store.Moment() // one moment filters and shows the rows
+	list, err := s.store.Messages(ctx, r.conv, r.status, r.after, r.limit, mo)
 	if err != nil {
 		return dst, err
 	}
-	mo := s.store.Moment()
 	dst = append(dst, `,"messages":[`...)
 	for i := range list {
 		if i > 0 {

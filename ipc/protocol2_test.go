@@ -90,6 +90,10 @@ func TestServer_Protocol2(t *testing.T) {
 			"error":"boom","attempts":0,"token":4,"worker":"w2","lease_expires_at":null,"quarantined":false,"fingerprint":"sha:1"}`},
 		{"ReleaseUnknown", `{"id":26,"op":"release","conversation":"c","message_id":"x"}`,
 			`{"id":26,"ok":false,"error":{"code":"unknown_message","message":"*","retryable":false}}`},
+		{"MessagesEmptyStatus", `{"id":27,"op":"messages","conversation":"c","status":""}`,
+			`{"id":27,"ok":false,"error":{"code":"bad_request","message":"*","retryable":false,"field":"status"}}`},
+		{"MessagesEmptyAfter", `{"id":28,"op":"messages","conversation":"c","after":""}`,
+			`{"id":28,"ok":false,"error":{"code":"bad_request","message":"*","retryable":false,"field":"after"}}`},
 	})
 }
 

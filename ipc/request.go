@@ -262,10 +262,10 @@ func (r *request) args() error {
 		if r.conv, err = r.name(fConversation, true); err != nil {
 			return err
 		}
-		if r.status, _, err = r.str(fStatus); err != nil {
+		if r.status, err = r.checked(fStatus, notEmpty("status")); err != nil {
 			return err
 		}
-		if r.after, _, err = r.str(fAfter); err != nil {
+		if r.after, err = r.checked(fAfter, func(s string) error { return conversation.ValidName("after", s) }); err != nil {
 			return err
 		}
 		r.limit, err = r.limitArg(MessagesLimitDefault, MessagesLimitMax)
@@ -416,6 +416,16 @@ func (r *request) checked(f field, valid func(string) error) (string, error) {
 		return "", err
 	}
 	return s, valid(s)
+}
+
+// notEmpty returns a check that field, when given, is not "".
+func notEmpty(field string) func(string) error {
+	return func(s string) error {
+		if s == "" {
+			return fieldError(field, "must not be empty")
+		}
+		return nil
+	}
 }
 
 // boolean returns the boolean field f, false when it is absent.

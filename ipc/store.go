@@ -31,9 +31,10 @@ type Store interface {
 	// Message returns nil if the message was never received.
 	Message(ctx context.Context, conv, id string) (*conversation.Message, error)
 	// Messages lists up to limit messages of conv after message id after,
-	// by id; filter is "" or a status, "leased" or "quarantined".
-	Messages(ctx context.Context, conv, filter, after string, limit int) ([]conversation.Message, error)
-	// MessageEvents returns up to limit events of message m, by seq.
+	// by id; filter is "" or a status, "leased" or "quarantined", judged
+	// at mo.
+	Messages(ctx context.Context, conv, filter, after string, limit int, mo conversation.Moment) ([]conversation.Message, error)
+	// MessageEvents returns the latest limit events of message m, by seq.
 	MessageEvents(ctx context.Context, conv string, m *conversation.Message, limit int) ([]conversation.Event, error)
 	Steps(ctx context.Context, conv, id string) ([]conversation.StepRecord, error)
 	Conversation(ctx context.Context, name string) (conversation.Summary, error)

@@ -131,22 +131,22 @@ func TestStore_Quarantine(t *testing.T) {
 		{"in_progress", []string{"b"}},
 		{"finished", nil},
 	} {
-		list, err := s.Messages(ctx, "c", tt.filter, "", 10)
+		list, err := s.Messages(ctx, "c", tt.filter, "", 10, s.Moment())
 		if got := ids(list); err != nil || fmt.Sprint(got) != fmt.Sprint(tt.want) {
 			t.Errorf("Messages(%q) = %v, %v; want %v", tt.filter, got, err, tt.want)
 		}
 	}
-	if list, err := s.Messages(ctx, "c", "", "a", 1); err != nil || fmt.Sprint(ids(list)) != "[b]" {
+	if list, err := s.Messages(ctx, "c", "", "a", 1, s.Moment()); err != nil || fmt.Sprint(ids(list)) != "[b]" {
 		t.Errorf("Messages(after a, limit 1) = %v, %v; want [b]", ids(list), err)
 	}
 	var fe *conversation.FieldError
-	if _, err := s.Messages(ctx, "c", "stuck", "", 10); !errors.As(err, &fe) || fe.Field != "status" {
+	if _, err := s.Messages(ctx, "c", "stuck", "", 10, s.Moment()); !errors.As(err, &fe) || fe.Field != "status" {
 		t.Errorf("Messages(stuck): %v, want a field error naming status", err)
 	}
 	// The lease of b lapses: b is not leased, and with 1 attempt not
 	// quarantined either.
 	clock.advance(time.Minute)
-	if list, _ := s.Messages(ctx, "c", "leased", "", 10); len(list) != 0 {
+	if list, _ := s.Messages(ctx, "c", "leased", "", 10, s.Moment()); len(list) != 0 {
 		t.Errorf("Messages(leased) after the lapse = %v, want none", ids(list))
 	}
 	s.SetMaxAttempts(3)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"liminald/conversation"
@@ -47,7 +48,7 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 		// latest event: the (conversation, seq) index bounds the scan.
 		{&st.msgEvents, `SELECT ` + eventColumns + ` FROM events
 			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?1) AND seq BETWEEN ?2 AND ?3
-			AND message_id = ?4 ORDER BY seq LIMIT ?5`},
+			AND message_id = ?4 ORDER BY seq DESC LIMIT ?5`},
 	} {
 		var err error
 		if *p.stmt, err = db.Prepare(p.sql); err != nil {
@@ -137,16 +138,23 @@ const (
 // Messages returns up to limit messages of conversation conv whose ids sort
 // after after, by id, with their state. filter is "" for every message, a
 // stored status ("received", "in_progress", "errored", "finished"), or
-// "leased" or "quarantined", judged at the store's Moment. Returns a
+// "leased" or "quarantined", judged at mo. Returns a
 // *conversation.FieldError naming "status" for another filter.
-func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit int) ([]conversation.Message, error) {
+//
+// The query narrows leased and quarantined by their columns, and the rules
+// of package conversation (Message.Leased, Message.Quarantined) have the
+// last word on each row.
+func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit int, mo conversation.Moment) ([]conversation.Message, error) {
 	var code int64
+	keep := func(*conversation.Message) bool { return true }
 	switch filter {
 	case "":
 	case "leased":
 		code = filterLeased
+		keep = func(m *conversation.Message) bool { return m.Leased(mo.Now) }
 	case "quarantined":
 		code = filterQuarantined
+		keep = func(m *conversation.Message) bool { return m.Quarantined(mo.Now, mo.MaxAttempts) }
 	default:
 		st, ok := conversation.ParseStatus(filter)
 		if !ok || st == conversation.StatusUnknown {
@@ -154,7 +162,6 @@ func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit 
 		}
 		code = int64(st)
 	}
-	mo := s.Moment()
 	rows, err := s.reads.msgs.QueryContext(ctx, conv, after, code, mo.Now, mo.MaxAttempts, limit)
 	if err != nil {
 		return nil, unavailable("read messages", err)
@@ -168,19 +175,22 @@ func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit 
 			return nil, unavailable("read messages", err)
 		}
 		m.ID = id
-		out = append(out, *m)
+		if keep(m) {
+			out = append(out, *m)
+		}
 	}
 	return out, unavailable("read messages", rows.Err())
 }
 
-// MessageEvents returns up to limit events of message m of conversation
-// conv, in seq order, from its message_received on.
+// MessageEvents returns the latest limit events of message m of
+// conversation conv, in seq order.
 func (s *Store) MessageEvents(ctx context.Context, conv string, m *conversation.Message, limit int) ([]conversation.Event, error) {
 	rows, err := s.reads.msgEvents.QueryContext(ctx, conv, m.ReceivedSeq, m.LastSeq, m.ID, limit)
 	if err != nil {
 		return nil, unavailable("read message events", err)
 	}
 	events, err := scanEvents(rows, conv, nil)
+	slices.Reverse(events)
 	return events, unavailable("read message events", err)
 }
 
