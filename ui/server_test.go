@@ -2,6 +2,7 @@ package ui
 
 import (
 	"bufio"
+	"fmt"
 	"context"
 	"net"
 	"net/http"
@@ -184,7 +185,8 @@ func TestServer_Pages(t *testing.T) {
 		{"/", 200, []string{`href="/c/orders"`, `href="/c/emails%2Feu"`, `id="conversations"`}, nil},
 		{"/?q=MAIL", 200, []string{`href="/c/emails%2Feu"`}, []string{`href="/c/orders"`}},
 		{"/?q=nothing", 200, []string{`id="empty"`}, []string{`id="conversations"`}},
-		{"/c/orders", 200, []string{`href="/c/orders/m/m-1"`, `href="/c/orders/m/m-2"`, `id="filters"`}, nil},
+		{"/c/orders", 200, []string{`href="/c/orders/m/m-1"`, `href="/c/orders/m/m-2"`, `id="filters"`, `href="/tail?conv=orders"`}, nil},
+		{"/c/emails%2Feu", 200, []string{`href="/tail?conv=emails%2feu"`}, nil},
 		{"/c/orders?status=in_flight", 200, []string{`/c/orders/m/m-1"`, `aria-current="page">in flight`}, []string{`/m/m-2"`}},
 		{"/c/orders?status=quarantined", 200, []string{`/c/orders/m/m-2"`}, []string{`/m/m-1"`}},
 		{"/c/orders?status=leased", 200, []string{`/c/orders/m/m-1"`, `<td>w1</td>`}, []string{`/m/m-2"`}},
@@ -220,6 +222,26 @@ func TestServer_Pages(t *testing.T) {
 		if strings.Contains(body, "goroutine ") || strings.Contains(body, "panic") {
 			t.Errorf("GET %s: the page shows a trace:\n%s", tt.target, body)
 		}
+	}
+}
+
+// TestServer_ConversationsPaging: the conversations page holds 100 rows and
+// its "more" link leads to the next ones.
+func TestServer_ConversationsPaging(t *testing.T) {
+	d := startTestDaemon(t)
+	var reqs []string
+	for i := range 105 {
+		reqs = append(reqs, fmt.Sprintf(`{"op":"receive","conversation":"c%03d","message_id":"m"}`, i))
+	}
+	d.do(t, reqs...)
+	s := newTestServer(t, d)
+	_, body := get(s, "/", true)
+	if n := strings.Count(body, `<td><a href="/c/c`); n != 100 || !strings.Contains(body, `id="more" href="/?after=c099"`) {
+		t.Fatalf("first page: %d rows, want 100 and a link to those after c099:\n%s", n, body)
+	}
+	_, body = get(s, "/?after=c099", true)
+	if n := strings.Count(body, `<td><a href="/c/c`); n != 5 || !strings.Contains(body, `href="/c/c104"`) || strings.Contains(body, `id="more"`) {
+		t.Errorf("second page: %d rows, want c100 to c104 and no more:\n%s", n, body)
 	}
 }
 

@@ -68,7 +68,13 @@ func (uiCommand) Run(c *cli.Context) error {
 	if c.Bool("open") {
 		openBrowser(url)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	// Event streams last as long as their page: shutting down ends them
+	// through the requests' base context, so that Shutdown need not wait.
+	base, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
+	hs.RegisterOnShutdown(endStreams)
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(l) }()
 	stopped, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
