@@ -2,8 +2,8 @@ package ui
 
 import (
 	"bufio"
-	"fmt"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
