@@ -195,8 +195,8 @@ func appendMessageState(dst []byte, m *conversation.Message, steps []conversatio
 	dst = appendSteps(dst, steps, true)
 	dst = appendNullable(dst, "error", m.Error)
 	dst = appendInt(dst, "attempts", m.Attempts)
-	if m.StartedSeq > 0 {
-		dst = appendInt(dst, "token", m.StartedSeq)
+	if m.Token() > 0 {
+		dst = appendInt(dst, "token", m.Token())
 	} else {
 		dst = append(dst, `,"token":null`...)
 	}

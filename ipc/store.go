@@ -12,8 +12,10 @@ import (
 //
 // WriteAsync, Decide and the reads give the errors of the domain
 // (*conversation.FieldError, ErrUnknownMessage, ErrAlreadyFinished,
-// ErrStepConflict, *SequenceConflictError, errors wrapping ErrUnavailable,
-// ErrClosed); the server maps them to wire codes.
+// ErrStepConflict, *SequenceConflictError, *BusyError, *FencedError,
+// ErrQuarantined, ErrNotQuarantined, *FingerprintMismatchError, errors
+// wrapping ErrUnavailable, ErrClosed); the server maps them to wire codes
+// through the table of codes.
 type Store interface {
 	// WriteAsync queues cmd and returns; then is called exactly once with
 	// its outcome, once the write is durable, or at once when it is

@@ -2,7 +2,8 @@
 -- New columns are NULL or 0 for what version 1 could not record: no event
 -- had a fingerprint, a worker or a lease. A message's attempts are its
 -- processing_started events (version 1 had no releases), and its last_ts the
--- ts of its latest event; both are read in one pass over the log.
+-- ts of its latest event: one lookup a message for last_ts, and one grouped
+-- scan of the log for attempts.
 
 ALTER TABLE events ADD COLUMN fingerprint TEXT;
 ALTER TABLE events ADD COLUMN worker TEXT;

@@ -161,12 +161,8 @@ func Open(path string, opts Options) (*Store, error) {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	s.wg.Add(3)
-	go func() { defer s.wg.Done(); w.run() }()
-	go func() { defer s.wg.Done(); s.syncLoop() }()
-	go func() { defer s.wg.Done(); s.checkpointLoop() }()
 	if opts.OnBatch != nil {
-		s.reports = make(chan Batch, reportBacklog)
+		s.reports = make(chan Batch, reportBacklog) // before the syncer, which sends on it
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -175,6 +171,10 @@ func Open(path string, opts Options) (*Store, error) {
 			}
 		}()
 	}
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); w.run() }()
+	go func() { defer s.wg.Done(); s.syncLoop() }()
+	go func() { defer s.wg.Done(); s.checkpointLoop() }()
 	return s, nil
 }
 

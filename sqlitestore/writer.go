@@ -36,7 +36,9 @@ func (r *request) finish() { r.then(r.out, r.err) }
 //
 // Returns a *conversation.FieldError for invalid arguments, the rule errors
 // of package conversation (ErrUnknownMessage, ErrAlreadyFinished,
-// ErrStepConflict, *SequenceConflictError), an error wrapping conversation.ErrUnavailable
+// ErrStepConflict, *SequenceConflictError, *BusyError, *FencedError,
+// ErrQuarantined, ErrNotQuarantined, *FingerprintMismatchError), an error
+// wrapping conversation.ErrUnavailable
 // when the database cannot write now, conversation.ErrClosed after Close, or ctx's error
 // if ctx ends before the request is queued. Once queued, a request is always
 // answered.
