@@ -41,6 +41,9 @@ type Client struct {
 	pending []*call    // sent, not yet answered, in order
 	subs    map[int64]*Stream
 	err     error // why the client ended; nil while it works
+	// maxOutput is the server's max_output_bytes, once a hello told it;
+	// 0 before.
+	maxOutput int
 }
 
 // call is a request waiting for its reply.

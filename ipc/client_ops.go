@@ -285,7 +285,40 @@ func (c *Client) Hello(ctx context.Context, client string) (ServerInfo, error) {
 		}
 		return appendEnd(dst)
 	})
+	if err == nil {
+		c.mu.Lock()
+		c.maxOutput = r.Limits.MaxOutputBytes
+		c.mu.Unlock()
+	}
 	return ServerInfo{Protocol: r.Protocol, Name: r.Server.Name, Version: r.Server.Version, Ops: r.Ops, Limits: r.Limits}, err
+}
+
+// checkOutputSize is the check Step makes before it sends an output that
+// may be over the server's max_output_bytes: a request line over the
+// limit is refused whole, with a message about the line, not the output.
+// Outputs up to smallOutput are sent unasked; a larger one asks the
+// server its limit once (hello). Returns a bad_request *Error naming the
+// output's size and the limit.
+func (c *Client) checkOutputSize(ctx context.Context, n int) error {
+	const smallOutput = 64 << 10
+	if n <= smallOutput {
+		return nil
+	}
+	c.mu.Lock()
+	limit := c.maxOutput
+	c.mu.Unlock()
+	if limit == 0 {
+		info, err := c.Hello(ctx, "")
+		if err != nil {
+			return err
+		}
+		limit = info.Limits.MaxOutputBytes
+	}
+	if limit > 0 && n > limit {
+		return &Error{Code: CodeBadRequest, Details: map[string]any{"field": "output"},
+			Message: fmt.Sprintf("output is %d bytes, over the server's max_output_bytes of %d (its max_line_bytes, less the rest of the request, in base64); not sent", n, limit)}
+	}
+	return nil
 }
 
 // Ping checks that the server answers.
@@ -456,8 +489,12 @@ func (c *Client) Start(ctx context.Context, conv, msg string, opts ...Option) (A
 // Returns an *Error: fenced (a *conversation.FencedError) when the Token
 // is not the message's current one, step_conflict when the step completed
 // with other output, unknown_message, already_finished,
-// sequence_conflict, bad_request, unavailable, shutting_down.
+// sequence_conflict, bad_request (also, before anything is sent, for an
+// output over the server's max_output_bytes), unavailable, shutting_down.
 func (c *Client) Step(ctx context.Context, conv, msg string, index uint32, output []byte, opts ...Option) (Ack, error) {
+	if err := c.checkOutputSize(ctx, len(output)); err != nil {
+		return Ack{}, err
+	}
 	o := collect(opts)
 	return c.write(ctx, func(dst []byte, id int64) []byte {
 		dst = appendMessage(dst, id, "step", conv, msg)

@@ -569,3 +569,25 @@ func TestLease(t *testing.T) {
 		}
 	}
 }
+
+// TestClient_OutputTooLarge: an output over the server's max_output_bytes
+// is refused before it is sent, naming both sizes, and one at the limit
+// is recorded.
+func TestClient_OutputTooLarge(t *testing.T) {
+	ts := startServer(t, Config{MaxLineBytes: 256 << 10})
+	c := mustDial(t, ts)
+	ctx := context.Background()
+	if _, err := c.Receive(ctx, "c", "m"); err != nil {
+		t.Fatal(err)
+	}
+	limit := MaxOutputBytes(256 << 10)
+	_, err := c.Step(ctx, "c", "m", 0, make([]byte, limit+1))
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeBadRequest || e.Details["field"] != "output" ||
+		!strings.Contains(e.Message, fmt.Sprint(limit+1)) || !strings.Contains(e.Message, fmt.Sprint(limit)) {
+		t.Fatalf("Step of %d bytes: %v, want bad_request naming both sizes", limit+1, err)
+	}
+	if ack, err := c.Step(ctx, "c", "m", 0, make([]byte, limit)); err != nil || ack.Seq != 1 {
+		t.Errorf("Step of %d bytes (the limit) = %+v, %v; want it recorded", limit, ack, err)
+	}
+}
