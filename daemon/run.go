@@ -131,6 +131,10 @@ func (d *daemon) start() error {
 		d.metrics = newMetrics()
 		storeOpts.OnBatch, srvCfg.Observe = d.metrics.observeBatch, d.metrics.observe
 	}
+	// Created 0600 before SQLite would create it 0644: it holds payloads.
+	if _, err := sqlitestore.Create(cfg.DB); err != nil {
+		return err
+	}
 	var err error
 	d.store, err = sqlitestore.Open(cfg.DB, storeOpts)
 	if err != nil {

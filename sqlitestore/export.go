@@ -140,17 +140,27 @@ func (s *Store) Import(ctx context.Context, r io.Reader, progress Progress) (int
 }
 
 // Backup writes a consistent copy of the database at path to dst, which must
-// not exist. It works beside a running daemon.
-func Backup(ctx context.Context, path, dst string) error {
-	if _, err := os.Stat(dst); err == nil {
-		return fmt.Errorf("backup %s: %s already exists", path, dst)
-	}
+// not exist: it is created with mode 0600, like the database (see Create),
+// and removed again if the copy fails. It works beside a running daemon.
+// Returns an error wrapping fs.ErrExist when dst exists.
+func Backup(ctx context.Context, path, dst string) (err error) {
 	db, err := openExisting(path)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	// VACUUM INTO writes the target file, which query_only forbids.
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", path, err)
+	}
+	f.Close()
+	defer func() {
+		if err != nil {
+			Remove(dst)
+		}
+	}()
+	// VACUUM INTO writes the target file, which query_only forbids. It
+	// writes into an empty file, keeping its mode.
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", path, err)

@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -107,7 +109,10 @@ func TestStore_ImportRefuses(t *testing.T) {
 	}
 }
 
+// TestBackup: a backup holds every event, no one else may read it, and
+// Backup neither overwrites a file nor leaves one behind when it fails.
 func TestBackup(t *testing.T) {
+	setUmask(t, 0o022)
 	s := mustOpenStore(t, Options{})
 	writeLifecycles(t, s, 2, 10)
 	dst := filepath.Join(t.TempDir(), "copy.db")
@@ -118,8 +123,22 @@ func TestBackup(t *testing.T) {
 	if r.Events != 2*5*10 {
 		t.Errorf("backup holds %d events", r.Events)
 	}
-	if err := Backup(context.Background(), s.Path(), dst); err == nil {
-		t.Error("Backup over an existing file succeeded")
+	wantMode(t, dst, 0o600)
+	if err := Backup(context.Background(), s.Path(), dst); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("Backup over an existing file = %v, want fs.ErrExist", err)
+	}
+	if r := mustCheck(t, dst); r.Events != 2*5*10 {
+		t.Errorf("a refused backup left %d events in the existing file", r.Events)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	failed := filepath.Join(t.TempDir(), "failed.db")
+	if err := Backup(ctx, s.Path(), failed); err == nil {
+		t.Fatal("Backup with a cancelled context succeeded")
+	}
+	if _, err := os.Lstat(failed); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a failed backup left %s behind: %v", failed, err)
 	}
 }
 

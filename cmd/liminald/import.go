@@ -49,6 +49,9 @@ func (importCommand) Run(c *cli.Context) error {
 		return err
 	}
 	defer lock.Release()
+	if _, err := sqlitestore.Create(db); err != nil {
+		return err
+	}
 	s, err := sqlitestore.Open(db, sqlitestore.Options{})
 	if err != nil {
 		return err
