@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -53,6 +54,10 @@ type daemon struct {
 	locks   []*Lock
 	socket  string // the socket file this daemon created, "" when activated
 
+	// What start made, for abandon to remove when it fails.
+	createdDB bool     // the database file
+	dirs      []string // directories, the last made first
+
 	// The socket's settings, fixed at start (they cannot change live), for
 	// the socket watcher's goroutine.
 	sockPath, sockGroup string
@@ -68,14 +73,16 @@ type daemon struct {
 }
 
 // Run runs the daemon until ctx ends or it gets SIGTERM or SIGINT: it loads
-// the configuration, takes the database lock, opens the store, takes the
-// socket lock and listens (or takes the sockets systemd passed), reports
-// READY=1, and serves. SIGHUP or an edit of the configuration file reloads
-// what can change live. On the way out it stops accepting, answers what is
-// in flight, closes the store cleanly, removes its socket and releases the
-// locks. Returns nil after a clean shutdown; an error wrapping ErrLocked if
-// another daemon holds the database or the socket; otherwise the error that
-// kept it from starting.
+// the configuration, takes the database lock and the socket lock (or the
+// sockets systemd passed), opens the store, listens, reports READY=1, and
+// serves. SIGHUP or an edit of the configuration file reloads what can
+// change live. On the way out it stops accepting, answers what is in
+// flight, closes the store cleanly, removes its socket and releases the
+// locks. When it cannot start, it leaves nothing that was not there before:
+// not the database, nor a lock file or a directory it made. Returns nil
+// after a clean shutdown; an error wrapping ErrLocked if another daemon
+// holds the database or the socket; otherwise the error that kept it from
+// starting.
 func Run(ctx context.Context, opts Options) error {
 	if opts.Env == nil {
 		opts.Env = os.Getenv
@@ -99,28 +106,40 @@ func Run(ctx context.Context, opts Options) error {
 	d.log, d.level = NewLogger(opts.Stderr, cfg.LogLevel, cfg.LogFormat)
 	allow := cfg.AllowList()
 	d.allow.Store(&allow)
-	defer d.releaseLocks()
 	if err := d.start(); err != nil {
-		if d.metrics != nil {
-			d.metrics.close()
-		}
-		if d.store != nil {
-			d.store.Close()
-		}
+		d.abandon()
 		return err
 	}
+	defer d.releaseLocks()
 	return d.serve(ctx, signals)
 }
 
-// start takes the locks, opens the store and the sockets, and starts
-// serving.
+// start takes the locks, then opens the store and the sockets, and starts
+// serving. The database is made only once both locks are held: a daemon
+// refused for its socket has not touched it.
 func (d *daemon) start() error {
 	cfg := d.cfg
-	if err := PrepareDir(filepath.Dir(cfg.DB)); err != nil {
+	if err := d.prepareDir(filepath.Dir(cfg.DB)); err != nil {
 		return err
 	}
 	if err := d.lock(cfg.DB + ".lock"); err != nil {
 		return err
+	}
+	activated, err := Activated()
+	if err != nil {
+		return err
+	}
+	if len(activated) == 0 {
+		if err := CheckSocketPath(cfg.Socket); err != nil {
+			return err
+		}
+		if err := d.prepareDir(filepath.Dir(cfg.Socket)); err != nil {
+			return err
+		}
+		if err := d.lock(cfg.Socket + ".lock"); err != nil {
+			return err
+		}
+		d.sockLock = d.locks[len(d.locks)-1]
 	}
 	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log, MaxAttempts: cfg.MaxAttempts}
 	srvCfg := ipc.Config{
@@ -132,10 +151,9 @@ func (d *daemon) start() error {
 		storeOpts.OnBatch, srvCfg.Observe = d.metrics.observeBatch, d.metrics.observe
 	}
 	// Created 0600 before SQLite would create it 0644: it holds payloads.
-	if _, err := sqlitestore.Create(cfg.DB); err != nil {
+	if d.createdDB, err = sqlitestore.Create(cfg.DB); err != nil {
 		return err
 	}
-	var err error
 	d.store, err = sqlitestore.Open(cfg.DB, storeOpts)
 	if err != nil {
 		return err
@@ -150,10 +168,6 @@ func (d *daemon) start() error {
 		}
 		d.log.Info("metrics endpoint", "addr", addr.String())
 	}
-	activated, err := Activated()
-	if err != nil {
-		return err
-	}
 	if len(activated) > 0 {
 		// systemd owns the socket file and keeps one daemon per socket.
 		for _, l := range activated {
@@ -162,22 +176,53 @@ func (d *daemon) start() error {
 		d.log.Info("serving", "db", cfg.DB, "sync", cfg.Sync, "activated_sockets", len(activated), "version", d.opts.Version)
 		return nil
 	}
-	if err := CheckSocketPath(cfg.Socket); err != nil {
-		return err
-	}
-	if err := PrepareDir(filepath.Dir(cfg.Socket)); err != nil {
-		return err
-	}
-	if err := d.lock(cfg.Socket + ".lock"); err != nil {
-		return err
-	}
-	d.sockLock = d.locks[len(d.locks)-1]
 	d.sockPath, d.sockMode, d.sockGroup = cfg.Socket, cfg.SocketMode, cfg.SocketGroup
 	if err := d.listen(); err != nil {
 		return err
 	}
 	d.log.Info("serving", "db", cfg.DB, "sync", cfg.Sync, "socket", cfg.Socket, "version", d.opts.Version)
 	return nil
+}
+
+// abandon undoes a start that failed, leaving nothing that was not there
+// before it: it stops the metrics endpoint, closes the store, removes the
+// database if start made it, removes the lock files it made and releases
+// the locks, and removes the directories it made (if they are empty).
+func (d *daemon) abandon() {
+	if d.metrics != nil {
+		d.metrics.close()
+		d.removeMetricsSocket()
+	}
+	if d.store != nil {
+		d.store.Close()
+	}
+	if d.createdDB {
+		if err := sqlitestore.Remove(d.cfg.DB); err != nil {
+			d.log.Warn("remove the database this start made", "err", err)
+		}
+	}
+	for _, l := range slices.Backward(d.locks) {
+		if err := l.Discard(); err != nil {
+			d.log.Warn("discard lock", "path", l.Path(), "err", err)
+		}
+	}
+	for _, dir := range d.dirs {
+		os.Remove(dir) // only if empty: what another process put there stays
+	}
+}
+
+// prepareDir is PrepareDir, remembering the directories it made for
+// abandon, the last made first.
+func (d *daemon) prepareDir(dir string) error {
+	var missing []string
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) || filepath.Dir(p) == p {
+			break
+		}
+		missing = append(missing, p)
+	}
+	d.dirs = append(missing, d.dirs...)
+	return PrepareDir(dir)
 }
 
 func (d *daemon) lock(path string) error {
@@ -304,6 +349,17 @@ func (d *daemon) serve(ctx context.Context, signals <-chan os.Signal) error {
 	return fatal
 }
 
+// removeMetricsSocket removes the socket file of the metrics endpoint, if
+// it listens on one: not a file that kept it from listening.
+func (d *daemon) removeMetricsSocket() {
+	if d.metrics.srv == nil {
+		return
+	}
+	if network, addr, _ := metricsAddress(d.cfg.Metrics); network == "unix" {
+		os.Remove(addr)
+	}
+}
+
 func notifyOnce(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -425,9 +481,7 @@ func (d *daemon) shutdown() error {
 	d.serving.Wait()
 	if d.metrics != nil {
 		d.metrics.close()
-		if network, addr, _ := metricsAddress(d.cfg.Metrics); network == "unix" {
-			os.Remove(addr)
-		}
+		d.removeMetricsSocket()
 	}
 	err := d.store.Close()
 	if err != nil {

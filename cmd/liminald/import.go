@@ -29,7 +29,8 @@ func (cmd importCommand) Command() *cli.Command {
 
 // Run imports the events under the database's lock. Returns
 // daemon.ErrLocked while a daemon holds it, and the store's
-// *sqlitestore.ImportError for an event it refuses.
+// *sqlitestore.ImportError for an event it refuses. A failed import leaves
+// behind neither the database nor the lock file if it made them.
 func (importCommand) Run(c *cli.Context) error {
 	db, err := offlineDB(c, 1)
 	if err != nil {
@@ -48,21 +49,41 @@ func (importCommand) Run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer lock.Release()
-	if _, err := sqlitestore.Create(db); err != nil {
-		return err
-	}
-	s, err := sqlitestore.Open(db, sqlitestore.Options{})
+	n, created, err := importInto(c, db, r)
 	if err != nil {
-		return err
-	}
-	n, err := s.Import(c.Context, r, progress(c, "imported"))
-	if cerr := s.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+		lock.Discard()
+		if created {
+			return fmt.Errorf("import: %w (nothing kept: the new database %s is removed)", err, db)
+		}
 		return fmt.Errorf("import: %w (%d events appended before it)", err, n)
+	}
+	if err := lock.Release(); err != nil {
+		return err
 	}
 	report(c, map[string]any{"ok": true, "appended": n}, fmt.Sprintf("imported %d events", n))
 	return nil
+}
+
+// importInto imports the events read from r into the database at db,
+// creating it (0600) if it does not exist, and removing it again if it
+// created it and the import fails. Returns how many events it appended,
+// and whether it created the database.
+func importInto(c *cli.Context, db string, r io.Reader) (n int64, created bool, err error) {
+	if created, err = sqlitestore.Create(db); err != nil {
+		return 0, false, err
+	}
+	defer func() {
+		if err != nil && created {
+			sqlitestore.Remove(db)
+		}
+	}()
+	s, err := sqlitestore.Open(db, sqlitestore.Options{})
+	if err != nil {
+		return 0, created, err
+	}
+	n, err = s.Import(c.Context, r, progress(c, "imported"))
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	return n, created, err
 }
