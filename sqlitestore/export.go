@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 
+	"modernc.org/sqlite"
+
 	"liminald/conversation"
 )
 
@@ -139,11 +141,18 @@ func (s *Store) Import(ctx context.Context, r io.Reader, progress Progress) (int
 	}
 }
 
+// backupPages is how many pages Backup copies at a time, between two
+// reports of its progress.
+var backupPages int32 = 1024
+
 // Backup writes a consistent copy of the database at path to dst, which must
 // not exist: it is created with mode 0600, like the database (see Create),
-// and removed again if the copy fails. It works beside a running daemon.
-// Returns an error wrapping fs.ErrExist when dst exists.
-func Backup(ctx context.Context, path, dst string) (err error) {
+// and removed again if the copy fails. It works beside a running daemon: it
+// copies the pages of one snapshot with SQLite's online backup, a few at a
+// time, and tells progress (which may be nil) how far it got in events,
+// those of the snapshot in the share of its pages copied. Returns an error
+// wrapping fs.ErrExist when dst exists.
+func Backup(ctx context.Context, path, dst string, progress Progress) (err error) {
 	db, err := openExisting(path)
 	if err != nil {
 		return err
@@ -159,17 +168,50 @@ func Backup(ctx context.Context, path, dst string) (err error) {
 			Remove(dst)
 		}
 	}()
-	// VACUUM INTO writes the target file, which query_only forbids. It
-	// writes into an empty file, keeping its mode.
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", path, err)
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "PRAGMA query_only = 0"); err != nil {
+	// One read transaction, held from the first page copied to the last,
+	// is the snapshot: without it each step would read the latest commit,
+	// and a commit between two steps would start the copy over.
+	if _, err := conn.ExecContext(ctx, "BEGIN"); err != nil {
 		return fmt.Errorf("backup %s: %w", path, err)
 	}
-	if _, err := conn.ExecContext(ctx, "VACUUM INTO ?", dst); err != nil {
+	defer conn.ExecContext(context.Background(), "ROLLBACK")
+	var events int64
+	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM events").Scan(&events); err != nil {
+		return fmt.Errorf("backup %s: %w", path, err)
+	}
+	err = conn.Raw(func(driverConn any) error {
+		bc, ok := driverConn.(interface {
+			NewBackup(dst string) (*sqlite.Backup, error)
+		})
+		if !ok {
+			return fmt.Errorf("driver connection %T has no online backup", driverConn)
+		}
+		b, err := bc.NewBackup(dsn(dst))
+		if err != nil {
+			return err
+		}
+		for more := true; more; {
+			if err := ctx.Err(); err != nil {
+				b.Finish()
+				return err
+			}
+			if more, err = b.Step(backupPages); err != nil {
+				b.Finish()
+				return err
+			}
+			if pages := b.PageCount(); progress != nil && pages > 0 {
+				copied := pages - b.Remaining()
+				progress(int64(float64(events)*float64(copied)/float64(pages)), events)
+			}
+		}
+		return b.Finish()
+	})
+	if err != nil {
 		return fmt.Errorf("backup %s to %s: %w", path, dst, err)
 	}
 	return nil

@@ -116,7 +116,7 @@ func TestBackup(t *testing.T) {
 	s := mustOpenStore(t, Options{})
 	writeLifecycles(t, s, 2, 10)
 	dst := filepath.Join(t.TempDir(), "copy.db")
-	if err := Backup(context.Background(), s.Path(), dst); err != nil {
+	if err := Backup(context.Background(), s.Path(), dst, nil); err != nil {
 		t.Fatal(err)
 	}
 	r := mustCheck(t, dst)
@@ -124,7 +124,7 @@ func TestBackup(t *testing.T) {
 		t.Errorf("backup holds %d events", r.Events)
 	}
 	wantMode(t, dst, 0o600)
-	if err := Backup(context.Background(), s.Path(), dst); !errors.Is(err, fs.ErrExist) {
+	if err := Backup(context.Background(), s.Path(), dst, nil); !errors.Is(err, fs.ErrExist) {
 		t.Errorf("Backup over an existing file = %v, want fs.ErrExist", err)
 	}
 	if r := mustCheck(t, dst); r.Events != 2*5*10 {
@@ -134,11 +134,68 @@ func TestBackup(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	failed := filepath.Join(t.TempDir(), "failed.db")
-	if err := Backup(ctx, s.Path(), failed); err == nil {
+	if err := Backup(ctx, s.Path(), failed, nil); err == nil {
 		t.Fatal("Backup with a cancelled context succeeded")
 	}
 	if _, err := os.Lstat(failed); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a failed backup left %s behind: %v", failed, err)
+	}
+}
+
+// TestBackup_Progress: Backup copies a few pages at a time, reports each
+// step as events copied, up to all of them, and copies one snapshot while
+// the store keeps writing.
+func TestBackup_Progress(t *testing.T) {
+	old := backupPages
+	backupPages = 2
+	t.Cleanup(func() { backupPages = old })
+	s := mustOpenStore(t, Options{})
+	writeLifecycles(t, s, 4, 50)
+	before, err := s.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cmd := conversation.Command{Op: conversation.OpReceive, Conversation: "during", MessageID: fmt.Sprint(i), ExpectedSeq: conversation.NoExpectedSeq}
+			if _, err := s.Write(context.Background(), cmd); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	var reports [][2]int64
+	dst := filepath.Join(t.TempDir(), "copy.db")
+	err = Backup(context.Background(), s.Path(), dst, func(done, total int64) { reports = append(reports, [2]int64{done, total}) })
+	close(stop)
+	<-writing
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if len(reports) < 3 {
+		t.Fatalf("progress reported %v, want a report for each of several steps", reports)
+	}
+	last := reports[len(reports)-1]
+	if last[0] != last[1] || last[1] < before.Events {
+		t.Errorf("last report %v, want all of at least %d events", last, before.Events)
+	}
+	for i := 1; i < len(reports); i++ {
+		if reports[i][0] < reports[i-1][0] || reports[i][1] != last[1] {
+			t.Errorf("report %d is %v after %v: want the same total, and no step back", i, reports[i], reports[i-1])
+		}
+	}
+	if r := mustCheck(t, dst); r.Events != last[1] {
+		t.Errorf("the backup holds %d events, progress counted %d", r.Events, last[1])
 	}
 }
 

@@ -21,7 +21,8 @@ func (cmd backupCommand) Command() *cli.Command {
 	}
 }
 
-// Run writes the copy. Returns sqlitestore.Backup's error.
+// Run writes the copy, showing its progress on a terminal. Returns
+// sqlitestore.Backup's error.
 func (backupCommand) Run(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usagef("backup takes DEST, got %d arguments", c.NArg())
@@ -31,7 +32,7 @@ func (backupCommand) Run(c *cli.Context) error {
 		return err
 	}
 	dest := c.Args().First()
-	if err := sqlitestore.Backup(c.Context, db, dest); err != nil {
+	if err := sqlitestore.Backup(c.Context, db, dest, progress(c, "backed up")); err != nil {
 		return err
 	}
 	report(c, map[string]any{"ok": true, "backup": dest}, "backup written to "+dest)
