@@ -288,3 +288,22 @@ func TestCLI_EventsFollow(t *testing.T) {
 		}
 	}
 }
+
+// TestCLI_StepNeedsOutput: step records no output it was not given: without
+// --output, --output-file, --output-base64 or --empty it is a usage error
+// and appends nothing, so the real output can still be recorded.
+func TestCLI_StepNeedsOutput(t *testing.T) {
+	d := startDaemon(t)
+	runSteps(t, d, []cliStep{
+		{args: []string{"receive", "c", "m"}, want: []string{"start"}},
+		{args: []string{"start", "c", "m"}, want: []string{"appended at seq 1"}},
+		{args: []string{"step", "c", "m", "0"}, wantCode: 2,
+			wantErr: "liminald: bad_request: step needs its output: give --output TEXT, --output-file FILE or --output-base64 B64, or --empty for none"},
+		{args: []string{"step", "--output", "x", "--empty", "c", "m", "0"}, wantCode: 2,
+			wantErr: "liminald: bad_request: give only one of --output, --output-file, --output-base64 and --empty"},
+		{args: []string{"step", "--output", "charged", "c", "m", "0"}, want: []string{"appended at seq 2"}},
+		{args: []string{"step", "--empty", "c", "m", "1"}, want: []string{"appended at seq 3"}},
+		{args: []string{"step", "--output", "", "c", "m", "1"}, want: []string{"duplicate of seq 3"}},
+		{args: []string{"events", "c"}, want: []string{`step 0 output "charged"`, `step 1 output ""`}},
+	})
+}

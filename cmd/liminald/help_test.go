@@ -16,10 +16,9 @@ import (
 // value that stands for another default, and serve's defaults are those of
 // daemon.DefaultConfig; a required flag says so and shows no default.
 func TestHelp_Defaults(t *testing.T) {
-	// noDefault are the flags with no default to show: --output-file and
-	// --output-base64 are alternatives to --output, which shows the default
-	// output.
-	noDefault := map[string]bool{"help": true, "version": true, "output-file": true, "output-base64": true}
+	// noDefault are the flags with no default to show: step's output
+	// flags, one of which (or --empty) must be given.
+	noDefault := map[string]bool{"help": true, "version": true, "output": true, "output-file": true, "output-base64": true}
 	// zeroIsDefault are the flags whose default really is zero.
 	zeroIsDefault := map[string]bool{"from-seq": true, "from-pos": true}
 	def := daemon.DefaultConfig()

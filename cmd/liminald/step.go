@@ -21,10 +21,13 @@ func (cmd stepCommand) Command() *cli.Command {
 		Usage:     "record a completed step of a message and its output",
 		ArgsUsage: "CONV MSG INDEX",
 		Flags: clientFlags(expectedSeqFlag, tokenFlag,
-			&cli.StringFlag{Name: "output", Usage: "the step's output as `TEXT`", DefaultText: "empty"},
+			&cli.StringFlag{Name: "output", Usage: "the step's output as `TEXT`"},
 			&cli.StringFlag{Name: "output-file", Usage: "read the step's output from `FILE` (- for stdin)"},
 			&cli.StringFlag{Name: "output-base64", Usage: "the step's output as standard `BASE64`"},
+			&cli.BoolFlag{Name: "empty", Usage: "the step's output is empty"},
 		),
+		Description: "Give the step's output with one of --output, --output-file and --output-base64, " +
+			"or --empty for none: a step is recorded once, and another output for it later is a step_conflict.",
 		Action: cmd.Run,
 	}
 }
@@ -47,9 +50,11 @@ func (stepCommand) Run(c *cli.Context) error {
 	return call(c, withToken(c, withExpectedSeq(c, r)), printAck)
 }
 
-// stepOutput returns the output given by --output, --output-file or
-// --output-base64. Returns a usage error when more than one is given or
-// the base64 is malformed, and the error of reading the file.
+// stepOutput returns the output given by --output, --output-file,
+// --output-base64 or --empty. Returns a usage error unless exactly one is
+// given (a step recorded with a forgotten output could never be recorded
+// with the real one), or when the base64 is malformed, and the error of
+// reading the file.
 func stepOutput(c *cli.Context) ([]byte, error) {
 	given := 0
 	for _, f := range []string{"output", "output-file", "output-base64"} {
@@ -57,8 +62,14 @@ func stepOutput(c *cli.Context) ([]byte, error) {
 			given++
 		}
 	}
-	if given > 1 {
-		return nil, usagef("give at most one of --output, --output-file and --output-base64")
+	if c.Bool("empty") {
+		given++
+	}
+	switch {
+	case given == 0:
+		return nil, usagef("step needs its output: give --output TEXT, --output-file FILE or --output-base64 B64, or --empty for none")
+	case given > 1:
+		return nil, usagef("give only one of --output, --output-file, --output-base64 and --empty")
 	}
 	switch {
 	case c.IsSet("output-file"):
