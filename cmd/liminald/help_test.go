@@ -96,3 +96,40 @@ func flagLines(help string) map[string]string {
 	}
 	return lines
 }
+
+// TestHelp_Commands: help, help COMMAND, COMMAND --help and version print and exit 0; an unknown command or help topic is a
+// usage error that names it.
+func TestHelp_Commands(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		wantCode int
+		want     string // in stdout, or in stderr when wantCode != 0
+	}{
+		{args: []string{}, want: "\nCOMMANDS:\n"},
+		{args: []string{"help"}, want: "\nCOMMANDS:\n"},
+		{args: []string{"help", "step"}, want: "liminald step - record a completed step"},
+		{args: []string{"step", "--help"}, want: "liminald step - record a completed step"},
+		{args: []string{"version"}, want: "liminald version "},
+		{args: []string{"--version"}, want: "liminald version "},
+		{args: []string{"nope"}, wantCode: 2, want: `liminald: bad_request: no command "nope"; liminald help lists them`},
+		{args: []string{"help", "nope"}, wantCode: 2, want: `liminald: bad_request: no command "nope"`},
+		{args: []string{"help", "step", "state"}, wantCode: 2, want: "liminald: bad_request: help takes at most one COMMAND"},
+		{args: []string{"version", "2"}, wantCode: 2, want: "liminald: bad_request: version takes no arguments"},
+	} {
+		cmd := exec.Command(binary, tc.args...)
+		cmd.Env = cleanEnv()
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); cmd.ProcessState == nil {
+			t.Fatal(err)
+		}
+		code, got := cmd.ProcessState.ExitCode(), stdout.String()
+		if tc.wantCode != 0 {
+			got = stderr.String()
+		}
+		if code != tc.wantCode || !strings.Contains(got, tc.want) {
+			t.Errorf("liminald %s: exit %d\nstdout: %s\nstderr: %s\nwant exit %d and %q",
+				strings.Join(tc.args, " "), code, stdout.String(), stderr.String(), tc.wantCode, tc.want)
+		}
+	}
+}

@@ -66,8 +66,10 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
 		Commands:        commands(),
+		Action:          root,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run prints errors and picks the exit code
 		OnUsageError:    onUsageError,
+		Description:     "liminald help COMMAND (or liminald COMMAND --help) shows a command's flags.",
 	}
 }
 
@@ -105,6 +107,34 @@ func commands() []*cli.Command {
 		cmd.Before = checkRequired
 	}
 	return cmds
+}
+
+// root runs when the command line names no command: liminald alone and
+// liminald help list the commands, liminald help COMMAND shows a command's
+// help, liminald version prints the version. Returns a usage error naming
+// anything else.
+func root(c *cli.Context) error {
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return cli.ShowAppHelp(c)
+	}
+	switch name, rest := args[0], args[1:]; {
+	case name == "help" && len(rest) == 0:
+		return cli.ShowAppHelp(c)
+	case name == "help" && len(rest) == 1:
+		if c.App.Command(rest[0]) == nil {
+			return usagef("no command %q; liminald help lists them", rest[0])
+		}
+		return cli.ShowCommandHelp(c, rest[0])
+	case name == "help":
+		return usagef("help takes at most one COMMAND, got %d arguments", len(rest))
+	case name == "version" && len(rest) == 0:
+		cli.ShowVersion(c)
+		return nil
+	case name == "version":
+		return usagef("version takes no arguments")
+	}
+	return usagef("no command %q; liminald help lists them", args[0])
 }
 
 func versionString() string {
