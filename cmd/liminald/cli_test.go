@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -306,4 +307,59 @@ func TestCLI_StepNeedsOutput(t *testing.T) {
 		{args: []string{"step", "--output", "", "c", "m", "1"}, want: []string{"duplicate of seq 3"}},
 		{args: []string{"events", "c"}, want: []string{`step 0 output "charged"`, `step 1 output ""`}},
 	})
+}
+
+// TestCLI_FlagsAfterArguments: a command's flags may follow its arguments;
+// a flag keeps its value even when the value starts with -, and after --
+// everything is an argument.
+func TestCLI_FlagsAfterArguments(t *testing.T) {
+	d := startDaemon(t)
+	runSteps(t, d, []cliStep{
+		{args: []string{"receive", "orders", "m-20", "--json"}, want: []string{`{"id":null,"ok":true,"decision":"start","seq":0}`}},
+		{args: []string{"start", "orders", "--worker", "w1", "m-20", "--lease", "1m"}, want: []string{"appended at seq 1, token 1, leased until "}},
+		{args: []string{"step", "orders", "m-20", "0", "--token", "1", "--output", "-x"}, want: []string{"appended at seq 2"}},
+		{args: []string{"step", "orders", "m-20", "1", "--output=--json", "--expected-seq", "3"}, want: []string{"appended at seq 3"}},
+		{args: []string{"receive", "--json", "--", "orders", "-m"}, want: []string{`"decision":"start","seq":4`}},
+		{args: []string{"receive", "orders", "-m"}, wantCode: 2,
+			wantErr: "liminald: bad_request: receive has no flag -m (an argument that starts with - goes after --: liminald receive [flags] -- CONV MSG)"},
+		{args: []string{"events", "orders", "--json", "--from-seq", "2"}, want: []string{`"output":"LXg="`, `"output":"LS1qc29u"`, `"message_id":"-m"`}},
+		{args: []string{"state", "orders", "-m", "--json"}, wantCode: 2, wantErr: "liminald: bad_request: state has no flag -m"},
+		{args: []string{"state", "orders", "--json", "--", "-m"}, want: []string{`"status":"received"`}},
+	})
+}
+
+// TestFlagsFirst: flags move before the arguments, with their values, up
+// to --; --help anywhere shows the command's help.
+func TestFlagsFirst(t *testing.T) {
+	cmds := commands()
+	for _, tc := range []struct {
+		args    []string
+		want    []string
+		wantErr string
+	}{
+		{args: []string{"receive", "orders", "m-20", "--json"}, want: []string{"receive", "--json", "--", "orders", "m-20"}},
+		{args: []string{"receive", "--json", "orders", "m-20"}, want: []string{"receive", "--json", "--", "orders", "m-20"}},
+		{args: []string{"step", "c", "--output", "-x", "m", "0"}, want: []string{"step", "--output", "-x", "--", "c", "m", "0"}},
+		{args: []string{"step", "c", "m", "0", "--output=-x", "--expected-seq", "-1"}, want: []string{"step", "--output=-x", "--expected-seq", "-1", "--", "c", "m", "0"}},
+		{args: []string{"events", "c", "-f"}, want: []string{"events", "-f", "--", "c"}},
+		{args: []string{"state", "--json", "--", "-c", "--help"}, want: []string{"state", "--json", "--", "-c", "--help"}},
+		{args: []string{"import", "-", "--db", "x"}, want: []string{"import", "--db", "x", "--", "-"}},
+		{args: []string{"step", "--output", "--help", "c", "m", "0"}, want: []string{"step", "--output", "--help", "--", "c", "m", "0"}},
+		{args: []string{"step", "c", "m", "0", "--help"}, want: []string{"help", "step"}},
+		{args: []string{"serve", "--socket"}, want: []string{"serve", "--socket", "--"}},
+		{args: []string{"help", "step", "--json"}, want: []string{"help", "step", "--json"}},
+		{args: []string{"state", "c", "-m"}, wantErr: "state has no flag -m (an argument that starts with - goes after --: liminald state [flags] -- CONV [MSG])"},
+		{args: []string{"check", "--jsn"}, wantErr: "check has no flag --jsn"},
+	} {
+		got, err := flagsFirst(cmds, append([]string{"liminald"}, tc.args...))
+		if tc.wantErr != "" {
+			if err == nil || err.Error() != tc.wantErr || !isUsage(err) {
+				t.Errorf("flagsFirst(%q) = %q, %v; want the usage error %q", tc.args, got, err, tc.wantErr)
+			}
+			continue
+		}
+		if want := append([]string{"liminald"}, tc.want...); err != nil || !slices.Equal(got, want) {
+			t.Errorf("flagsFirst(%q) = %q, %v; want %q", tc.args, got, err, want)
+		}
+	}
 }

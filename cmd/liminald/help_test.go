@@ -97,7 +97,8 @@ func flagLines(help string) map[string]string {
 	return lines
 }
 
-// TestHelp_Commands: help, help COMMAND, COMMAND --help and version print and exit 0; an unknown command or help topic is a
+// TestHelp_Commands: help, help COMMAND, COMMAND --help anywhere before
+// --, and version print and exit 0; an unknown command or help topic is a
 // usage error that names it.
 func TestHelp_Commands(t *testing.T) {
 	for _, tc := range []struct {
@@ -109,6 +110,8 @@ func TestHelp_Commands(t *testing.T) {
 		{args: []string{"help"}, want: "\nCOMMANDS:\n"},
 		{args: []string{"help", "step"}, want: "liminald step - record a completed step"},
 		{args: []string{"step", "--help"}, want: "liminald step - record a completed step"},
+		{args: []string{"step", "c", "m", "0", "--help"}, want: "liminald step - record a completed step"},
+		{args: []string{"receive", "--json", "c", "m", "-h"}, want: "liminald receive - record a delivery"},
 		{args: []string{"version"}, want: "liminald version "},
 		{args: []string{"--version"}, want: "liminald version "},
 		{args: []string{"nope"}, wantCode: 2, want: `liminald: bad_request: no command "nope"; liminald help lists them`},

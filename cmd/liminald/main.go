@@ -18,6 +18,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -36,7 +38,10 @@ func main() {
 // 1 on a failure (its error code printed), 2 on a usage error.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := newApp(stdin, stdout, stderr)
-	err := app.RunContext(ctx, args)
+	args, err := flagsFirst(app.Commands, args)
+	if err == nil {
+		err = app.RunContext(ctx, args)
+	}
 	if err == nil {
 		return 0
 	}
@@ -69,7 +74,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Action:          root,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run prints errors and picks the exit code
 		OnUsageError:    onUsageError,
-		Description:     "liminald help COMMAND (or liminald COMMAND --help) shows a command's flags.",
+		Description: "liminald help COMMAND (or liminald COMMAND --help) shows a command's flags. Flags may " +
+			"come before or after the arguments; an argument that starts with - goes after --.",
 	}
 }
 
@@ -105,6 +111,9 @@ func commands() []*cli.Command {
 	for _, cmd := range cmds {
 		cmd.OnUsageError = onUsageError
 		cmd.Before = checkRequired
+		// No help subcommand: liminald state help is the state of the
+		// conversation help (help and --help go through root).
+		cmd.HideHelpCommand = true
 	}
 	return cmds
 }
@@ -135,6 +144,72 @@ func root(c *cli.Context) error {
 		return usagef("version takes no arguments")
 	}
 	return usagef("no command %q; liminald help lists them", args[0])
+}
+
+// flagsFirst returns the command line args with the flags of the command
+// it names moved before that command's arguments, for urfave/cli stops
+// reading flags at the first argument: liminald receive orders m-20 --json
+// runs as liminald receive --json -- orders m-20. A flag's value stays with
+// its flag; everything after -- stays an argument, so an argument that
+// starts with - goes after --. A command line that asks a command for
+// --help or -h, anywhere before --, shows its help (as liminald help
+// COMMAND). Returns a usage error for a flag the command does not have.
+func flagsFirst(cmds []*cli.Command, args []string) ([]string, error) {
+	if len(args) < 2 {
+		return args, nil
+	}
+	var cmd *cli.Command
+	for _, c := range cmds {
+		if c.HasName(args[1]) {
+			cmd = c
+			break
+		}
+	}
+	if cmd == nil {
+		return args, nil
+	}
+	var flags, positional []string
+	rest := args[2:]
+	for i := 0; i < len(rest); i++ {
+		arg := rest[i]
+		if arg == "--" {
+			positional = append(positional, rest[i+1:]...)
+			break
+		}
+		if len(arg) < 2 || arg[0] != '-' {
+			positional = append(positional, arg)
+			continue
+		}
+		name, _, hasValue := strings.Cut(strings.TrimPrefix(arg[1:], "-"), "=")
+		if name == "help" || name == "h" {
+			return []string{args[0], "help", cmd.Name}, nil
+		}
+		f := flagNamed(cmd, name)
+		if f == nil && cmd.ArgsUsage == "" {
+			return nil, usagef("%s has no flag %s", cmd.Name, arg)
+		}
+		if f == nil {
+			return nil, usagef("%s has no flag %s (an argument that starts with - goes after --: liminald %s [flags] -- %s)",
+				cmd.Name, arg, cmd.Name, cmd.ArgsUsage)
+		}
+		flags = append(flags, arg)
+		if df, ok := f.(cli.DocGenerationFlag); ok && df.TakesValue() && !hasValue && i+1 < len(rest) {
+			i++
+			flags = append(flags, rest[i])
+		}
+	}
+	out := append([]string{args[0], args[1]}, flags...)
+	return append(append(out, "--"), positional...), nil
+}
+
+// flagNamed returns the flag of cmd with the name or alias name, or nil.
+func flagNamed(cmd *cli.Command, name string) cli.Flag {
+	for _, f := range cmd.Flags {
+		if slices.Contains(f.Names(), name) {
+			return f
+		}
+	}
+	return nil
 }
 
 func versionString() string {
