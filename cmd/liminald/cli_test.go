@@ -328,6 +328,16 @@ func TestCLI_FlagsAfterArguments(t *testing.T) {
 	})
 }
 
+// TestCLI_FailureWithJSON: with --json a failure prints the failure reply
+// on stdout, and its code and message on stderr as without --json.
+func TestCLI_FailureWithJSON(t *testing.T) {
+	d := startDaemon(t)
+	runSteps(t, d, []cliStep{
+		{args: []string{"finish", "--json", "c", "nobody"}, wantCode: 1,
+			want: []string{`"ok":false`, `"code":"unknown_message"`}, wantErr: "liminald: unknown_message: message was never received\n"},
+	})
+}
+
 // TestFlagsFirst: flags move before the arguments, with their values, up
 // to --; --help anywhere shows the command's help.
 func TestFlagsFirst(t *testing.T) {

@@ -134,9 +134,9 @@ func call(c *cli.Context, r request, print func(io.Writer, map[string]any)) erro
 	return nil
 }
 
-// roundTrip sends r within --timeout. A failure reply is printed as a line
-// on stdout with --json (and the command fails quietly); otherwise it is
-// returned as an *ipc.Error for run to print.
+// roundTrip sends r within --timeout. A failure reply comes back as an
+// *ipc.Error for run to print (its code and message, on stderr); with
+// --json the reply line is printed on stdout first.
 func roundTrip(c *cli.Context, cl *ipc.Client, r request) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
@@ -148,8 +148,6 @@ func roundTrip(c *cli.Context, cl *ipc.Client, r request) ([]byte, error) {
 	var ie *ipc.Error
 	if errors.As(err, &ie) && c.Bool("json") && reply != nil {
 		fmt.Fprintf(c.App.Writer, "%s\n", reply)
-		fmt.Fprintf(c.App.ErrWriter, "liminald: %s\n", ie.Code)
-		return nil, exitError{1}
 	}
 	return reply, err
 }
