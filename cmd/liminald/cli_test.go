@@ -338,6 +338,23 @@ func TestCLI_FailureWithJSON(t *testing.T) {
 	})
 }
 
+// TestCLI_StateWithoutEvents: state of a conversation with no events (a
+// misspelt name) is not_found, not a screen of zeros.
+func TestCLI_StateWithoutEvents(t *testing.T) {
+	d := startDaemon(t)
+	runSteps(t, d, []cliStep{
+		{args: []string{"receive", "c", "m"}, want: []string{"start"}},
+		{args: []string{"state", "c"}, want: []string{"next_seq     1\n", "received     1\n"}},
+		{args: []string{"state", "cc"}, wantCode: 1, wantErr: `liminald: not_found: conversation "cc" has no events`},
+		{args: []string{"state", "--json", "cc"}, wantCode: 1,
+			want: []string{`"ok":true,"next_seq":0`}, wantErr: `liminald: not_found: conversation "cc" has no events`},
+		{args: []string{"state", "cc", "m"}, want: []string{"status       unknown"}},
+	})
+	if stdout, _, _ := runCLI(t, d, "state", "cc"); stdout != "" {
+		t.Errorf("state of a conversation with no events printed %q", stdout)
+	}
+}
+
 // TestFlagsFirst: flags move before the arguments, with their values, up
 // to --; --help anywhere shows the command's help.
 func TestFlagsFirst(t *testing.T) {

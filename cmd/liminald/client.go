@@ -111,27 +111,49 @@ func dial(c *cli.Context) (*ipc.Client, error) {
 // print. A failure reply is printed (with --json, as the reply line) and
 // returned.
 func call(c *cli.Context, r request, print func(io.Writer, map[string]any)) error {
+	rep, err := ask(c, r)
+	if err != nil {
+		return err
+	}
+	rep.print(c, print)
+	return nil
+}
+
+// reply is a success reply of the daemon: the line as it came, and its
+// fields decoded with UseNumber.
+type reply struct {
+	line   []byte
+	fields map[string]any
+}
+
+// print prints rep: as it came with --json, else with print.
+func (rep reply) print(c *cli.Context, print func(io.Writer, map[string]any)) {
+	if c.Bool("json") {
+		fmt.Fprintf(c.App.Writer, "%s\n", rep.line)
+		return
+	}
+	print(c.App.Writer, rep.fields)
+}
+
+// ask sends r and returns the reply, for a command that looks at it before
+// printing it. Returns the errors of dial and roundTrip.
+func ask(c *cli.Context, r request) (reply, error) {
 	cl, err := dial(c)
 	if err != nil {
-		return err
+		return reply{}, err
 	}
 	defer cl.Close()
-	reply, err := roundTrip(c, cl, r)
+	line, err := roundTrip(c, cl, r)
 	if err != nil {
-		return err
-	}
-	if c.Bool("json") {
-		fmt.Fprintf(c.App.Writer, "%s\n", reply)
-		return nil
+		return reply{}, err
 	}
 	var m map[string]any
-	dec := json.NewDecoder(bytes.NewReader(reply))
+	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.UseNumber()
 	if err := dec.Decode(&m); err != nil {
-		return fmt.Errorf("reply: %w", err)
+		return reply{}, fmt.Errorf("reply: %w", err)
 	}
-	print(c.App.Writer, m)
-	return nil
+	return reply{line: line, fields: m}, nil
 }
 
 // roundTrip sends r within --timeout. A failure reply comes back as an

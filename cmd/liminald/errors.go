@@ -12,6 +12,13 @@ import (
 	"liminald/sqlitestore"
 )
 
+// The command line's own fixed errors.
+var (
+	// errNoEvents is a conversation state found with no events: most likely
+	// its name is misspelt. Printed as not_found.
+	errNoEvents = errors.New("no events")
+)
+
 // exitError is a failure the command already printed; it carries the exit
 // code.
 type exitError struct{ code int }
@@ -87,7 +94,7 @@ func commandCode(err error) string {
 		return "import_refused"
 	case errors.Is(err, sqlitestore.ErrNewerSchema):
 		return "newer_schema"
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, errNoEvents):
 		return "not_found"
 	}
 	return "failed"

@@ -1,6 +1,10 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
 
 // stateCommand prints a conversation's state, or one message's: liminald
 // state CONV [MSG].
@@ -13,15 +17,30 @@ func (cmd stateCommand) Command() *cli.Command {
 		Usage:     "show a conversation's state, or one message's",
 		ArgsUsage: "CONV [MSG]",
 		Flags:     clientFlags(),
-		Action:    cmd.Run,
+		Description: "A conversation with no events fails with not_found (is its name misspelt?); " +
+			"a message never received shows the status unknown.",
+		Action: cmd.Run,
 	}
 }
 
-// Run sends state and prints the reply.
+// Run sends state and prints the reply. Returns errNoEvents, after the
+// reply with --json, for a conversation that has no events.
 func (stateCommand) Run(c *cli.Context) error {
 	switch c.NArg() {
 	case 1:
-		return call(c, request{"op": "state", "conversation": c.Args().Get(0)}, printConversationState)
+		conv := c.Args().Get(0)
+		rep, err := ask(c, request{"op": "state", "conversation": conv})
+		if err != nil {
+			return err
+		}
+		if next, _ := jsonNumber(rep.fields["next_seq"]); next == 0 {
+			if c.Bool("json") {
+				rep.print(c, nil)
+			}
+			return fmt.Errorf("conversation %q has %w", conv, errNoEvents)
+		}
+		rep.print(c, printConversationState)
+		return nil
 	case 2:
 		return call(c, request{"op": "state", "conversation": c.Args().Get(0), "message_id": c.Args().Get(1)}, printMessageState)
 	}
