@@ -355,6 +355,25 @@ func TestCLI_StateWithoutEvents(t *testing.T) {
 	}
 }
 
+// TestCLI_ExportForce: export refuses to overwrite FILE, saying how to, and
+// overwrites it with --force, private as a new one.
+func TestCLI_ExportForce(t *testing.T) {
+	d := startDaemon(t)
+	runCLI(t, d, "receive", "c", "m")
+	dump := filepath.Join(d.dir, "dump.jsonl")
+	os.WriteFile(dump, []byte(strings.Repeat("old\n", 100)), 0o644)
+	if _, stderr, code := runCLI(t, d, "export", dump); code != 1 || !strings.Contains(stderr, "exists; --force overwrites it") {
+		t.Errorf("export to an existing file: exit %d, %s; want refused, naming --force", code, stderr)
+	}
+	if _, stderr, code := runCLI(t, d, "export", dump, "--force"); code != 0 || !strings.Contains(stderr, "exported 1 events") {
+		t.Fatalf("export --force: exit %d, %s", code, stderr)
+	}
+	if b, _ := os.ReadFile(dump); strings.Count(string(b), "\n") != 1 || !strings.Contains(string(b), `"type":"message_received"`) {
+		t.Errorf("export --force wrote %q, want the one event alone", b)
+	}
+	wantPrivate(t, dump) // it holds payloads, whatever the file it overwrote
+}
+
 // TestFlagsFirst: flags move before the arguments, with their values, up
 // to --; --help anywhere shows the command's help.
 func TestFlagsFirst(t *testing.T) {

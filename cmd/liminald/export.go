@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,13 +21,16 @@ func (cmd exportCommand) Command() *cli.Command {
 		Name:      "export",
 		Usage:     "write every event as JSON lines, in commit order (works beside a running daemon)",
 		ArgsUsage: "[FILE]",
-		Flags:     offlineFlags(),
-		Action:    cmd.Run,
+		Flags: offlineFlags(
+			&cli.BoolFlag{Name: "force", Usage: "overwrite FILE if it exists"},
+		),
+		Action: cmd.Run,
 	}
 }
 
-// Run exports the database. FILE must not exist yet; written to it, the
-// export reports how many events it wrote.
+// Run exports the database. FILE must not exist yet, unless --force
+// (which overwrites it); written to it, the export reports how many events
+// it wrote.
 func (exportCommand) Run(c *cli.Context) error {
 	db, err := offlineDB(c, 1)
 	if err != nil {
@@ -35,10 +39,20 @@ func (exportCommand) Run(c *cli.Context) error {
 	var w io.Writer = c.App.Writer
 	var f *os.File
 	if name := fileArg(c); name != "" {
-		if f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+		mode := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+		if c.Bool("force") {
+			mode = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		}
+		if f, err = os.OpenFile(name, mode, 0o600); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				return fmt.Errorf("export: %s exists; --force overwrites it", name)
+			}
 			return err
 		}
 		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			f.Chmod(0o600) // it holds payloads, whatever the mode of the file it overwrites
+		}
 		w = f
 	}
 	n, err := sqlitestore.Export(c.Context, db, w, progress(c, "exported"))
