@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -353,6 +354,23 @@ func TestCLI_StateWithoutEvents(t *testing.T) {
 	if stdout, _, _ := runCLI(t, d, "state", "cc"); stdout != "" {
 		t.Errorf("state of a conversation with no events printed %q", stdout)
 	}
+}
+
+// TestCLI_EventsLongOutput: events shows a long step output as its size,
+// all of it with --full or --json.
+func TestCLI_EventsLongOutput(t *testing.T) {
+	d := startDaemon(t)
+	long := strings.Repeat("a", 3000)
+	file := filepath.Join(d.dir, "long.txt")
+	os.WriteFile(file, []byte(long), 0o600)
+	runSteps(t, d, []cliStep{
+		{args: []string{"receive", "c", "m"}, want: []string{"start"}},
+		{args: []string{"step", "--output-file", file, "c", "m", "0"}, want: []string{"appended at seq 1"}},
+		{args: []string{"events", "c"}, want: []string{"step_completed      m step 0 output 2.9 KiB\n"}},
+		{args: []string{"state", "c", "m"}, want: []string{"step 0       2.9 KiB\n"}},
+		{args: []string{"events", "--full", "c"}, want: []string{`step 0 output "` + long + `"` + "\n"}},
+		{args: []string{"events", "--json", "c"}, want: []string{`"output":"` + base64.StdEncoding.EncodeToString([]byte(long)) + `"`}},
+	})
 }
 
 // TestCLI_ExportForce: export refuses to overwrite FILE, saying how to, and

@@ -25,9 +25,11 @@ func (cmd eventsCommand) Command() *cli.Command {
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing events as they are committed"},
 			&cli.Int64Flag{Name: "from-seq", Usage: "start at `SEQ` (with CONV)"},
 			&cli.Int64Flag{Name: "from-pos", Usage: "start at position `POS` (with --follow)"},
+			&cli.BoolFlag{Name: "full", Usage: "show every step output in full, not the size of a long one"},
 		),
-		Description: "With --json each event is one JSON object per line, as in the protocol and liminald export.",
-		Action:      cmd.Run,
+		Description: "A step output longer than 200 bytes shows as its size (output 2.0 MiB) unless --full. " +
+			"With --json each event is one JSON object per line, as in the protocol and liminald export.",
+		Action: cmd.Run,
 	}
 }
 
@@ -64,7 +66,7 @@ func readAll(c *cli.Context, cl *ipc.Client, conv string, from int64) error {
 			return err
 		}
 		for i := range events {
-			printEvent(c.App.Writer, &events[i], c.Bool("json"))
+			printEvent(c.App.Writer, &events[i], c.Bool("json"), c.Bool("full"))
 		}
 		if len(events) == 0 {
 			return nil
@@ -127,6 +129,6 @@ func follow(c *cli.Context, cl *ipc.Client, conv string) error {
 			}
 			return err
 		}
-		printEvent(c.App.Writer, &e, c.Bool("json"))
+		printEvent(c.App.Writer, &e, c.Bool("json"), c.Bool("full"))
 	}
 }

@@ -189,7 +189,7 @@ func printExplanation(w io.Writer, m map[string]any) {
 	fmt.Fprintf(w, "\n%-*s  %-24s  %-19s  %s\n", width, "SEQ", "TIME", "EVENT", "FIELDS")
 	for i := range events {
 		e := &events[i]
-		line := fmt.Sprintf("%-*d  %s  %-19s  %s", width, e.Seq, millisTime(e.TS), e.Type, strings.TrimSpace(eventFields(e)))
+		line := fmt.Sprintf("%-*d  %s  %-19s  %s", width, e.Seq, millisTime(e.TS), e.Type, strings.TrimSpace(eventFields(e, showBytes)))
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 }
@@ -218,17 +218,24 @@ func printMap(w io.Writer, prefix string, m map[string]any) {
 	}
 }
 
-// printEvent prints e as its event object (--json) or as one readable line.
-func printEvent(w io.Writer, e *conversation.Event, asJSON bool) {
+// printEvent prints e as its event object (--json) or as one readable line,
+// where a step's output is shown in full or, with showBytes, only its size
+// when it is long.
+func printEvent(w io.Writer, e *conversation.Event, asJSON, full bool) {
 	if asJSON {
 		w.Write(append(e.AppendJSON(nil), '\n'))
 		return
 	}
-	fmt.Fprintf(w, "%s %s #%d (pos %d) %-19s %s%s\n", millisTime(e.TS), e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID, eventFields(e))
+	show := showBytes
+	if full {
+		show = showAllBytes
+	}
+	fmt.Fprintf(w, "%s %s #%d (pos %d) %-19s %s%s\n", millisTime(e.TS), e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID, eventFields(e, show))
 }
 
-// eventFields says the fields of e's type, each after a space.
-func eventFields(e *conversation.Event) string {
+// eventFields says the fields of e's type, each after a space, a step's
+// output with show.
+func eventFields(e *conversation.Event, show func([]byte) string) string {
 	var b strings.Builder
 	switch e.Type {
 	case conversation.MessageReceived:
@@ -244,7 +251,7 @@ func eventFields(e *conversation.Event) string {
 			fmt.Fprintf(&b, " lease %v", time.Duration(e.LeaseMS)*time.Millisecond)
 		}
 	case conversation.StepCompleted:
-		fmt.Fprintf(&b, " step %d output %s", e.StepIndex, showBytes(e.Output))
+		fmt.Fprintf(&b, " step %d output %s", e.StepIndex, show(e.Output))
 	case conversation.ErrorOccurred:
 		fmt.Fprintf(&b, " error %q", e.Error)
 	case conversation.LeaseRenewed:
@@ -269,10 +276,23 @@ func millisTime(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z")
 }
 
+// shortBytes is the longest output the readable output shows: a longer
+// one is shown as its size (--json, or events --full, show it all).
+const shortBytes = 200
+
 // showBytes shows b as quoted text when it is printable UTF-8, else as
-// hex.
+// hex; when it is longer than shortBytes, as its size.
 func showBytes(b []byte) string {
-	if utf8.Valid(b) && len(b) <= 200 {
+	if len(b) > shortBytes {
+		return byteSize(len(b))
+	}
+	return showAllBytes(b)
+}
+
+// showAllBytes shows all of b: as quoted text when it is printable UTF-8,
+// else as hex.
+func showAllBytes(b []byte) string {
+	if utf8.Valid(b) {
 		printable := true
 		for _, r := range string(b) {
 			if r < 0x20 && r != '\t' {
@@ -285,6 +305,19 @@ func showBytes(b []byte) string {
 		}
 	}
 	return "hex:" + hex.EncodeToString(b)
+}
+
+// byteSize says n bytes in binary units: 512 B, 2.0 MiB.
+func byteSize(n int) string {
+	if n < 1<<10 {
+		return fmt.Sprintf("%d B", n)
+	}
+	size, unit := float64(n)/(1<<10), 0
+	for size >= 1<<10 && unit < 2 {
+		size /= 1 << 10
+		unit++
+	}
+	return fmt.Sprintf("%.1f %s", size, [...]string{"KiB", "MiB", "GiB"}[unit])
 }
 
 // jsonNumber returns v, a number decoded with UseNumber, as an int64.
