@@ -37,10 +37,14 @@ func main() {
 // run runs the command line args and returns the exit code: 0 on success,
 // 1 on a failure (its error code printed), 2 on a usage error.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	stdout, stderr = openTerminal(stdout, stderr)
 	app := newApp(stdin, stdout, stderr)
 	args, err := flagsFirst(app.Commands, args)
 	if err == nil {
 		err = app.RunContext(ctx, args)
+	}
+	if t, ok := stderr.(*terminal); ok {
+		t.clear()
 	}
 	if err == nil {
 		return 0
