@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -10,31 +11,114 @@ import (
 	"liminald/internal/testenv"
 )
 
-// TestDocs_ReadmeSession replays the socat session of README.md against the
-// real daemon: each request line must get exactly the reply shown.
+// TestDocs_ReadmeSession replays the shell sessions of README.md's "A
+// session" and "Leases, fencing and quarantine", in order, against the real
+// daemon on its default socket (under XDG_RUNTIME_DIR, the same for root
+// and for other users), with liminald on the PATH: S=$(...) is run and S
+// kept for what follows; after "socat - UNIX-CONNECT:$S" each request line
+// must get exactly the reply shown, on a connection to $S; any other
+// command must print exactly the lines shown after it.
 func TestDocs_ReadmeSession(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions := strings.Split(string(readme), "$ socat - UNIX-CONNECT:$S\n")[1:]
-	if len(sessions) == 0 {
-		t.Fatal("README.md has no socat session")
-	}
-	d := startDaemon(t)
-	c := dialRaw(t, d.socket)
-	for _, session := range sessions {
-		session, _, _ = strings.Cut(session, "```")
-		lines := strings.Split(strings.TrimSpace(session), "\n")
-		if len(lines) < 10 || len(lines)%2 != 0 {
-			t.Fatalf("README session has %d lines, want request/reply pairs", len(lines))
+	var sessions []string
+	for _, section := range strings.Split(string(readme), "\n## ")[1:] {
+		if !strings.HasPrefix(section, "A session\n") && !strings.HasPrefix(section, "Leases, fencing and quarantine") {
+			continue // liminald ui, say, runs until it is stopped
 		}
-		for i := 0; i < len(lines); i += 2 {
-			if got, _ := c.do(lines[i]); normalizeReply(got) != normalizeReply(lines[i+1]) {
-				t.Errorf("README: %s\n got %s\nwant %s", lines[i], got, lines[i+1])
+		for _, block := range strings.Split(section, "```sh\n")[1:] {
+			if block, _, _ = strings.Cut(block, "```"); strings.HasPrefix(block, "$ ") {
+				sessions = append(sessions, block)
 			}
 		}
 	}
+	if len(sessions) < 3 {
+		t.Fatalf("README.md has %d shell sessions, want the socat session, the command line's and the leases'", len(sessions))
+	}
+	dir := t.TempDir()
+	env := append(cleanEnv(), "HOME="+dir, "XDG_RUNTIME_DIR="+filepath.Join(dir, "run"),
+		"PATH="+filepath.Dir(binary)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	d := newDaemonProc(t, dir, "", filepath.Join(dir, "db"))
+	d.cmd.Args = []string{binary, "serve", "--db", d.db} // the default socket
+	d.cmd.Env = append(d.cmd.Env, env...)
+	d.start()
+
+	socat, cli := 0, 0
+	for _, session := range sessions {
+		var cmd string
+		var lines []string
+		for _, line := range append(strings.Split(strings.TrimSpace(session), "\n"), "$ ") {
+			next, ok := strings.CutPrefix(line, "$ ")
+			if !ok {
+				lines = append(lines, line)
+				continue
+			}
+			switch name, _, assign := strings.Cut(cmd, "="); {
+			case cmd == "":
+			case cmd == "socat - UNIX-CONNECT:$S":
+				replayRequests(t, dialRaw(t, envValue(env, "S")), lines)
+				socat++
+			case assign && !strings.ContainsAny(name, " $"):
+				if len(lines) > 0 {
+					t.Errorf("README: %s shows output %q", cmd, lines)
+				}
+				out := runShell(t, env, cmd+`; printf '%s' "$`+name+`"`)
+				env = append(env, name+"="+out)
+			default:
+				out := strings.TrimSuffix(runShell(t, env, cmd), "\n")
+				if normalizeReply(out) != normalizeReply(strings.Join(lines, "\n")) {
+					t.Errorf("README: $ %s\n got %q\nwant %q", cmd, out, strings.Join(lines, "\n"))
+				}
+				cli++
+			}
+			cmd, lines = next, nil
+		}
+	}
+	if socat < 2 || cli < 5 || envValue(env, "S") == "" {
+		t.Errorf("replayed %d socat sessions and %d commands, S=%q; the README sessions look broken", socat, cli, envValue(env, "S"))
+	}
+}
+
+// replayRequests sends each request line of lines, a request and its
+// reply in turn, on c, and checks it gets exactly the reply shown.
+func replayRequests(t *testing.T, c *rawConn, lines []string) {
+	t.Helper()
+	if len(lines) < 4 || len(lines)%2 != 0 {
+		t.Fatalf("README session has %d lines, want request/reply pairs", len(lines))
+	}
+	for i := 0; i < len(lines); i += 2 {
+		if got, _ := c.do(lines[i]); normalizeReply(got) != normalizeReply(lines[i+1]) {
+			t.Errorf("README: %s\n got %s\nwant %s", lines[i], got, lines[i+1])
+		}
+	}
+}
+
+// runShell runs script with /bin/sh in env and returns its standard
+// output. A failure ends the test.
+func runShell(t *testing.T, env []string, script string) string {
+	t.Helper()
+	sh := exec.Command("/bin/sh", "-c", script)
+	sh.Env = env
+	var stderr strings.Builder
+	sh.Stderr = &stderr
+	out, err := sh.Output()
+	if err != nil {
+		t.Fatalf("$ %s: %v\n%s", script, err, stderr.String())
+	}
+	return string(out)
+}
+
+// envValue returns the last value of name in env, as exec does.
+func envValue(env []string, name string) string {
+	value := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			value = v
+		}
+	}
+	return value
 }
 
 // TestDocs_ProtocolExamples replays every example of docs/PROTOCOL.md, in

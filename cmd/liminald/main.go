@@ -105,6 +105,7 @@ func commands() []*cli.Command {
 		conversationsCommand{}.Command(),
 		statsCommand{}.Command(),
 		pingCommand{}.Command(),
+		socketCommand{}.Command(),
 		uiCommand{}.Command(),
 
 		checkCommand{}.Command(),
