@@ -59,8 +59,14 @@ type Config struct {
 	LogFormat string `toml:"log_format"`
 
 	// Metrics is where the Prometheus endpoint listens: "" (off), a loopback
-	// host:port such as "127.0.0.1:9464", or "unix:" and a socket path.
+	// host:port such as "127.0.0.1:9464", or "unix:" and a socket path; with
+	// MetricsPublic, any host:port.
 	Metrics string `toml:"metrics"`
+
+	// MetricsPublic lets Metrics name an address that is not a loopback one,
+	// such as ":9464" (every interface), for a scraper on another host: a
+	// Prometheus that scrapes a Kubernetes pod by its IP.
+	MetricsPublic bool `toml:"metrics_public"`
 
 	// MaxAttempts is how many times a message may be started (since it
 	// was received or released) before it is quarantined; 0 for no limit.
@@ -213,7 +219,7 @@ func (c Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("log_format", fmt.Errorf("%q is neither \"text\" nor \"json\"", c.LogFormat))
 	}
-	if _, _, err := metricsAddress(c.Metrics); err != nil {
+	if _, _, err := metricsAddress(c.Metrics, c.MetricsPublic); err != nil {
 		bad("metrics", err)
 	}
 	return errors.Join(errs...)
@@ -267,10 +273,19 @@ var settings = []setting{
 	scalar("log_level", "LIMINAL_LOG_LEVEL", changesLive, func(c *Config) *string { return &c.LogLevel }, parseString),
 	scalar("log_format", "LIMINAL_LOG_FORMAT", needsRestart, func(c *Config) *string { return &c.LogFormat }, parseString),
 	scalar("metrics", "LIMINAL_METRICS", needsRestart, func(c *Config) *string { return &c.Metrics }, parseString),
+	scalar("metrics_public", "LIMINAL_METRICS_PUBLIC", needsRestart, func(c *Config) *bool { return &c.MetricsPublic }, parseBool),
 	scalar("max_attempts", "LIMINAL_MAX_ATTEMPTS", changesLive, func(c *Config) *int64 { return &c.MaxAttempts }, parseInt64),
 }
 
 func parseString(s string) (string, error) { return s, nil }
+
+func parseBool(s string) (bool, error) {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, fmt.Errorf("%q is neither true nor false", s)
+	}
+	return b, nil
+}
 
 func parseInt(s string) (int, error) {
 	n, err := strconv.Atoi(s)
@@ -332,7 +347,8 @@ func list(key, env string, live bool, field func(*Config) *[]uint32) setting {
 // configuration, and next, a reloaded one, by their TOML keys: live holds
 // those a running daemon can take at once (max_line_bytes, max_connections,
 // allow_uids, allow_gids, log_level, max_attempts), restart those it can take only when it
-// starts again (socket, db, sync, socket_mode, socket_group, log_format).
+// starts again (socket, db, sync, socket_mode, socket_group, log_format,
+// metrics, metrics_public).
 // A reload with any restart setting is refused whole: the daemon keeps c.
 func (c Config) Diff(next Config) (live, restart []string) {
 	for _, s := range settings {
@@ -380,8 +396,9 @@ func applyEnv(c *Config, env func(string) string) error {
 // The environment variables are LIMINAL_SOCKET, LIMINAL_DB, LIMINAL_SYNC,
 // LIMINAL_SOCKET_MODE, LIMINAL_SOCKET_GROUP, LIMINAL_ALLOW_UIDS and
 // LIMINAL_ALLOW_GIDS (comma-separated), LIMINAL_MAX_LINE_BYTES,
-// LIMINAL_MAX_CONNECTIONS, LIMINAL_LOG_LEVEL and LIMINAL_LOG_FORMAT; an empty
-// one counts as unset.
+// LIMINAL_MAX_CONNECTIONS, LIMINAL_LOG_LEVEL, LIMINAL_LOG_FORMAT,
+// LIMINAL_METRICS, LIMINAL_METRICS_PUBLIC (true or false) and
+// LIMINAL_MAX_ATTEMPTS; an empty one counts as unset.
 //
 // Load has no side effects: it only reads. It returns an error naming the
 // file when the file cannot be read or parsed (see Parse), naming the

@@ -171,7 +171,12 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "MetricsIPv6Loopback", change: func(c *Config) { c.Metrics = "[::1]:9464" }},
 		{name: "MetricsUnix", change: func(c *Config) { c.Metrics = "unix:/run/liminald/metrics.sock" }},
 		{name: "MetricsAllInterfaces", change: func(c *Config) { c.Metrics = ":9464" }, setting: "metrics"},
-		{name: "MetricsPublic", change: func(c *Config) { c.Metrics = "0.0.0.0:9464" }, setting: "metrics"},
+		{name: "MetricsAnyAddress", change: func(c *Config) { c.Metrics = "0.0.0.0:9464" }, setting: "metrics"},
+		{name: "MetricsPodAddress", change: func(c *Config) { c.Metrics = "10.1.2.3:9464" }, setting: "metrics"},
+		{name: "MetricsPublicAllInterfaces", change: func(c *Config) { c.Metrics, c.MetricsPublic = ":9464", true }},
+		{name: "MetricsPublicAnyAddress", change: func(c *Config) { c.Metrics, c.MetricsPublic = "0.0.0.0:9464", true }},
+		{name: "MetricsPublicPodAddress", change: func(c *Config) { c.Metrics, c.MetricsPublic = "10.1.2.3:9464", true }},
+		{name: "MetricsPublicNoPort", change: func(c *Config) { c.Metrics, c.MetricsPublic = "10.1.2.3", true }, setting: "metrics"},
 		{name: "MetricsNoPort", change: func(c *Config) { c.Metrics = "127.0.0.1" }, setting: "metrics"},
 		{name: "MetricsEmptyUnix", change: func(c *Config) { c.Metrics = "unix:" }, setting: "metrics"},
 	}
@@ -223,6 +228,7 @@ func TestConfig_Diff(t *testing.T) {
 		{name: "SocketMode", change: func(c *Config) { c.SocketMode = 0o660 }, restart: []string{"socket_mode"}},
 		{name: "SocketGroup", change: func(c *Config) { c.SocketGroup = "wheel" }, restart: []string{"socket_group"}},
 		{name: "LogFormat", change: func(c *Config) { c.LogFormat = "json" }, restart: []string{"log_format"}},
+		{name: "MetricsPublic", change: func(c *Config) { c.MetricsPublic = true }, restart: []string{"metrics_public"}},
 		{
 			name:    "Both",
 			change:  func(c *Config) { c.LogLevel, c.Sync = "warn", "normal" },
@@ -295,6 +301,10 @@ func TestLoad(t *testing.T) {
 		{name: "ConfigFromEnvironment", env: with(base, "LIMINAL_CONFIG", explicit), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
 		{name: "FlagBeatsEnvironmentFile", path: explicit, env: with(base, "LIMINAL_CONFIG", bad), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
 		{name: "MaxAttemptsFromEnvironment", env: with(base, "LIMINAL_MAX_ATTEMPTS", "4"), want: func(c *Config) { c.MaxAttempts = 4 }},
+		{
+			name: "MetricsPublicFromEnvironment", env: with(base, "LIMINAL_METRICS", ":9464", "LIMINAL_METRICS_PUBLIC", "true"),
+			want: func(c *Config) { c.Metrics, c.MetricsPublic = ":9464", true },
+		},
 		{name: "EnvironmentBeatsFile", path: explicit, env: with(base, "LIMINAL_MAX_LINE_BYTES", "4096"), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 4096, "warn" }},
 		{
 			name: "FlagsBeatEnvironment", path: explicit, env: with(base, "LIMINAL_MAX_LINE_BYTES", "4096"), file: explicit,
@@ -325,6 +335,8 @@ func TestLoad(t *testing.T) {
 		{name: "BadVariable", env: with(base, "LIMINAL_MAX_CONNECTIONS", "many"), errHas: "LIMINAL_MAX_CONNECTIONS"},
 		{name: "BadList", env: with(base, "LIMINAL_ALLOW_GIDS", "1,,2"), errHas: "LIMINAL_ALLOW_GIDS"},
 		{name: "BadMode", env: with(base, "LIMINAL_SOCKET_MODE", "rw"), errHas: "LIMINAL_SOCKET_MODE"},
+		{name: "BadBool", env: with(base, "LIMINAL_METRICS_PUBLIC", "yes please"), errHas: "LIMINAL_METRICS_PUBLIC"},
+		{name: "PublicMetricsWithoutConsent", env: with(base, "LIMINAL_METRICS", ":9464"), errHas: "metrics_public"},
 		{name: "InvalidAfterFlags", env: base, overrides: func(c *Config) error { c.Sync = "fast"; return nil }, errHas: "setting sync"},
 		{name: "FlagError", env: base, overrides: func(*Config) error { return errors.New("bad --sync") }, errHas: "bad --sync"},
 	}

@@ -19,9 +19,10 @@ import (
 )
 
 // metricsAddress reads the metrics setting: "" (off), a host:port whose
-// host is a loopback address or "localhost", or "unix:" and a socket path.
-// It returns the network and address to listen on.
-func metricsAddress(s string) (network, addr string, err error) {
+// host is a loopback address or "localhost" (any host:port when public,
+// the metrics_public setting), or "unix:" and a socket path. It returns the
+// network and address to listen on.
+func metricsAddress(s string, public bool) (network, addr string, err error) {
 	switch {
 	case s == "":
 		return "", "", nil
@@ -36,14 +37,15 @@ func metricsAddress(s string) (network, addr string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("%q is neither host:port nor unix:PATH: %w", s, err)
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return "", "", fmt.Errorf("%q is not a loopback address: the endpoint is for local scrapers only", host)
+	if ip := net.ParseIP(host); !public && host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", "", fmt.Errorf("%q is not a loopback address: the endpoint serves local scrapers only, unless metrics_public is set (--metrics-public)", host)
 	}
 	return "tcp", s, nil
 }
 
 // metrics is the Prometheus endpoint: the daemon's figures, scraped over
-// HTTP on a loopback address or a unix socket of its own.
+// HTTP on a loopback address (another one with metrics_public) or a unix
+// socket of its own.
 type metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
@@ -131,11 +133,11 @@ func (m *metrics) watch(store *sqlitestore.Store, srv *ipc.Server) {
 	})
 }
 
-// serve listens on the configured address and serves the endpoint until
-// close. A unix socket is made with mode 0600 (after a stale one is
-// removed, as Listen does for the main socket).
-func (m *metrics) serve(setting string) (net.Addr, error) {
-	network, addr, err := metricsAddress(setting)
+// serve listens on the address of the metrics and metrics_public settings
+// and serves the endpoint until close. A unix socket is made with mode 0600
+// (after a stale one is removed, as Listen does for the main socket).
+func (m *metrics) serve(setting string, public bool) (net.Addr, error) {
+	network, addr, err := metricsAddress(setting, public)
 	if err != nil {
 		return nil, err
 	}

@@ -162,11 +162,11 @@ func (d *daemon) start() error {
 	d.srv = ipc.NewServer(srvCfg)
 	if d.metrics != nil {
 		d.metrics.watch(d.store, d.srv)
-		addr, err := d.metrics.serve(cfg.Metrics)
+		addr, err := d.metrics.serve(cfg.Metrics, cfg.MetricsPublic)
 		if err != nil {
 			return err
 		}
-		d.log.Info("metrics endpoint", "addr", addr.String())
+		d.log.Info("metrics endpoint", "addr", addr.String(), "public", cfg.MetricsPublic)
 	}
 	if len(activated) > 0 {
 		// systemd owns the socket file and keeps one daemon per socket.
@@ -355,7 +355,7 @@ func (d *daemon) removeMetricsSocket() {
 	if d.metrics.srv == nil {
 		return
 	}
-	if network, addr, _ := metricsAddress(d.cfg.Metrics); network == "unix" {
+	if network, addr, _ := metricsAddress(d.cfg.Metrics, d.cfg.MetricsPublic); network == "unix" {
 		os.Remove(addr)
 	}
 }

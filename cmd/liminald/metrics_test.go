@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -65,5 +66,43 @@ func TestServe_Metrics(t *testing.T) {
 		if err != nil || !tc.check(v) {
 			t.Errorf("metric %s = %s", tc.metric, m[1])
 		}
+	}
+}
+
+// TestServe_MetricsPublic: the endpoint listens on an address that is not
+// a loopback one, as a Prometheus scraping a pod by its IP needs, only with
+// --metrics-public; then it is scraped on such an address of this machine.
+func TestServe_MetricsPublic(t *testing.T) {
+	dir := t.TempDir()
+	refused := newDaemonProc(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"), "--metrics", ":0")
+	refused.cmd.Stderr = nil
+	if out, err := refused.cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--metrics-public") {
+		t.Errorf("serve --metrics :0: %v\n%s\nwant it refused, naming --metrics-public", err, out)
+	}
+
+	d := startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"), "--metrics", ":0", "--metrics-public")
+	m := regexp.MustCompile(`msg="metrics endpoint" addr=\S*:(\d+)`).FindStringSubmatch(d.stderr.String())
+	if m == nil {
+		t.Fatalf("no metrics endpoint in the log:\n%s", d.stderr.String())
+	}
+	host := "127.0.0.1"
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipnet, ok := a.(*net.IPNet); ok && ipnet.IP.To4() != nil && !ipnet.IP.IsLoopback() {
+			host = ipnet.IP.String()
+			break
+		}
+	}
+	if host == "127.0.0.1" {
+		t.Log("this machine has no address but loopback ones: scraping on 127.0.0.1")
+	}
+	resp, err := http.Get("http://" + net.JoinHostPort(host, m[1]) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "liminald_connections") {
+		t.Errorf("GET /metrics on %s: %s\n%s", host, resp.Status, body)
 	}
 }

@@ -48,8 +48,9 @@ func (cmd serveCommand) Command() *cli.Command {
 				DefaultText: def.LogLevel},
 			&cli.StringFlag{Name: "log-format", Usage: "text or json",
 				DefaultText: def.LogFormat},
-			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH",
+			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on a loopback `ADDR` (127.0.0.1:9464) or unix:PATH; another address with --metrics-public",
 				DefaultText: "off"},
+			&cli.BoolFlag{Name: "metrics-public", Usage: "let --metrics listen on an address that is not a loopback one, such as :9464 (every interface), for a scraper on another host"},
 			&cli.Int64Flag{Name: "max-attempts", Usage: "quarantine a message once it was started this many times since it was received or released (0 for no limit)",
 				DefaultText: "no limit"},
 		},
@@ -117,6 +118,9 @@ func serveOverrides(c *cli.Context) func(*daemon.Config) error {
 		}
 		if c.IsSet("metrics") {
 			cfg.Metrics = c.String("metrics")
+		}
+		if c.IsSet("metrics-public") {
+			cfg.MetricsPublic = c.Bool("metrics-public")
 		}
 		if c.IsSet("max-attempts") {
 			cfg.MaxAttempts = c.Int64("max-attempts")
