@@ -1,9 +1,12 @@
 package main
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -34,8 +37,9 @@ func TestDeploy_SystemdUnits(t *testing.T) {
 }
 
 // TestDeploy_KubernetesSidecar: the manifest parses, runs liminald as a
-// native sidecar whose startupProbe is liminald ping, and shares the socket
-// directory with the app.
+// native sidecar whose startupProbe is liminald ping, shares the socket
+// directory with the app, serves metrics on the pod's addresses where its
+// prometheus.io annotations say, and its arguments start a daemon.
 func TestDeploy_KubernetesSidecar(t *testing.T) {
 	b, err := os.ReadFile("../../deploy/kubernetes/liminald-sidecar.yaml")
 	if err != nil {
@@ -45,7 +49,11 @@ func TestDeploy_KubernetesSidecar(t *testing.T) {
 		Name          string
 		Args          []string
 		RestartPolicy string `yaml:"restartPolicy"`
-		StartupProbe  *struct {
+		Ports         []struct {
+			Name          string
+			ContainerPort int `yaml:"containerPort"`
+		}
+		StartupProbe *struct {
 			Exec struct{ Command []string }
 		} `yaml:"startupProbe"`
 		VolumeMounts []struct {
@@ -57,6 +65,9 @@ func TestDeploy_KubernetesSidecar(t *testing.T) {
 		Kind string
 		Spec struct {
 			Template struct {
+				Metadata struct {
+					Annotations map[string]string
+				}
 				Spec struct {
 					SecurityContext struct {
 						FSGroup int `yaml:"fsGroup"`
@@ -99,5 +110,49 @@ func TestDeploy_KubernetesSidecar(t *testing.T) {
 	probe := sidecar.StartupProbe.Exec.Command
 	if out, err := exec.Command(binary, append(probe[1:], "--help")...).CombinedOutput(); err != nil {
 		t.Errorf("liminald %v --help: %v\n%s", probe[1:], err, out)
+	}
+
+	// Prometheus scrapes the pod's IP at the port and path of the
+	// annotations: the endpoint listens there, on every interface.
+	annotations := deployment.Spec.Template.Metadata.Annotations
+	metrics := ""
+	for _, arg := range sidecar.Args {
+		if v, ok := strings.CutPrefix(arg, "--metrics="); ok {
+			metrics = v
+		}
+	}
+	host, port, err := net.SplitHostPort(metrics)
+	if err != nil || host != "" || !slices.Contains(sidecar.Args, "--metrics-public") {
+		t.Errorf("args %v: want --metrics=:PORT (every interface) and --metrics-public", sidecar.Args)
+	}
+	if annotations["prometheus.io/scrape"] != "true" || annotations["prometheus.io/port"] != port || annotations["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod annotations %v: want prometheus.io/scrape \"true\", port %q and path /metrics", annotations, port)
+	}
+	if len(sidecar.Ports) != 1 || strconv.Itoa(sidecar.Ports[0].ContainerPort) != port {
+		t.Errorf("liminald ports %+v, want the metrics port %s", sidecar.Ports, port)
+	}
+
+	// The sidecar's arguments start a daemon, with this machine's paths,
+	// group and a free port.
+	dir := t.TempDir()
+	d := newDaemonProc(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"))
+	d.cmd.Args = []string{binary}
+	for _, arg := range sidecar.Args {
+		name, _, _ := strings.Cut(arg, "=")
+		switch name {
+		case "--socket":
+			arg = name + "=" + d.socket
+		case "--db":
+			arg = name + "=" + d.db
+		case "--socket-group":
+			arg = name + "=" + strconv.Itoa(os.Getgid())
+		case "--metrics":
+			arg = name + "=:0"
+		}
+		d.cmd.Args = append(d.cmd.Args, arg)
+	}
+	d.start()
+	if line, _ := dialRaw(t, d.socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
+		t.Errorf("ping the sidecar's daemon: %s", line)
 	}
 }
