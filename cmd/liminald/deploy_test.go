@@ -36,6 +36,48 @@ func TestDeploy_SystemdUnits(t *testing.T) {
 	}
 }
 
+// TestDeploy_SystemdExecStart: the service's command line reads
+// /etc/liminald/liminald.toml, and starts a daemon with docs/liminald.toml
+// there, as the unit's comment says to install it.
+func TestDeploy_SystemdExecStart(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/systemd/liminald.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			args = strings.Fields(v)
+		}
+	}
+	const config = "/etc/liminald/liminald.toml"
+	if i := slices.Index(args, "--config"); i < 0 || i+1 == len(args) || args[i+1] != config {
+		t.Fatalf("ExecStart %v: want --config %s", args, config)
+	}
+	installed, err := filepath.Abs("../../docs/liminald.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	d := newDaemonProc(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"))
+	d.cmd.Args = []string{binary}
+	for _, arg := range args[1:] {
+		switch arg {
+		case config:
+			arg = installed
+		case "/var/lib/liminald/liminald.db":
+			arg = d.db
+		}
+		d.cmd.Args = append(d.cmd.Args, arg)
+	}
+	// liminald.socket passes the socket; here serve makes it.
+	d.cmd.Args = append(d.cmd.Args, "--socket", d.socket)
+	d.start()
+	if line, _ := dialRaw(t, d.socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
+		t.Errorf("ping the service's daemon: %s", line)
+	}
+}
+
 // TestDeploy_KubernetesSidecar: the manifest parses, runs liminald as a
 // native sidecar whose startupProbe is liminald ping, shares the socket
 // directory with the app, serves metrics on the pod's addresses where its
