@@ -78,3 +78,17 @@ func TestOpen_MigratesVersion1(t *testing.T) {
 	}
 	mustCheck(t, path)
 }
+
+// TestOpen_CreatesPrivateFiles: a database Open creates, and the WAL beside
+// it, are readable by their owner only, whatever the umask.
+func TestOpen_CreatesPrivateFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new.db")
+	s := mustOpenPath(t, path, Options{})
+	mustWrite(t, s, cmd(conversation.OpReceive, "m"))
+	for _, p := range []string{path, path + "-wal"} {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, %v; want mode 0600", p, fi.Mode(), err)
+		}
+	}
+}

@@ -150,6 +150,11 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
+	// A database the store makes is the owner's alone, as Create makes it
+	// (SQLite gives its -wal and -shm the database file's mode).
+	if _, err := Create(abs); err != nil {
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
 	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), wake: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
 	s.SetMaxAttempts(opts.MaxAttempts)
 	if err := s.open(); err != nil {
