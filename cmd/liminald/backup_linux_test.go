@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"liminald/internal/testenv"
 )
 
 // openPTY opens a pseudo-terminal: the side the test reads and the
@@ -18,7 +20,7 @@ func openPTY(t *testing.T) (ptmx, tty *os.File) {
 	t.Helper()
 	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
+		testenv.Missing(t, "a pseudo-terminal (/dev/ptmx): %v", err)
 	}
 	t.Cleanup(func() { ptmx.Close() })
 	fd := int(ptmx.Fd())
