@@ -147,24 +147,82 @@ type codeRow struct {
 // (*Error).Unwrap the domain error of a code. A code is known when it has
 // a row.
 var codes = []codeRow{
-	{code: CodeBadRequest, toWire: fieldDetails, fromWire: fieldFromWire},
+	structured(CodeBadRequest, false,
+		func(e *conversation.FieldError) map[string]any { return map[string]any{"field": e.Field} },
+		func(w *Error) (*conversation.FieldError, bool) {
+			f, ok := w.Details["field"].(string)
+			return &conversation.FieldError{Field: f, Problem: w.Message}, ok
+		}),
 	{code: CodeLineTooLong},
 	{code: CodeUnknownOp},
 	{code: CodeUnknownMessage, errs: []error{conversation.ErrUnknownMessage}},
 	{code: CodeAlreadyFinished, errs: []error{conversation.ErrAlreadyFinished}},
 	{code: CodeStepConflict, errs: []error{conversation.ErrStepConflict}},
-	{code: CodeSequenceConflict, toWire: sequenceDetails, fromWire: sequenceFromWire},
+	structured(CodeSequenceConflict, false,
+		func(e *conversation.SequenceConflictError) map[string]any {
+			return map[string]any{"expected": e.Expected, "actual": e.Actual}
+		},
+		func(w *Error) (*conversation.SequenceConflictError, bool) {
+			return &conversation.SequenceConflictError{Expected: w.detailInt("expected"), Actual: w.detailInt("actual")}, true
+		}),
 	{code: CodeForbidden, errs: []error{ErrForbidden}},
 	{code: CodeUnavailable, retryable: true, errs: []error{conversation.ErrUnavailable}},
 	// A store call's context is cancelled when Shutdown gives up waiting,
 	// or when its connection ended before the call was answered.
 	{code: CodeShuttingDown, retryable: true, errs: []error{conversation.ErrClosed, context.Canceled}},
 	{code: CodeInternal, retryable: true},
-	{code: CodeBusy, retryable: true, toWire: busyDetails, fromWire: busyFromWire},
-	{code: CodeFenced, toWire: fencedDetails, fromWire: fencedFromWire},
+	structured(CodeBusy, true,
+		func(e *conversation.BusyError) map[string]any {
+			return map[string]any{"worker": nullable(e.Worker), "token": e.Token, "retry_after_ms": e.RetryAfterMS}
+		},
+		func(w *Error) (*conversation.BusyError, bool) {
+			worker, _ := w.Details["worker"].(string)
+			return &conversation.BusyError{Worker: worker, Token: w.detailInt("token"), RetryAfterMS: w.detailInt("retry_after_ms")}, true
+		}),
+	structured(CodeFenced, false,
+		func(e *conversation.FencedError) map[string]any {
+			var current any // null for a message never started
+			if e.CurrentToken > 0 {
+				current = e.CurrentToken
+			}
+			return map[string]any{"token": e.Token, "current_token": current}
+		},
+		func(w *Error) (*conversation.FencedError, bool) {
+			return &conversation.FencedError{Token: w.detailInt("token"), CurrentToken: w.detailInt("current_token")}, true
+		}),
 	{code: CodeQuarantined, errs: []error{conversation.ErrQuarantined}},
 	{code: CodeNotQuarantined, errs: []error{conversation.ErrNotQuarantined}},
-	{code: CodeFingerprintMismatch, toWire: fingerprintDetails, fromWire: fingerprintFromWire},
+	structured(CodeFingerprintMismatch, false,
+		func(e *conversation.FingerprintMismatchError) map[string]any {
+			return map[string]any{"stored": e.Stored}
+		},
+		func(w *Error) (*conversation.FingerprintMismatchError, bool) {
+			stored, _ := w.Details["stored"].(string)
+			return &conversation.FingerprintMismatchError{Stored: stored}, true
+		}),
+}
+
+// structured returns the row of code for the structured domain error T:
+// details gives the wire details of one, and build makes one back from a
+// wire error's details (false when they do not hold it).
+func structured[T error](code Code, retryable bool, details func(T) map[string]any, build func(*Error) (T, bool)) codeRow {
+	return codeRow{
+		code:      code,
+		retryable: retryable,
+		toWire: func(err error) (map[string]any, bool) {
+			var t T
+			if !errors.As(err, &t) {
+				return nil, false
+			}
+			return details(t), true
+		},
+		fromWire: func(w *Error) error {
+			if t, ok := build(w); ok {
+				return t
+			}
+			return nil
+		},
+	}
 }
 
 // rowOf returns the row of code c, or nil for a code it does not know.
@@ -175,76 +233,6 @@ func rowOf(c Code) *codeRow {
 		}
 	}
 	return nil
-}
-
-func fieldDetails(err error) (map[string]any, bool) {
-	var fe *conversation.FieldError
-	if !errors.As(err, &fe) {
-		return nil, false
-	}
-	return map[string]any{"field": fe.Field}, true
-}
-
-func fieldFromWire(e *Error) error {
-	f, ok := e.Details["field"].(string)
-	if !ok {
-		return nil
-	}
-	return &conversation.FieldError{Field: f, Problem: e.Message}
-}
-
-func sequenceDetails(err error) (map[string]any, bool) {
-	var sc *conversation.SequenceConflictError
-	if !errors.As(err, &sc) {
-		return nil, false
-	}
-	return map[string]any{"expected": sc.Expected, "actual": sc.Actual}, true
-}
-
-func sequenceFromWire(e *Error) error {
-	return &conversation.SequenceConflictError{Expected: e.detailInt("expected"), Actual: e.detailInt("actual")}
-}
-
-func busyDetails(err error) (map[string]any, bool) {
-	var be *conversation.BusyError
-	if !errors.As(err, &be) {
-		return nil, false
-	}
-	return map[string]any{"worker": nullable(be.Worker), "token": be.Token, "retry_after_ms": be.RetryAfterMS}, true
-}
-
-func busyFromWire(e *Error) error {
-	w, _ := e.Details["worker"].(string)
-	return &conversation.BusyError{Worker: w, Token: e.detailInt("token"), RetryAfterMS: e.detailInt("retry_after_ms")}
-}
-
-func fencedDetails(err error) (map[string]any, bool) {
-	var fe *conversation.FencedError
-	if !errors.As(err, &fe) {
-		return nil, false
-	}
-	var current any
-	if fe.CurrentToken > 0 {
-		current = fe.CurrentToken
-	}
-	return map[string]any{"token": fe.Token, "current_token": current}, true
-}
-
-func fencedFromWire(e *Error) error {
-	return &conversation.FencedError{Token: e.detailInt("token"), CurrentToken: e.detailInt("current_token")}
-}
-
-func fingerprintDetails(err error) (map[string]any, bool) {
-	var fm *conversation.FingerprintMismatchError
-	if !errors.As(err, &fm) {
-		return nil, false
-	}
-	return map[string]any{"stored": fm.Stored}, true
-}
-
-func fingerprintFromWire(e *Error) error {
-	s, _ := e.Details["stored"].(string)
-	return &conversation.FingerprintMismatchError{Stored: s}
 }
 
 // nullable is s, or nil (JSON null) for "".
