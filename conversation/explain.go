@@ -16,14 +16,14 @@ func Reason(d Decision, m *Message, mo Moment) string {
 		return fmt.Sprintf("Its processing_finished is at seq %d, so it is done: skip it.", m.LastSeq)
 	case RuleLeased:
 		return fmt.Sprintf("Its processing_started at seq %d%s holds a lease, set by that start or its latest lease_renewed, until %s, %d ms from now: another worker is on it, so try again after the lease lapses.",
-			m.StartedSeq, byWorker(m.Worker), millisTime(m.LeaseUntil), d.RetryAfterMS)
+			m.StartedSeq, byWorker(m.Worker), MillisTime(m.LeaseUntil), d.RetryAfterMS)
 	case RuleQuarantined:
 		return fmt.Sprintf("It was started %d times (processing_started events) since it was received or released, and max_attempts is %d, so it is quarantined: an operator releases it to try again.",
 			m.Attempts, mo.MaxAttempts)
 	case RuleInProgress:
 		lease := "held no lease"
 		if m.LeaseUntil > 0 {
-			lease = "held a lease that lapsed at " + millisTime(m.LeaseUntil)
+			lease = "held a lease that lapsed at " + MillisTime(m.LeaseUntil)
 		}
 		return fmt.Sprintf("Its processing_started at seq %d%s %s, and no processing_finished or error_occurred followed: resume it from step %d%s.",
 			m.StartedSeq, byWorker(m.Worker), lease, d.ResumeFrom, completed(m))
@@ -55,7 +55,8 @@ func completed(m *Message) string {
 	return fmt.Sprintf(", after its highest completed step %d", m.LastStep)
 }
 
-// millisTime formats epoch ms as an RFC 3339 time in UTC, to the ms.
-func millisTime(ms int64) string {
+// MillisTime formats epoch ms, the times of the log (ts, received_at,
+// lease expiries), as an RFC 3339 time in UTC to the millisecond.
+func MillisTime(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }

@@ -70,7 +70,7 @@ func printAck(w io.Writer, m map[string]any) {
 		line += fmt.Sprintf(", token %d", token)
 	}
 	if until, ok := jsonNumber(m["lease_expires_at"]); ok {
-		line += ", leased until " + millisTime(until)
+		line += ", leased until " + conversation.MillisTime(until)
 	}
 	fmt.Fprintln(w, line)
 }
@@ -111,7 +111,7 @@ func printMessageState(w io.Writer, m map[string]any) {
 		fmt.Fprintf(w, "worker       %q\n", worker)
 	}
 	if until, ok := jsonNumber(m["lease_expires_at"]); ok {
-		fmt.Fprintf(w, "leased_until %s\n", millisTime(until))
+		fmt.Fprintf(w, "leased_until %s\n", conversation.MillisTime(until))
 	}
 	fmt.Fprintf(w, "quarantined  %s\n", yesNo(m["quarantined"] == true))
 	if fp, ok := m["fingerprint"].(string); ok {
@@ -158,7 +158,7 @@ func printMessages(w io.Writer, m map[string]any) {
 		}
 		until := "-"
 		if ms, ok := jsonNumber(msg["lease_expires_at"]); ok {
-			until = millisTime(ms)
+			until = conversation.MillisTime(ms)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", msg["message_id"], status, attempts, last, worker, until, yesNo(msg["quarantined"] == true))
 	}
@@ -189,7 +189,7 @@ func printExplanation(w io.Writer, m map[string]any) {
 	fmt.Fprintf(w, "\n%-*s  %-24s  %-19s  %s\n", width, "SEQ", "TIME", "EVENT", "FIELDS")
 	for i := range events {
 		e := &events[i]
-		line := fmt.Sprintf("%-*d  %s  %-19s  %s", width, e.Seq, millisTime(e.TS), e.Type, strings.TrimSpace(eventFields(e, showBytes)))
+		line := fmt.Sprintf("%-*d  %s  %-19s  %s", width, e.Seq, conversation.MillisTime(e.TS), e.Type, strings.TrimSpace(eventFields(e, showBytes)))
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 }
@@ -230,7 +230,7 @@ func printEvent(w io.Writer, e *conversation.Event, asJSON, full bool) {
 	if full {
 		show = showAllBytes
 	}
-	fmt.Fprintf(w, "%s %s #%d (pos %d) %-19s %s%s\n", millisTime(e.TS), e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID, eventFields(e, show))
+	fmt.Fprintf(w, "%s %s #%d (pos %d) %-19s %s%s\n", conversation.MillisTime(e.TS), e.Conversation, e.Seq, e.Pos, e.Type, e.MessageID, eventFields(e, show))
 }
 
 // eventFields says the fields of e's type, each after a space, a step's
@@ -269,11 +269,6 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
-}
-
-// millisTime formats epoch ms as a UTC time, to the millisecond.
-func millisTime(ms int64) string {
-	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z")
 }
 
 // shortBytes is the longest output the readable output shows: a longer
