@@ -13,7 +13,7 @@ import (
 var Schema string
 
 // SchemaVersion is the PRAGMA user_version that Schema creates.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 //go:embed migrations/*.sql
 var migrations embed.FS

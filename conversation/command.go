@@ -52,6 +52,15 @@ type Command struct {
 	Token       int64
 	HasToken    bool
 	Reason      string
+
+	// Retention (SPEC §8): a receive's sent_at, when HasSentAt is set.
+	SentAt    int64
+	HasSentAt bool
+}
+
+// Delivery returns what the receive c says of the message it delivers.
+func (c *Command) Delivery() Delivery {
+	return Delivery{Fingerprint: c.Fingerprint, SentAt: c.SentAt, HasSentAt: c.HasSentAt}
 }
 
 // Validate checks the arguments of c against the limits of SPEC §3 and §7.
@@ -68,6 +77,9 @@ func (c *Command) Validate() error {
 	}
 	if c.HasReceivedAt && c.ReceivedAt < 0 {
 		return &FieldError{Field: "received_at", Problem: "must not be negative"}
+	}
+	if c.HasSentAt && c.SentAt < 0 {
+		return &FieldError{Field: "sent_at", Problem: "must not be negative"}
 	}
 	if c.ExpectedSeq < NoExpectedSeq {
 		return &FieldError{Field: "expected_seq", Problem: "must not be negative"}
@@ -193,6 +205,8 @@ type Known struct {
 	// exact; a request from a client is not (it may leave out what it
 	// gave the first time).
 	Exact bool
+	// Horizon is the conversation's forgotten_before (SPEC §8).
+	Horizon Horizon
 }
 
 // retried returns the outcome of a retry of the write that appended e: a
@@ -276,6 +290,12 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		if c.ExpectedSeq < k.Next && k.Prior != nil && k.Prior.Seq == c.ExpectedSeq && c.sameAs(k.Prior, k.Exact) {
 			return k.Prior.retried(), nil
 		}
+		// A compacted message's finish is gone from the log, and its
+		// tombstone keeps its seq: a retry of it is still a duplicate.
+		if m := k.Message; c.ExpectedSeq < k.Next && k.Prior == nil && m != nil && m.Compacted &&
+			c.Op == OpFinish && c.ExpectedSeq == m.LastSeq {
+			return Outcome{Seq: m.LastSeq, Duplicate: true}, nil
+		}
 		return Outcome{}, &SequenceConflictError{Expected: c.ExpectedSeq, Actual: k.Next}
 	}
 	appendAt := Outcome{Append: true, Seq: k.Next}
@@ -284,7 +304,7 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		m = nil
 	}
 	if c.Op == OpReceive {
-		d, err := Deliver(m, c.Fingerprint, k.Now, k.MaxAttempts)
+		d, err := Deliver(m, c.Delivery(), k.Horizon, Moment{Now: k.Now, MaxAttempts: k.MaxAttempts})
 		if err != nil {
 			return Outcome{}, err
 		}

@@ -798,7 +798,7 @@ func TestRedelivery(t *testing.T) {
 				t.Errorf("Redelivery(%+v, %d, %d) = %+v, want %+v", tt.m, tt.now, tt.maxAttempts, got, tt.want)
 			}
 			// Without a fingerprint, Deliver decides as Redelivery does.
-			if got, err := Deliver(tt.m, "", tt.now, tt.maxAttempts); err != nil || got != tt.want {
+			if got, err := Deliver(tt.m, Delivery{}, Horizon{}, Moment{Now: tt.now, MaxAttempts: tt.maxAttempts}); err != nil || got != tt.want {
 				t.Errorf("Deliver(%+v, \"\", %d, %d) = %+v, %v; want %+v, nil", tt.m, tt.now, tt.maxAttempts, got, err, tt.want)
 			}
 		})
@@ -824,7 +824,7 @@ func TestDeliver(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Deliver(tt.m, tt.fingerprint, 0, 0)
+			got, err := Deliver(tt.m, Delivery{Fingerprint: tt.fingerprint}, Horizon{}, Moment{})
 			if tt.wantErr != nil {
 				if !matchError(err, tt.wantErr) || got != (Decision{}) {
 					t.Errorf("Deliver(%+v, %q) = %+v, %v; want %#v", tt.m, tt.fingerprint, got, err, tt.wantErr)

@@ -11,7 +11,17 @@ import (
 func Reason(d Decision, m *Message, mo Moment) string {
 	switch d.Rule {
 	case RuleNeverSeen:
+		if d.Horizon.Set {
+			return fmt.Sprintf("No message_received event or tombstone names this message, so it is not known, but the conversation forgot messages finished up to %s: without sent_at it cannot tell whether this one was among them, so the caller judges; a receive appends a message_received and the caller starts it from step 0.",
+				MillisTime(d.Horizon.Before))
+		}
 		return "No message_received event names this message, so it was never seen: a receive appends one and the caller starts it from step 0."
+	case RuleForgotten:
+		return fmt.Sprintf("No message_received event or tombstone names this message, and it was sent at or before %s, when the conversation forgot the messages finished up to then: it may have been processed and forgotten, so nothing is appended and the caller chooses.",
+			MillisTime(d.Horizon.Before))
+	case RuleCompacted:
+		return fmt.Sprintf("Its processing_finished was at seq %d, at %s, and its events were compacted since; its tombstone says it is done: skip it.",
+			m.LastSeq, MillisTime(m.LastTS))
 	case RuleFinished:
 		return fmt.Sprintf("Its processing_finished is at seq %d, so it is done: skip it.", m.LastSeq)
 	case RuleLeased:

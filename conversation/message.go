@@ -61,6 +61,9 @@ type Message struct {
 	// Attempts counts its processing_started events since it was received
 	// or last released.
 	Attempts int64
+	// Compacted is set for a tombstone: a finished message whose events
+	// were compacted away (SPEC §8). It keeps only what Tombstone keeps.
+	Compacted bool
 }
 
 // Apply advances m by e, an event of m. It does not check the write rules;
@@ -128,13 +131,15 @@ const (
 	Skip        Action = 3 // finished: do nothing
 	Busy        Action = 4 // a worker holds a live lease on it: try again later
 	Quarantined Action = 5 // started max_attempts times: an operator must release it
+	Forgotten   Action = 6 // sent before the conversation's horizon: the caller chooses
 )
 
-var actionNames = [...]string{Start: "start", Resume: "resume", Skip: "skip", Busy: "busy", Quarantined: "quarantined"}
+var actionNames = [...]string{Start: "start", Resume: "resume", Skip: "skip", Busy: "busy", Quarantined: "quarantined",
+	Forgotten: "forgotten"}
 
 // String returns the wire name of a, such as "resume".
 func (a Action) String() string {
-	if a >= Start && a <= Quarantined {
+	if a >= Start && a <= Forgotten {
 		return actionNames[a]
 	}
 	return "invalid"
@@ -152,14 +157,17 @@ const (
 	RuleInProgress  Rule = 5
 	RuleReceived    Rule = 6
 	RuleErrored     Rule = 7
+	RuleForgotten   Rule = 8
+	RuleCompacted   Rule = 9
 )
 
 var ruleNames = [...]string{RuleNeverSeen: "never_seen", RuleFinished: "finished", RuleLeased: "leased",
-	RuleQuarantined: "quarantined", RuleInProgress: "in_progress", RuleReceived: "received", RuleErrored: "errored"}
+	RuleQuarantined: "quarantined", RuleInProgress: "in_progress", RuleReceived: "received", RuleErrored: "errored",
+	RuleForgotten: "forgotten", RuleCompacted: "compacted"}
 
 // String returns the wire name of r, such as "never_seen".
 func (r Rule) String() string {
-	if r >= RuleNeverSeen && r <= RuleErrored {
+	if r >= RuleNeverSeen && r <= RuleCompacted {
 		return ruleNames[r]
 	}
 	return "invalid"
@@ -179,6 +187,43 @@ type Decision struct {
 	// With Quarantined: the attempts and the latest error ("" if none).
 	Attempts int64
 	Error    string
+	// With Skip: set when the message is a tombstone (SPEC §8).
+	Compacted bool
+	// With Forgotten, and with Start in a conversation that has one: the
+	// conversation's horizon.
+	Horizon Horizon
+}
+
+// Horizon is a conversation's forgotten_before (SPEC §8): the finished_at
+// of the newest tombstone it dropped. A message the conversation does not
+// know and that was sent at or before it may have been processed and
+// forgotten. The zero Horizon is none: nothing was ever dropped.
+type Horizon struct {
+	Before int64 // epoch ms, when Set
+	Set    bool
+}
+
+// Covers reports whether a message sent at sentAt (epoch ms) may have been
+// forgotten: h is set and sentAt <= h.Before.
+func (h Horizon) Covers(sentAt int64) bool { return h.Set && sentAt <= h.Before }
+
+// Advance returns the horizon after a tombstone finished at finishedAt was
+// dropped: the later of the two.
+func (h Horizon) Advance(finishedAt int64) Horizon {
+	if h.Set && h.Before >= finishedAt {
+		return h
+	}
+	return Horizon{Before: finishedAt, Set: true}
+}
+
+// Delivery is what a receive or a decide says of the message it delivers
+// beside its id.
+type Delivery struct {
+	Fingerprint string // "" for none
+	// SentAt is when the message was first produced (epoch ms), when
+	// HasSentAt is set.
+	SentAt    int64
+	HasSentAt bool
 }
 
 // Redelivery decides a delivery of a message whose known state is m (nil
@@ -191,6 +236,8 @@ func Redelivery(m *Message, now, maxAttempts int64) Decision {
 	switch {
 	case m == nil || m.Status == StatusUnknown:
 		return Decision{Action: Start, Rule: RuleNeverSeen}
+	case m.Compacted:
+		return Decision{Action: Skip, Rule: RuleCompacted, Compacted: true}
 	case m.Status == StatusFinished:
 		return Decision{Action: Skip, Rule: RuleFinished}
 	case m.Leased(now):
@@ -210,12 +257,45 @@ func Redelivery(m *Message, now, maxAttempts int64) Decision {
 	return d
 }
 
-// Deliver decides a delivery of a message with fingerprint (or "" for
-// none), as Redelivery does, after checking it against the stored one.
-// Returns a *FingerprintMismatchError when both are given and differ.
-func Deliver(m *Message, fingerprint string, now, maxAttempts int64) (Decision, error) {
-	if m != nil && m.Status != StatusUnknown && fingerprint != "" && m.Fingerprint != "" && fingerprint != m.Fingerprint {
+// Deliver decides delivery d of a message whose known state is m (nil if
+// the message is unknown), in a conversation whose horizon is h, at mo:
+// after checking d's fingerprint against the stored one, a message the
+// conversation does not know and that d says was sent at or before the
+// horizon is forgotten (SPEC §8); otherwise it is decided as Redelivery
+// does, and a start carries the horizon when there is one. Returns a
+// *FingerprintMismatchError when both fingerprints are given and differ.
+func Deliver(m *Message, d Delivery, h Horizon, mo Moment) (Decision, error) {
+	if m != nil && m.Status != StatusUnknown && d.Fingerprint != "" && m.Fingerprint != "" && d.Fingerprint != m.Fingerprint {
 		return Decision{}, &FingerprintMismatchError{Stored: m.Fingerprint}
 	}
-	return Redelivery(m, now, maxAttempts), nil
+	dec := Redelivery(m, mo.Now, mo.MaxAttempts)
+	if dec.Action == Start {
+		if d.HasSentAt && h.Covers(d.SentAt) {
+			return Decision{Action: Forgotten, Rule: RuleForgotten, Horizon: h}, nil
+		}
+		dec.Horizon = h
+	}
+	return dec, nil
+}
+
+// Tombstone is what remains of a compacted message (SPEC §8): enough to
+// skip its redeliveries, to answer writes to it as for a finished message,
+// and to check fingerprints.
+type Tombstone struct {
+	MessageID   string
+	FinishedAt  int64 // the ts of its processing_finished
+	Seq         int64 // the seq of its processing_finished
+	Attempts    int64
+	Fingerprint string // "" if none
+}
+
+// Tombstone returns what remains of m, finished, once it is compacted.
+func (m *Message) Tombstone() Tombstone {
+	return Tombstone{MessageID: m.ID, FinishedAt: m.LastTS, Seq: m.LastSeq, Attempts: m.Attempts, Fingerprint: m.Fingerprint}
+}
+
+// Message returns the state of the message t remains of.
+func (t Tombstone) Message() *Message {
+	return &Message{ID: t.MessageID, Status: StatusFinished, LastStep: NoStep, LastType: ProcessingFinished,
+		LastSeq: t.Seq, LastTS: t.FinishedAt, Attempts: t.Attempts, Fingerprint: t.Fingerprint, Compacted: true}
 }

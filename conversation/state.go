@@ -41,11 +41,15 @@ func (c *Counts) at(s Status) *int64 {
 	return nil
 }
 
-// Summary is a conversation's name, next seq and messages counted by status.
+// Summary is a conversation's name, next seq and messages counted by
+// status (a tombstone counts as finished), with what retention left of it
+// (SPEC §8): the messages it compacted and its horizon.
 type Summary struct {
-	Name   string
-	Next   int64
-	Counts Counts
+	Name      string
+	Next      int64
+	Counts    Counts
+	Compacted int64
+	Horizon   Horizon
 }
 
 // StepKey names a completed step of a conversation.
@@ -61,6 +65,11 @@ type State struct {
 	Messages map[string]*Message
 	Steps    map[StepKey]StepRecord
 	Counts   Counts
+	// Gaps is set for a conversation that compacted messages (SPEC §8):
+	// its log may skip the seqs of their events.
+	Gaps bool
+	// Horizon is its forgotten_before.
+	Horizon Horizon
 }
 
 // NewState returns the state of the empty conversation name.
@@ -70,7 +79,7 @@ func NewState(name string) *State {
 
 // Known returns what the write rules need to evaluate c against s.
 func (s *State) Known(c *Command) Known {
-	k := Known{Next: s.Next, Message: s.Messages[c.MessageID]}
+	k := Known{Next: s.Next, Message: s.Messages[c.MessageID], Horizon: s.Horizon}
 	if c.Op == OpStep {
 		if r, ok := s.Steps[StepKey{c.MessageID, c.StepIndex}]; ok {
 			k.Step = &r
@@ -86,7 +95,7 @@ func (s *State) Apply(e *Event) error {
 	if e.Conversation != s.Name {
 		return fmt.Errorf("event of conversation %q applied to %q", e.Conversation, s.Name)
 	}
-	if e.Seq != s.Next {
+	if e.Seq != s.Next && !(s.Gaps && e.Seq > s.Next) {
 		return fmt.Errorf("event seq %d, want %d", e.Seq, s.Next)
 	}
 	if !e.Type.Valid() {
@@ -94,6 +103,7 @@ func (s *State) Apply(e *Event) error {
 	}
 	c := CommandOf(e)
 	k := s.Known(&c)
+	k.Next = e.Seq // past a gap
 	k.Replaying(&c, e.TS)
 	o, err := Evaluate(&c, k)
 	if err != nil {
@@ -120,6 +130,22 @@ func (s *State) apply(e *Event) {
 		s.Steps[StepKey{e.MessageID, e.StepIndex}] = StepRecord{Index: e.StepIndex, Seq: e.Seq, Output: e.Output}
 	}
 	s.Next = e.Seq + 1
+}
+
+// Restore adds tombstone t to s (SPEC §8), in seq order with the events
+// that remain: t's message must be unknown to s, and t's seq must not be
+// below s's next seq. Leaves s unchanged on an error.
+func (s *State) Restore(t Tombstone) error {
+	if m := s.Messages[t.MessageID]; m != nil && m.Status != StatusUnknown {
+		return fmt.Errorf("tombstone of %q at seq %d: the message is %v at seq %d", t.MessageID, t.Seq, m.Status, m.LastSeq)
+	}
+	if t.Seq < s.Next {
+		return fmt.Errorf("tombstone of %q at seq %d, below the next seq %d", t.MessageID, t.Seq, s.Next)
+	}
+	s.Messages[t.MessageID] = t.Message()
+	s.Counts.Move(StatusUnknown, StatusFinished)
+	s.Next = t.Seq + 1
+	return nil
 }
 
 // Replay returns the state of conversation name whose log is events, in seq

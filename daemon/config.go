@@ -9,8 +9,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"liminald/sqlitestore"
 )
 
 // Config is every setting of the daemon. Start from DefaultConfig, or let
@@ -71,6 +74,16 @@ type Config struct {
 	// MaxAttempts is how many times a message may be started (since it
 	// was received or released) before it is quarantined; 0 for no limit.
 	MaxAttempts int64 `toml:"max_attempts"`
+
+	// RetainFinished is how long a finished message keeps its events: one
+	// finished longer ago is compacted into a tombstone (SPEC §8). In TOML
+	// a duration string ("168h"). 0 keeps every event.
+	RetainFinished time.Duration `toml:"retain_finished"`
+
+	// RetainTombstones is how long a tombstone is kept after its message
+	// finished; one older is dropped and its conversation's
+	// forgotten_before moves on. 0 keeps every tombstone.
+	RetainTombstones time.Duration `toml:"retain_tombstones"`
 }
 
 const (
@@ -213,6 +226,14 @@ func (c Config) Validate() error {
 	if c.MaxAttempts < 0 {
 		bad("max_attempts", fmt.Errorf("%d is out of range (0 for no limit, or at least 1)", c.MaxAttempts))
 	}
+	for _, r := range []struct {
+		key string
+		d   time.Duration
+	}{{"retain_finished", c.RetainFinished}, {"retain_tombstones", c.RetainTombstones}} {
+		if r.d < 0 || r.d > 0 && r.d < time.Millisecond {
+			bad(r.key, fmt.Errorf("%v is out of range (0 to keep everything, or at least 1ms)", r.d))
+		}
+	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		bad("log_level", err)
 	}
@@ -275,6 +296,21 @@ var settings = []setting{
 	scalar("metrics", "LIMINAL_METRICS", needsRestart, func(c *Config) *string { return &c.Metrics }, parseString),
 	scalar("metrics_public", "LIMINAL_METRICS_PUBLIC", needsRestart, func(c *Config) *bool { return &c.MetricsPublic }, parseBool),
 	scalar("max_attempts", "LIMINAL_MAX_ATTEMPTS", changesLive, func(c *Config) *int64 { return &c.MaxAttempts }, parseInt64),
+	scalar("retain_finished", "LIMINAL_RETAIN_FINISHED", changesLive, func(c *Config) *time.Duration { return &c.RetainFinished }, parseDuration),
+	scalar("retain_tombstones", "LIMINAL_RETAIN_TOMBSTONES", changesLive, func(c *Config) *time.Duration { return &c.RetainTombstones }, parseDuration),
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration like \"90s\" or \"168h\"", s)
+	}
+	return d, nil
+}
+
+// Retention returns the retention the configuration sets.
+func (c Config) Retention() sqlitestore.Retention {
+	return sqlitestore.Retention{Finished: c.RetainFinished, Tombstones: c.RetainTombstones}
 }
 
 func parseString(s string) (string, error) { return s, nil }
@@ -346,7 +382,8 @@ func list(key, env string, live bool, field func(*Config) *[]uint32) setting {
 // Diff names the settings whose values differ between c, the running
 // configuration, and next, a reloaded one, by their TOML keys: live holds
 // those a running daemon can take at once (max_line_bytes, max_connections,
-// allow_uids, allow_gids, log_level, max_attempts), restart those it can take only when it
+// allow_uids, allow_gids, log_level, max_attempts, retain_finished,
+// retain_tombstones), restart those it can take only when it
 // starts again (socket, db, sync, socket_mode, socket_group, log_format,
 // metrics, metrics_public).
 // A reload with any restart setting is refused whole: the daemon keeps c.
@@ -397,8 +434,9 @@ func applyEnv(c *Config, env func(string) string) error {
 // LIMINAL_SOCKET_MODE, LIMINAL_SOCKET_GROUP, LIMINAL_ALLOW_UIDS and
 // LIMINAL_ALLOW_GIDS (comma-separated), LIMINAL_MAX_LINE_BYTES,
 // LIMINAL_MAX_CONNECTIONS, LIMINAL_LOG_LEVEL, LIMINAL_LOG_FORMAT,
-// LIMINAL_METRICS, LIMINAL_METRICS_PUBLIC (true or false) and
-// LIMINAL_MAX_ATTEMPTS; an empty one counts as unset.
+// LIMINAL_METRICS, LIMINAL_METRICS_PUBLIC (true or false),
+// LIMINAL_MAX_ATTEMPTS, LIMINAL_RETAIN_FINISHED and LIMINAL_RETAIN_TOMBSTONES
+// (durations like "168h"); an empty one counts as unset.
 //
 // Load has no side effects: it only reads. It returns an error naming the
 // file when the file cannot be read or parsed (see Parse), naming the

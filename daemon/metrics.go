@@ -124,13 +124,30 @@ func (m *metrics) watch(store *sqlitestore.Store, srv *ipc.Server) {
 		}
 		return float64(n)
 	})
-	gauge("liminald_events", "Events in the database.", func() float64 {
-		st, err := store.Stats(context.Background())
-		if err != nil {
-			return 0
+	stat := func(f func(*sqlitestore.Stats) float64) func() float64 {
+		return func() float64 {
+			st, err := store.Stats(context.Background())
+			if err != nil {
+				return 0
+			}
+			return f(&st)
 		}
-		return float64(st.Events)
-	})
+	}
+	counter := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+	}
+	gauge("liminald_events", "Events in the database.", stat(func(st *sqlitestore.Stats) float64 { return float64(st.Events) }))
+	gauge("liminald_tombstones", "Tombstones of compacted messages kept.", stat(func(st *sqlitestore.Stats) float64 { return float64(st.Tombstones) }))
+	gauge("liminald_forgotten_before_seconds", "The newest forgotten_before of any conversation, in epoch seconds; 0 when none.",
+		stat(func(st *sqlitestore.Stats) float64 { return float64(st.Horizon.Before) / 1000 }))
+	counter("liminald_compacted_total", "Messages compacted into tombstones, in the database's life.",
+		stat(func(st *sqlitestore.Stats) float64 { return float64(st.Compacted) }))
+	counter("liminald_tombstones_dropped_total", "Tombstones dropped, in the database's life.",
+		stat(func(st *sqlitestore.Stats) float64 { return float64(st.Dropped) }))
+	counter("liminald_compaction_passes_total", "Compaction passes since the daemon started.",
+		stat(func(st *sqlitestore.Stats) float64 { return float64(st.CompactionPasses) }))
+	counter("liminald_compaction_seconds_total", "Time compaction passes took since the daemon started.",
+		stat(func(st *sqlitestore.Stats) float64 { return st.CompactionTotal.Seconds() }))
 }
 
 // serve listens on the address of the metrics and metrics_public settings

@@ -141,7 +141,7 @@ func (d *daemon) start() error {
 		}
 		d.sockLock = d.locks[len(d.locks)-1]
 	}
-	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log, MaxAttempts: cfg.MaxAttempts}
+	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention()}
 	srvCfg := ipc.Config{
 		Store: nil, Logger: d.log, Version: d.opts.Version,
 		MaxLineBytes: cfg.MaxLineBytes, MaxConns: cfg.MaxConnections, Admit: d.admit,
@@ -445,6 +445,7 @@ func (d *daemon) reload(why string) {
 	}
 	d.srv.SetLimits(next.MaxLineBytes, next.MaxConnections)
 	d.store.SetMaxAttempts(next.MaxAttempts)
+	d.store.SetRetention(next.Retention())
 	allow := next.AllowList()
 	d.allow.Store(&allow)
 	if lvl, err := ParseLevel(next.LogLevel); err == nil {

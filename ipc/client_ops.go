@@ -22,6 +22,8 @@ type options struct {
 	worker, fingerprint string // "" when not given
 	leaseMS             int64  // with hasLease
 	hasLease, withSteps bool
+	sentAt              int64 // with hasSentAt
+	hasSentAt           bool
 }
 
 // ExpectedSeq makes a write conditional: it must append at seq (SPEC §2).
@@ -71,6 +73,14 @@ func Fingerprint(fp string) Option {
 	return func(o *options) { o.fingerprint = fp }
 }
 
+// SentAt tells a receive, decide or explain when the message was first
+// produced, in epoch milliseconds (such as its broker's timestamp): a
+// message the conversation does not know that was sent at or before its
+// horizon is decided Forgotten, not Start (SPEC §8).
+func SentAt(ms int64) Option {
+	return func(o *options) { o.sentAt, o.hasSentAt = ms, true }
+}
+
 // WithSteps makes a receive, decide or explain that resumes answer the
 // completed steps too, in Decision.Steps.
 func WithSteps() Option {
@@ -97,7 +107,8 @@ func leaseMillis(d time.Duration) int64 {
 // Decision is the answer to a receive or a decide. Its embedded
 // conversation.Decision carries what each action needs: ResumeFrom with
 // Resume; Worker, Token and RetryAfterMS with Busy; Attempts and Error
-// with Quarantined.
+// with Quarantined; Compacted with Skip; the conversation's Horizon with
+// Forgotten, and with Start when it has one.
 type Decision struct {
 	conversation.Decision
 	// Seq is, for a receive that decided Start, the seq of its
@@ -123,11 +134,14 @@ type Ack struct {
 	LeaseExpiresAt int64
 }
 
-// ConversationState is the state of a conversation: its next seq and its
-// messages counted by status.
+// ConversationState is the state of a conversation: its next seq, its
+// messages counted by status (tombstones as finished), the messages it
+// compacted and its horizon (SPEC §8).
 type ConversationState struct {
-	Next   int64
-	Counts conversation.Counts
+	Next      int64
+	Counts    conversation.Counts
+	Compacted int64
+	Horizon   conversation.Horizon
 }
 
 // MessageState is the state of one message.
@@ -144,6 +158,9 @@ type MessageState struct {
 	LeaseExpiresAt int64  // epoch ms; 0 when it holds no live lease
 	Quarantined    bool
 	Fingerprint    string // "" if it was received without one
+	// Compacted is set for a tombstone (SPEC §8): finished, its events
+	// gone, with no steps and no ReceivedAt.
+	Compacted bool
 }
 
 // MessageSummary is an entry of Messages.
@@ -152,7 +169,7 @@ type MessageSummary struct {
 	Status     conversation.Status // as stored: leased and quarantined are not statuses
 	Attempts   int64
 	LastStep   int64 // the highest completed step index, or conversation.NoStep
-	ReceivedAt int64 // epoch ms
+	ReceivedAt int64 // epoch ms; 0 for a tombstone, which does not keep it
 	UpdatedAt  int64 // epoch ms: the ts of its latest event
 
 	Worker         string // the worker of its latest start; "" if none
@@ -210,6 +227,26 @@ type Stats struct {
 	Connections   int64       `json:"connections"`
 	Subscribers   int64       `json:"subscribers"`
 	Commits       CommitStats `json:"commits"`
+
+	// Retention (SPEC §8): messages ever compacted, tombstones kept,
+	// tombstones ever dropped, the newest horizon of any conversation
+	// (epoch ms; nil when none), and compaction's passes since the store
+	// opened.
+	Compacted         int64           `json:"compacted"`
+	Tombstones        int64           `json:"tombstones"`
+	TombstonesDropped int64           `json:"tombstones_dropped"`
+	ForgottenBefore   *int64          `json:"forgotten_before"`
+	Compaction        CompactionStats `json:"compaction"`
+}
+
+// CompactionStats are compaction's figures since the store opened: its
+// passes, those an error ended, and the time they took in all and the
+// longest, in milliseconds.
+type CompactionStats struct {
+	Passes  int64   `json:"passes"`
+	Failed  int64   `json:"failed"`
+	MsTotal float64 `json:"ms_total"`
+	MsMax   float64 `json:"ms_max"`
 }
 
 // CommitStats are the store's group-commit figures since it opened: the
@@ -370,12 +407,22 @@ type decisionReply struct {
 	Attempts     int64       `json:"attempts"`
 	Error        string      `json:"error"`
 	Steps        []stepReply `json:"steps"`
+	Compacted    bool        `json:"compacted"`
+	Horizon      *int64      `json:"forgotten_before"`
+}
+
+// horizon returns a forgotten_before, not set for null.
+func horizon(before *int64) conversation.Horizon {
+	if before == nil {
+		return conversation.Horizon{}
+	}
+	return conversation.Horizon{Before: *before, Set: true}
 }
 
 func (r *decisionReply) decision() (Decision, error) {
 	d := Decision{Decision: conversation.Decision{
 		ResumeFrom: r.ResumeFrom, Worker: r.Worker, Token: r.Token, RetryAfterMS: r.RetryAfterMS,
-		Attempts: r.Attempts, Error: r.Error,
+		Attempts: r.Attempts, Error: r.Error, Compacted: r.Compacted, Horizon: horizon(r.Horizon),
 	}, Seq: r.Seq, Duplicate: r.Duplicate, Steps: stepRecords(r.Steps)}
 	var ok bool
 	if d.Action, ok = lookupName[conversation.Action](r.Decision); !ok {
@@ -385,10 +432,13 @@ func (r *decisionReply) decision() (Decision, error) {
 }
 
 // appendDeliveryOptions appends the optional arguments of a receive,
-// decide or explain: Fingerprint and WithSteps.
+// decide or explain: Fingerprint, SentAt and WithSteps.
 func appendDeliveryOptions(dst []byte, o *options) []byte {
 	if o.fingerprint != "" {
 		dst = appendString(dst, "fingerprint", o.fingerprint)
+	}
+	if o.hasSentAt {
+		dst = appendInt(dst, "sent_at", o.sentAt)
 	}
 	if o.withSteps {
 		dst = append(dst, `,"with_steps":true`...)
@@ -407,10 +457,12 @@ func (c *Client) decide(ctx context.Context, build func(dst []byte, id int64) []
 
 // Receive records a delivery of message msg of conversation conv and
 // returns the redelivery decision; a Start appends its message_received.
-// It takes ExpectedSeq, ReceivedAt, Fingerprint and WithSteps.
+// It takes ExpectedSeq, ReceivedAt, Fingerprint, SentAt and WithSteps.
 //
-// A message another worker holds a live lease on is decided Busy, and one
-// started max_attempts times Quarantined; neither appends anything.
+// A message another worker holds a live lease on is decided Busy, one
+// started max_attempts times Quarantined, a compacted one Skip with
+// Compacted, and one the conversation forgot (SentAt at or before its
+// horizon) Forgotten; none of them appends anything.
 //
 // Returns an *Error: fingerprint_mismatch (a
 // *conversation.FingerprintMismatchError) when the message was received
@@ -428,7 +480,8 @@ func (c *Client) Receive(ctx context.Context, conv, msg string, opts ...Option) 
 }
 
 // Decide returns the redelivery decision for message msg of conversation
-// conv without appending anything. It takes Fingerprint and WithSteps.
+// conv without appending anything. It takes Fingerprint, SentAt and
+// WithSteps.
 // Returns the errors of Receive but sequence_conflict.
 func (c *Client) Decide(ctx context.Context, conv, msg string, opts ...Option) (Decision, error) {
 	o := collect(opts)
@@ -575,13 +628,16 @@ func (c *Client) State(ctx context.Context, conv string) (ConversationState, err
 			Errored    int64 `json:"errored"`
 			Finished   int64 `json:"finished"`
 		} `json:"messages"`
+		Compacted int64  `json:"compacted"`
+		Horizon   *int64 `json:"forgotten_before"`
 	}
 	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
 		return appendEnd(appendString(appendRequest(dst, id, "state"), "conversation", conv))
 	})
 	m := r.Messages
 	return ConversationState{Next: r.Next, Counts: conversation.Counts{
-		Received: m.Received, InProgress: m.InProgress, Errored: m.Errored, Finished: m.Finished}}, err
+		Received: m.Received, InProgress: m.InProgress, Errored: m.Errored, Finished: m.Finished},
+		Compacted: r.Compacted, Horizon: horizon(r.Horizon)}, err
 }
 
 // MessageState returns the state of message msg of conversation conv: its
@@ -599,6 +655,7 @@ func (c *Client) MessageState(ctx context.Context, conv, msg string) (MessageSta
 		LeaseExpiresAt int64       `json:"lease_expires_at"`
 		Quarantined    bool        `json:"quarantined"`
 		Fingerprint    string      `json:"fingerprint"`
+		Compacted      bool        `json:"compacted"`
 	}
 	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
 		return appendEnd(appendMessage(dst, id, "state", conv, msg))
@@ -609,7 +666,7 @@ func (c *Client) MessageState(ctx context.Context, conv, msg string) (MessageSta
 	return MessageState{
 		Status: status, ReceivedAt: r.ReceivedAt, LastStep: lastStep(r.LastStep), Steps: stepRecords(r.Steps), Error: r.Error,
 		Attempts: r.Attempts, Token: r.Token, Worker: r.Worker, LeaseExpiresAt: r.LeaseExpiresAt,
-		Quarantined: r.Quarantined, Fingerprint: r.Fingerprint,
+		Quarantined: r.Quarantined, Fingerprint: r.Fingerprint, Compacted: r.Compacted,
 	}, nil
 }
 

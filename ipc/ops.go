@@ -62,7 +62,7 @@ func (s *Server) result(ctx context.Context, r *request, dst []byte) ([]byte, er
 	case opPing:
 		return dst, nil
 	case opDecide:
-		d, err := s.store.Decide(ctx, r.conv, r.msg, r.fingerprint)
+		d, err := s.store.Decide(ctx, r.conv, r.msg, r.delivery)
 		if err != nil {
 			return dst, err
 		}
@@ -199,7 +199,9 @@ func (s *Server) state(ctx context.Context, r *request, dst []byte) ([]byte, err
 		if err != nil {
 			return dst, err
 		}
-		return appendCounts(appendInt(dst, "next_seq", sum.Next), sum.Counts), nil
+		dst = appendCounts(appendInt(dst, "next_seq", sum.Next), sum.Counts)
+		dst = appendInt(dst, "compacted", sum.Compacted)
+		return appendHorizon(dst, sum.Horizon), nil
 	}
 	m, err := s.store.Message(ctx, r.conv, r.msg)
 	if err != nil || m == nil {
@@ -226,10 +228,11 @@ func (s *Server) messages(ctx context.Context, r *request, dst []byte) ([]byte, 
 		dst = appendString(dst, "status", m.Status.String())
 		dst = appendInt(dst, "attempts", m.Attempts)
 		dst = appendLastStep(dst, m.LastStep)
-		dst = appendInt(dst, "received_at", m.ReceivedAt)
+		dst = appendReceivedAt(dst, m)
 		dst = appendInt(dst, "updated_at", m.LastTS)
 		dst = appendLease(dst, m, mo)
-		dst = append(dst, `,"compacted":false}`...)
+		dst = appendKey(dst, "compacted")
+		dst = append(strconv.AppendBool(dst, m.Compacted), '}')
 	}
 	dst = append(dst, ']')
 	if len(list) == r.limit {
@@ -243,8 +246,14 @@ func (s *Server) explain(ctx context.Context, r *request, dst []byte) ([]byte, e
 	if err != nil {
 		return dst, err
 	}
+	var h conversation.Horizon
+	if m == nil {
+		if h, err = s.store.Horizon(ctx, r.conv); err != nil {
+			return dst, err
+		}
+	}
 	mo := s.store.Moment()
-	d, err := conversation.Deliver(m, r.fingerprint, mo.Now, mo.MaxAttempts)
+	d, err := conversation.Deliver(m, r.delivery, h, mo)
 	if err != nil {
 		return dst, err
 	}
@@ -348,6 +357,16 @@ func (s *Server) stats(ctx context.Context, dst []byte) ([]byte, error) {
 	dst = strconv.AppendFloat(appendKey(dst, "avg_batch"), round3(avgBatch), 'f', -1, 64)
 	dst = strconv.AppendFloat(appendKey(dst, "commit_ms_avg"), round3(avgCommit), 'f', -1, 64)
 	dst = appendMillis(dst, "commit_ms_max", st.CommitMax)
+	dst = append(dst, '}')
+	dst = appendInt(dst, "compacted", st.Compacted)
+	dst = appendInt(dst, "tombstones", st.Tombstones)
+	dst = appendInt(dst, "tombstones_dropped", st.Dropped)
+	dst = appendHorizon(dst, st.Horizon)
+	dst = append(dst, `,"compaction":{"passes":`...)
+	dst = strconv.AppendInt(dst, st.CompactionPasses, 10)
+	dst = appendInt(dst, "failed", st.CompactionFailures)
+	dst = appendMillis(dst, "ms_total", st.CompactionTotal)
+	dst = appendMillis(dst, "ms_max", st.CompactionMax)
 	return append(dst, '}'), nil
 }
 

@@ -87,7 +87,7 @@ func TestServer_Protocol2(t *testing.T) {
 		{"ReleaseAgain", `{"id":24,"op":"release",` + m + `}`, `{"id":24,"ok":false,"error":{"code":"not_quarantined","message":"*","retryable":false}}`},
 		{"State", `{"id":25,"op":"state",` + m + `}`,
 			`{"id":25,"ok":true,"status":"errored","received_at":1000000,"last_completed_step":0,"steps":[{"step_index":0,"seq":2,"output":"aGk="}],
-			"error":"boom","attempts":0,"token":4,"worker":"w2","lease_expires_at":null,"quarantined":false,"fingerprint":"sha:1"}`},
+			"error":"boom","attempts":0,"token":4,"worker":"w2","lease_expires_at":null,"quarantined":false,"fingerprint":"sha:1","compacted":false}`},
 		{"ReleaseUnknown", `{"id":26,"op":"release","conversation":"c","message_id":"x"}`,
 			`{"id":26,"ok":false,"error":{"code":"unknown_message","message":"*","retryable":false}}`},
 		{"MessagesEmptyStatus", `{"id":27,"op":"messages","conversation":"c","status":""}`,

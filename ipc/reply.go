@@ -115,8 +115,35 @@ func appendDecisionFields(dst []byte, d conversation.Decision) []byte {
 	case conversation.Quarantined:
 		dst = appendInt(dst, "attempts", d.Attempts)
 		dst = appendNullable(dst, "error", d.Error)
+	case conversation.Skip:
+		if d.Compacted {
+			dst = append(dst, `,"compacted":true`...)
+		}
+	case conversation.Forgotten:
+		dst = appendHorizon(dst, d.Horizon)
+	case conversation.Start:
+		if d.Horizon.Set {
+			dst = appendHorizon(dst, d.Horizon)
+		}
 	}
 	return dst
+}
+
+// appendHorizon appends "forgotten_before": h's, or null when not set.
+func appendHorizon(dst []byte, h conversation.Horizon) []byte {
+	if !h.Set {
+		return append(dst, `,"forgotten_before":null`...)
+	}
+	return appendInt(dst, "forgotten_before", h.Before)
+}
+
+// appendReceivedAt appends "received_at": m's, or null for a tombstone,
+// which does not keep it.
+func appendReceivedAt(dst []byte, m *conversation.Message) []byte {
+	if m.Compacted {
+		return append(dst, `,"received_at":null`...)
+	}
+	return appendInt(dst, "received_at", m.ReceivedAt)
 }
 
 // appendNullable appends v as a string, or null for "".
@@ -183,10 +210,10 @@ func appendSeq(dst []byte, o conversation.Outcome) []byte {
 func appendMessageState(dst []byte, m *conversation.Message, steps []conversation.StepRecord, mo conversation.Moment) []byte {
 	if m == nil {
 		return append(dst, `,"status":"unknown","received_at":null,"last_completed_step":null,"steps":[],"error":null,`+
-			`"attempts":0,"token":null,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null`...)
+			`"attempts":0,"token":null,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null,"compacted":false`...)
 	}
 	dst = appendString(dst, "status", m.Status.String())
-	dst = appendInt(dst, "received_at", m.ReceivedAt)
+	dst = appendReceivedAt(dst, m)
 	last := m.LastStep
 	if n := len(steps); n > 0 && int64(steps[n-1].Index) > last {
 		last = int64(steps[n-1].Index) // a step committed between the two reads
@@ -201,7 +228,9 @@ func appendMessageState(dst []byte, m *conversation.Message, steps []conversatio
 		dst = append(dst, `,"token":null`...)
 	}
 	dst = appendLease(dst, m, mo)
-	return appendNullable(dst, "fingerprint", m.Fingerprint)
+	dst = appendNullable(dst, "fingerprint", m.Fingerprint)
+	dst = appendKey(dst, "compacted")
+	return strconv.AppendBool(dst, m.Compacted)
 }
 
 // appendCounts appends the messages of a conversation counted by status.

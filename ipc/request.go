@@ -97,6 +97,7 @@ const (
 	fToken
 	fReason
 	fStatus
+	fSentAt
 	numFields
 )
 
@@ -106,7 +107,7 @@ var fieldNames = [numFields]string{
 	fOutput: "output", fError: "error", fFromSeq: "from_seq", fFromPos: "from_pos",
 	fLimit: "limit", fAfter: "after", fSub: "sub", fClient: "client",
 	fFingerprint: "fingerprint", fWithSteps: "with_steps", fWorker: "worker", fLeaseMS: "lease_ms",
-	fToken: "token", fReason: "reason", fStatus: "status",
+	fToken: "token", fReason: "reason", fStatus: "status", fSentAt: "sent_at",
 }
 
 func lookupField(key []byte) (field, bool) {
@@ -126,10 +127,10 @@ type request struct {
 
 	cmd conversation.Command // the write ops
 
-	conv, msg           string // decide, state, read, subscribe, messages, explain
-	fingerprint         string // decide, explain
-	withSteps           bool   // receive, decide, explain
-	status              string // messages
+	conv, msg           string                // decide, state, read, subscribe, messages, explain
+	delivery            conversation.Delivery // decide, explain
+	withSteps           bool                  // receive, decide, explain
+	status              string                // messages
 	fromSeq, fromPos    int64
 	hasFrom, hasFromPos bool // subscribe: a from position was given; it is from_pos
 	limit               int
@@ -254,7 +255,10 @@ func (r *request) args() error {
 		if r.msg, err = r.name(fMessageID, true); err != nil {
 			return err
 		}
-		if r.fingerprint, err = r.checked(fFingerprint, conversation.ValidFingerprint); err != nil {
+		if r.delivery.Fingerprint, err = r.checked(fFingerprint, conversation.ValidFingerprint); err != nil {
+			return err
+		}
+		if r.delivery.SentAt, r.delivery.HasSentAt, err = r.int(fSentAt, math.MaxInt64); err != nil {
 			return err
 		}
 		r.withSteps, err = r.boolean(fWithSteps)
@@ -313,6 +317,9 @@ func (r *request) writeArgs() error {
 			return err
 		}
 		if c.Fingerprint, err = r.checked(fFingerprint, conversation.ValidFingerprint); err != nil {
+			return err
+		}
+		if c.SentAt, c.HasSentAt, err = r.int(fSentAt, math.MaxInt64); err != nil {
 			return err
 		}
 		if r.withSteps, err = r.boolean(fWithSteps); err != nil {

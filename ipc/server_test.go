@@ -30,9 +30,9 @@ func TestServer_Ops(t *testing.T) {
 			"limits":{"max_line_bytes":1048576,"max_inflight":64,"max_name_bytes":256,"max_error_bytes":65536,"read_limit_max":10000,"conversations_limit_max":1000,
 			"messages_limit_max":1000,"max_lease_ms":86400000,"max_output_bytes":783360}}`},
 		{"StateUnknownConversation", `{"id":3,"op":"state","conversation":"c"}`,
-			`{"id":3,"ok":true,"next_seq":0,"messages":{"received":0,"in_progress":0,"errored":0,"finished":0,"total":0}}`},
+			`{"id":3,"ok":true,"next_seq":0,"messages":{"received":0,"in_progress":0,"errored":0,"finished":0,"total":0},"compacted":0,"forgotten_before":null}`},
 		{"StateUnknownMessage", `{"id":4,"op":"state",` + m + `}`,
-			`{"id":4,"ok":true,"status":"unknown","received_at":null,"last_completed_step":null,"steps":[],"error":null,"attempts":0,"token":null,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null}`},
+			`{"id":4,"ok":true,"status":"unknown","received_at":null,"last_completed_step":null,"steps":[],"error":null,"attempts":0,"token":null,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null,"compacted":false}`},
 		{"DecideNew", `{"id":5,"op":"decide",` + m + `}`, `{"id":5,"ok":true,"decision":"start"}`},
 		{"ReceiveNew", `{"id":6,"op":"receive",` + m + `,"received_at":1000}`, `{"id":6,"ok":true,"decision":"start","seq":0}`},
 		{"ReceiveAgain", `{"id":7,"op":"receive",` + m + `}`, `{"id":7,"ok":true,"decision":"resume","resume_from":0}`},
@@ -48,7 +48,7 @@ func TestServer_Ops(t *testing.T) {
 		{"Fail", `{"id":16,"op":"fail",` + m + `,"error":"boom"}`, `{"id":16,"ok":true,"seq":4}`},
 		{"FailDuplicate", `{"id":17,"op":"fail",` + m + `,"error":"boom"}`, `{"id":17,"ok":true,"seq":4,"duplicate":true}`},
 		{"StateErrored", `{"id":18,"op":"state",` + m + `}`, `{"id":18,"ok":true,"status":"errored","received_at":1000,
-			"last_completed_step":4,"steps":[{"step_index":0,"seq":2,"output":"aGk="},{"step_index":4,"seq":3,"output":""}],"error":"boom","attempts":1,"token":1,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null}`},
+			"last_completed_step":4,"steps":[{"step_index":0,"seq":2,"output":"aGk="},{"step_index":4,"seq":3,"output":""}],"error":"boom","attempts":1,"token":1,"worker":null,"lease_expires_at":null,"quarantined":false,"fingerprint":null,"compacted":false}`},
 		{"StartAfterError", `{"id":19,"op":"start",` + m + `}`, `{"id":19,"ok":true,"seq":5,"token":5}`},
 		{"Finish", `{"id":20,"op":"finish",` + m + `}`, `{"id":20,"ok":true,"seq":6}`},
 		{"FinishDuplicate", `{"id":21,"op":"finish",` + m + `}`, `{"id":21,"ok":true,"seq":6,"duplicate":true}`},
@@ -66,7 +66,7 @@ func TestServer_Ops(t *testing.T) {
 			`{"id":28,"ok":false,"error":{"code":"sequence_conflict","message":"*","retryable":false,"expected":3,"actual":8}}`},
 		{"StartExpectedSeq", `{"id":29,"op":"start","conversation":"c","message_id":"m2","expected_seq":8}`, `{"id":29,"ok":true,"seq":8,"token":8}`},
 		{"StateConversation", `{"id":30,"op":"state","conversation":"c"}`,
-			`{"id":30,"ok":true,"next_seq":9,"messages":{"received":0,"in_progress":1,"errored":0,"finished":1,"total":2}}`},
+			`{"id":30,"ok":true,"next_seq":9,"messages":{"received":0,"in_progress":1,"errored":0,"finished":1,"total":2},"compacted":0,"forgotten_before":null}`},
 		{"Read", `{"id":31,"op":"read","conversation":"c","from_seq":1,"limit":3}`, `{"id":31,"ok":true,"events":[
 			{"conversation":"c","seq":1,"pos":2,"ts":0,"type":"processing_started","message_id":"m"},
 			{"conversation":"c","seq":2,"pos":3,"ts":0,"type":"step_completed","message_id":"m","step_index":0,"output":"aGk="},
@@ -533,7 +533,7 @@ func TestServer_Shutdown(t *testing.T) {
 		switch code, _ := errorField(r); {
 		case r["ok"] == true && refused == 0:
 			answered++
-			d, err := store.Decide(context.Background(), fmt.Sprintf("s%d", i%5), fmt.Sprintf("m%d", i), "")
+			d, err := store.Decide(context.Background(), fmt.Sprintf("s%d", i%5), fmt.Sprintf("m%d", i), conversation.Delivery{})
 			if err != nil || d.Action != conversation.Resume {
 				t.Errorf("answered receive %d: store decides %v, %v; want resume", i, d, err)
 			}

@@ -24,9 +24,11 @@ type Store interface {
 	// only hands the outcome to the connection's writer goroutine, which
 	// encodes the reply.
 	WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error))
-	// Decide decides a delivery of message id with fingerprint ("" for
-	// none) at the store's Moment, without appending.
-	Decide(ctx context.Context, conv, id, fingerprint string) (conversation.Decision, error)
+	// Decide decides delivery d of message id at the store's Moment,
+	// without appending.
+	Decide(ctx context.Context, conv, id string, d conversation.Delivery) (conversation.Decision, error)
+	// Horizon returns the forgotten_before of conversation conv (SPEC §8).
+	Horizon(ctx context.Context, conv string) (conversation.Horizon, error)
 	// Moment is what the rules judge a message by now: the store's clock
 	// and the max_attempts in force.
 	Moment() conversation.Moment
@@ -69,4 +71,9 @@ type StoreStats struct {
 	Commits, FailedBatches, Requests, Appended int64
 	MaxBatch                                   int
 	CommitTotal, CommitMax                     time.Duration
+	// Retention (SPEC §8): in the database, then since the store opened.
+	Compacted, Tombstones, Dropped       int64
+	Horizon                              conversation.Horizon
+	CompactionPasses, CompactionFailures int64
+	CompactionTotal, CompactionMax       time.Duration
 }

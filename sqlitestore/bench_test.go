@@ -86,7 +86,7 @@ func BenchmarkStore_Decide(b *testing.B) {
 			}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				d, err := s.Decide(context.Background(), "conv", ids[i%messages], "")
+				d, err := s.Decide(context.Background(), "conv", ids[i%messages], conversation.Delivery{})
 				if err != nil || d.Action != conversation.Resume {
 					b.Fatalf("Decide = %+v, %v", d, err)
 				}

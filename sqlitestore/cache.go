@@ -72,3 +72,11 @@ func (c *msgCache) clear() {
 		s.mu.Unlock()
 	}
 }
+
+// del forgets message k: it was dropped. Writer only.
+func (c *msgCache) del(k msgKey) {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, k)
+}

@@ -17,8 +17,9 @@ type Progress func(done, total int64)
 // Report is what Check found.
 type Report struct {
 	Conversations int64
-	Messages      int64
+	Messages      int64 // tombstones included
 	Events        int64
+	Tombstones    int64
 	Problems      []string // empty when the database is sound
 }
 
@@ -84,13 +85,17 @@ func Check(ctx context.Context, path string, progress Progress) (*Report, error)
 	if err := checkConversations(ctx, tx, r, progress); err != nil {
 		return nil, fmt.Errorf("check %s: %w", path, err)
 	}
-	var t totals
-	if err := tx.QueryRowContext(ctx, `SELECT conversations, messages, events FROM totals WHERE id = 1`).
-		Scan(&t.conversations, &t.messages, &t.events); err != nil {
+	var t, horizon totals
+	if err := tx.QueryRowContext(ctx, `SELECT conversations, messages, events, tombstones, forgotten_before FROM totals WHERE id = 1`).
+		Scan(&t.conversations, &t.messages, &t.events, &t.tombstones, scanHorizon{&t.horizon}); err != nil {
 		return nil, fmt.Errorf("check %s: %w", path, err)
 	}
-	if want := (totals{r.Conversations, r.Messages, r.Events}); t != want {
-		r.problem("totals row is %+v, the log gives %+v", t, want)
+	if err := tx.QueryRowContext(ctx, `SELECT max(forgotten_before) FROM conversations`).Scan(scanHorizon{&horizon.horizon}); err != nil {
+		return nil, fmt.Errorf("check %s: %w", path, err)
+	}
+	want := totals{conversations: r.Conversations, messages: r.Messages, events: r.Events, tombstones: r.Tombstones, horizon: horizon.horizon}
+	if t != want {
+		r.problem("totals row is %+v, the log and the tombstones give %+v", t, want)
 	}
 	return r, nil
 }
@@ -128,7 +133,8 @@ func checkConversations(ctx context.Context, tx *sql.Tx, r *Report, progress Pro
 	if orphans > 0 {
 		r.problem("%d events belong to no conversation", orphans)
 	}
-	convs, err := tx.QueryContext(ctx, `SELECT id, name, next_seq, received, in_progress, errored, finished FROM conversations ORDER BY id`)
+	convs, err := tx.QueryContext(ctx, `SELECT id, name, next_seq, received, in_progress, errored, finished, compacted, forgotten_before
+		FROM conversations ORDER BY id`)
 	if err != nil {
 		return err
 	}
@@ -141,7 +147,8 @@ func checkConversations(ctx context.Context, tx *sql.Tx, r *Report, progress Pro
 			id  int64
 			sum conversation.Summary
 		}
-		if err := convs.Scan(&c.id, &c.sum.Name, &c.sum.Next, &c.sum.Counts.Received, &c.sum.Counts.InProgress, &c.sum.Counts.Errored, &c.sum.Counts.Finished); err != nil {
+		if err := convs.Scan(&c.id, &c.sum.Name, &c.sum.Next, &c.sum.Counts.Received, &c.sum.Counts.InProgress, &c.sum.Counts.Errored, &c.sum.Counts.Finished,
+			&c.sum.Compacted, scanHorizon{&c.sum.Horizon}); err != nil {
 			convs.Close()
 			return err
 		}
@@ -155,17 +162,18 @@ func checkConversations(ctx context.Context, tx *sql.Tx, r *Report, progress Pro
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		s, err := replayConversation(ctx, tx, c.id, c.sum.Name, r)
+		s, err := replayConversation(ctx, tx, c.id, c.sum, r)
 		if err != nil {
 			return err
 		}
 		r.Conversations++
-		r.Events += s.Next
 		r.Messages += int64(len(s.Messages))
 		if progress != nil {
 			progress(r.Events, total)
 		}
-		if c.sum.Next != s.Next || c.sum.Counts != s.Counts {
+		// Seqs are never reused: a conversation whose latest messages were
+		// compacted keeps the next seq they left.
+		if c.sum.Next != s.Next && !(s.Gaps && c.sum.Next > s.Next) || c.sum.Counts != s.Counts {
 			r.problem("conversation %q: stored next_seq %d counts %+v, replay gives %d %+v", c.sum.Name, c.sum.Next, c.sum.Counts, s.Next, s.Counts)
 		}
 		if err := compareMessages(ctx, tx, c.id, s, r); err != nil {
@@ -178,26 +186,69 @@ func checkConversations(ctx context.Context, tx *sql.Tx, r *Report, progress Pro
 	return nil
 }
 
-// replayConversation replays the events of conversation id. A log the rules
-// refuse is a problem; the replay stops at the first refused event.
-func replayConversation(ctx context.Context, tx *sql.Tx, id int64, name string, r *Report) (*conversation.State, error) {
+// replayConversation replays the events that remain of conversation id
+// and its tombstones, merged in seq order (SPEC §8): a conversation that
+// compacted messages may skip their seqs, and keeps its horizon. A log the
+// rules refuse is a problem; the replay stops at the first refused event.
+func replayConversation(ctx context.Context, tx *sql.Tx, id int64, sum conversation.Summary, r *Report) (*conversation.State, error) {
+	name := sum.Name
 	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events WHERE conversation_id = ? ORDER BY seq`, id)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
+	tombs, err := tx.QueryContext(ctx, `SELECT message_id, last_ts, last_seq, attempts, fingerprint FROM messages
+		WHERE conversation_id = ? AND compacted = 1 ORDER BY last_seq`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer tombs.Close()
+	nextTomb := func() (*conversation.Tombstone, error) {
+		if !tombs.Next() {
+			return nil, tombs.Err()
+		}
+		t := &conversation.Tombstone{}
+		var fingerprint sql.NullString
+		err := tombs.Scan(&t.MessageID, &t.FinishedAt, &t.Seq, &t.Attempts, &fingerprint)
+		t.Fingerprint = fingerprint.String
+		return t, err
+	}
 	s := conversation.NewState(name)
+	s.Gaps, s.Horizon = sum.Compacted > 0, sum.Horizon
+	t, err := nextTomb()
+	if err != nil {
+		return nil, err
+	}
+	restore := func(before int64) error {
+		for ; t != nil && t.Seq < before; t, err = nextTomb() {
+			r.Tombstones++
+			if !s.Gaps {
+				r.problem("conversation %q: a tombstone of %q, but the conversation compacted nothing", name, t.MessageID)
+			}
+			if err := s.Restore(*t); err != nil {
+				r.problem("conversation %q: %v", name, err)
+			}
+		}
+		return err
+	}
 	for rows.Next() {
 		e, err := scanEvent(rows, name)
 		if err != nil {
 			return nil, err
 		}
+		if err := restore(e.Seq); err != nil {
+			return nil, err
+		}
 		if err := s.Apply(&e); err != nil {
 			r.problem("conversation %q: %v", name, err)
-			break
+			return s, nil
 		}
+		r.Events++
 	}
-	return s, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return s, restore(1 << 62)
 }
 
 func compareMessages(ctx context.Context, tx *sql.Tx, conv int64, s *conversation.State, r *Report) error {

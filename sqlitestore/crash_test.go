@@ -179,7 +179,7 @@ func verifyAcked(t *testing.T, path string, acked []ackLine) {
 		if e.MessageID != a.msg || conversation.Op(e.Type) != a.op || string(e.Output) != want {
 			t.Fatalf("acknowledged %v of %s at %s seq %d, stored %+v", a.op, a.msg, a.conv, a.seq, e)
 		}
-		if d, err := s.Decide(context.Background(), a.conv, a.msg, ""); err != nil || d.Action == conversation.Start {
+		if d, err := s.Decide(context.Background(), a.conv, a.msg, conversation.Delivery{}); err != nil || d.Action == conversation.Start {
 			t.Fatalf("Decide(%s, %s) after restart = %+v, %v; want skip or resume", a.conv, a.msg, d, err)
 		}
 	}

@@ -41,7 +41,7 @@ func TestStore_DiskFull(t *testing.T) {
 	if _, err := s.Write(context.Background(), failed); !errors.Is(err, conversation.ErrUnavailable) {
 		t.Errorf("Write while full: %v, want unavailable", err)
 	}
-	if d, err := s.Decide(context.Background(), "c", "m0", ""); err != nil || d.Action != conversation.Skip {
+	if d, err := s.Decide(context.Background(), "c", "m0", conversation.Delivery{}); err != nil || d.Action != conversation.Skip {
 		t.Errorf("Decide while full = %+v, %v; want skip", d, err)
 	}
 	verifyLog(t, s, acked)

@@ -62,7 +62,7 @@ func TestStore_MaxPageCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	acked, _ := fillUntilUnavailable(t, s)
-	if d, err := s.Decide(context.Background(), "c", "m0", ""); err != nil || d.Action != conversation.Skip {
+	if d, err := s.Decide(context.Background(), "c", "m0", conversation.Delivery{}); err != nil || d.Action != conversation.Skip {
 		t.Errorf("Decide while full = %+v, %v; want skip", d, err)
 	}
 	verifyLog(t, s, acked)

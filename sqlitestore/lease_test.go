@@ -51,7 +51,7 @@ func TestStore_Leases(t *testing.T) {
 		t.Fatalf("leased start = %+v, want token 1, lease until now+30s", o)
 	}
 	clock.advance(10 * time.Second)
-	d, err := s.Decide(ctx, "c", "m", "")
+	d, err := s.Decide(ctx, "c", "m", conversation.Delivery{})
 	if err != nil || d.Action != conversation.Busy || d.Worker != "w1" || d.Token != 1 || d.RetryAfterMS != 20_000 {
 		t.Errorf("Decide while leased = %+v, %v; want busy by w1, token 1, retry after 20000 ms", d, err)
 	}
@@ -76,11 +76,11 @@ func TestStore_Leases(t *testing.T) {
 	}
 	s = mustOpenPath(t, path, Options{Now: clock.Now})
 	clock.advance(29 * time.Second)
-	if d, err := s.Decide(ctx, "c", "m", ""); err != nil || d.Action != conversation.Busy || d.RetryAfterMS != 1000 {
+	if d, err := s.Decide(ctx, "c", "m", conversation.Delivery{}); err != nil || d.Action != conversation.Busy || d.RetryAfterMS != 1000 {
 		t.Errorf("Decide after a restart = %+v, %v; want busy for 1000 ms more", d, err)
 	}
 	clock.advance(time.Second)
-	if d, err := s.Decide(ctx, "c", "m", ""); err != nil || d.Action != conversation.Resume {
+	if d, err := s.Decide(ctx, "c", "m", conversation.Delivery{}); err != nil || d.Action != conversation.Resume {
 		t.Errorf("Decide once the lease lapsed = %+v, %v; want resume", d, err)
 	}
 	// A takeover fences the first worker.
@@ -113,7 +113,7 @@ func TestStore_Quarantine(t *testing.T) {
 		mustWrite(t, s, fail("a", "boom"))
 	}
 	mustWrite(t, s, leasedStart("b", "w", time.Minute))
-	if d, err := s.Decide(ctx, "c", "a", ""); err != nil || d.Action != conversation.Quarantined || d.Attempts != 2 || d.Error != "boom" {
+	if d, err := s.Decide(ctx, "c", "a", conversation.Delivery{}); err != nil || d.Action != conversation.Quarantined || d.Attempts != 2 || d.Error != "boom" {
 		t.Errorf("Decide(a) = %+v, %v; want quarantined after 2 attempts with error boom", d, err)
 	}
 	if _, err := s.Write(ctx, cmd(conversation.OpStart, "a")); !errors.Is(err, conversation.ErrQuarantined) {
@@ -150,7 +150,7 @@ func TestStore_Quarantine(t *testing.T) {
 		t.Errorf("Messages(leased) after the lapse = %v, want none", ids(list))
 	}
 	s.SetMaxAttempts(3)
-	if d, _ := s.Decide(ctx, "c", "a", ""); d.Action != conversation.Resume {
+	if d, _ := s.Decide(ctx, "c", "a", conversation.Delivery{}); d.Action != conversation.Resume {
 		t.Errorf("Decide(a) with max_attempts 3 = %+v, want resume", d)
 	}
 	s.SetMaxAttempts(2)
@@ -160,7 +160,7 @@ func TestStore_Quarantine(t *testing.T) {
 	if _, err := s.Write(ctx, rel); !errors.Is(err, conversation.ErrNotQuarantined) {
 		t.Errorf("second release: %v, want ErrNotQuarantined", err)
 	}
-	if d, _ := s.Decide(ctx, "c", "a", ""); d.Action != conversation.Resume {
+	if d, _ := s.Decide(ctx, "c", "a", conversation.Delivery{}); d.Action != conversation.Resume {
 		t.Errorf("Decide(a) after release = %+v, want resume", d)
 	}
 	events, err := s.MessageEvents(ctx, "c", mustMessage(t, s, "a"), 100)
@@ -184,11 +184,11 @@ func TestStore_Fingerprint(t *testing.T) {
 	if _, err := s.Write(ctx, other); !errors.As(err, &fm) || fm.Stored != "sha256:aa" {
 		t.Errorf("receive with another fingerprint: %v, want a mismatch naming sha256:aa", err)
 	}
-	if _, err := s.Decide(ctx, "c", "m", "sha256:bb"); !errors.As(err, &fm) {
+	if _, err := s.Decide(ctx, "c", "m", conversation.Delivery{Fingerprint: "sha256:bb"}); !errors.As(err, &fm) {
 		t.Errorf("decide with another fingerprint: %v, want a mismatch", err)
 	}
 	for _, fp := range []string{"sha256:aa", ""} {
-		if d, err := s.Decide(ctx, "c", "m", fp); err != nil || d.Action != conversation.Resume {
+		if d, err := s.Decide(ctx, "c", "m", conversation.Delivery{Fingerprint: fp}); err != nil || d.Action != conversation.Resume {
 			t.Errorf("Decide(fingerprint %q) = %+v, %v; want resume", fp, d, err)
 		}
 	}

@@ -47,7 +47,7 @@ func TestOpen_MigratesVersion1(t *testing.T) {
 		{"emails", "e-1", conversation.Resume, 1},
 		{"orders", "never", conversation.Start, 0},
 	} {
-		d, err := s.Decide(ctx, tt.conv, tt.id, "")
+		d, err := s.Decide(ctx, tt.conv, tt.id, conversation.Delivery{})
 		if err != nil || d.Action != tt.want {
 			t.Errorf("Decide(%s/%s) after migration = %+v, %v; want %v", tt.conv, tt.id, d, err, tt.want)
 		}

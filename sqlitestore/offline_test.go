@@ -353,7 +353,7 @@ func TestStore_ReadYourWrites(t *testing.T) {
 					if err != nil || got == nil || got.LastSeq != int64(5*(i/3)+k) {
 						t.Fatalf("after %v of %s: Message = %+v, %v; want last seq %d", c.Op, m, got, err, 5*(i/3)+k)
 					}
-					d, _ := s.Decide(ctx, conv, m, "")
+					d, _ := s.Decide(ctx, conv, m, conversation.Delivery{})
 					want := conversation.Resume
 					if c.Op == conversation.OpFinish {
 						want = conversation.Skip
@@ -391,7 +391,7 @@ func TestStore_RestartReplaysNothing(t *testing.T) {
 		"m2":  {Action: conversation.Resume, ResumeFrom: 1},
 		"bad": {Action: conversation.Resume, ResumeFrom: 0},
 	} {
-		if d, err := s.Decide(ctx, "conv-0", id, ""); err != nil || d.Action != want.Action || d.ResumeFrom != want.ResumeFrom {
+		if d, err := s.Decide(ctx, "conv-0", id, conversation.Delivery{}); err != nil || d.Action != want.Action || d.ResumeFrom != want.ResumeFrom {
 			t.Errorf("Decide(%s) after reopening = %+v, %v; want %+v", id, d, err, want)
 		}
 	}

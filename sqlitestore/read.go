@@ -14,6 +14,9 @@ import (
 // readStmts are the readers' prepared statements, on the read pool.
 type readStmts struct {
 	msg, steps, conv, events, eventsPos, convs, msgs, msgEvents *sql.Stmt
+	// compaction's candidates, oldest first, with the seqs they span:
+	// ?1 the cutoff, ?2 the limit
+	finishedBefore, tombstonesBefore *sql.Stmt
 }
 
 func prepareReads(db *sql.DB) (*readStmts, error) {
@@ -28,12 +31,12 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 			JOIN steps s ON s.conversation_id = c.id
 			JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq
 			WHERE c.name = ? AND s.message_id = ? ORDER BY s.step_index`},
-		{&st.conv, `SELECT next_seq, received, in_progress, errored, finished FROM conversations WHERE name = ?`},
+		{&st.conv, `SELECT next_seq, received, in_progress, errored, finished, compacted, forgotten_before FROM conversations WHERE name = ?`},
 		{&st.events, `SELECT ` + eventColumns + ` FROM events
 			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?) AND seq >= ? ORDER BY seq LIMIT ?`},
 		{&st.eventsPos, `SELECT ` + eventColumns + `, c.name FROM events e JOIN conversations c ON c.id = e.conversation_id
 			WHERE e.pos >= ? ORDER BY e.pos LIMIT ?`},
-		{&st.convs, `SELECT name, next_seq, received, in_progress, errored, finished FROM conversations
+		{&st.convs, `SELECT name, next_seq, received, in_progress, errored, finished, compacted, forgotten_before FROM conversations
 			WHERE name > ? ORDER BY name LIMIT ?`},
 		// ?3 is the filter (see Messages), ?4 the time, ?5 max_attempts.
 		{&st.msgs, `SELECT message_id, ` + messageColumns + ` FROM messages
@@ -49,6 +52,13 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 		{&st.msgEvents, `SELECT ` + eventColumns + ` FROM events
 			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?1) AND seq BETWEEN ?2 AND ?3
 			AND message_id = ?4 ORDER BY seq DESC LIMIT ?5`},
+		// The partial indexes finished_messages and tombstones serve these.
+		{&st.finishedBefore, `SELECT c.name, m.message_id, m.last_seq - m.received_seq FROM messages m
+			JOIN conversations c ON c.id = m.conversation_id
+			WHERE m.status = 4 AND m.compacted = 0 AND m.last_ts < ?1 ORDER BY m.last_ts LIMIT ?2`},
+		{&st.tombstonesBefore, `SELECT c.name, m.message_id, 0 FROM messages m
+			JOIN conversations c ON c.id = m.conversation_id
+			WHERE m.compacted = 1 AND m.last_ts < ?1 ORDER BY m.last_ts LIMIT ?2`},
 	} {
 		var err error
 		if *p.stmt, err = db.Prepare(p.sql); err != nil {
@@ -60,7 +70,8 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 }
 
 func (st *readStmts) close() error {
-	for _, s := range []*sql.Stmt{st.msg, st.steps, st.conv, st.events, st.eventsPos, st.convs, st.msgs, st.msgEvents} {
+	for _, s := range []*sql.Stmt{st.msg, st.steps, st.conv, st.events, st.eventsPos, st.convs, st.msgs, st.msgEvents,
+		st.finishedBefore, st.tombstonesBefore} {
 		if s != nil {
 			s.Close()
 		}
@@ -105,18 +116,29 @@ func (s *Store) Steps(ctx context.Context, conv, id string) ([]conversation.Step
 	return steps, unavailable("read steps", rows.Err())
 }
 
-// Decide returns the redelivery decision for a delivery of message id of
-// conversation conv with fingerprint (or "" for none), at the store's
-// Moment, without appending anything. Returns a
-// *conversation.FingerprintMismatchError when the message was received
-// with another fingerprint.
-func (s *Store) Decide(ctx context.Context, conv, id, fingerprint string) (conversation.Decision, error) {
+// Decide returns the redelivery decision for delivery d of message id of
+// conversation conv, at the store's Moment, without appending anything.
+// Returns a *conversation.FingerprintMismatchError when the message was
+// received with another fingerprint.
+func (s *Store) Decide(ctx context.Context, conv, id string, d conversation.Delivery) (conversation.Decision, error) {
 	m, err := s.Message(ctx, conv, id)
 	if err != nil {
 		return conversation.Decision{}, err
 	}
-	mo := s.Moment()
-	return conversation.Deliver(m, fingerprint, mo.Now, mo.MaxAttempts)
+	var h conversation.Horizon
+	if m == nil {
+		if h, err = s.Horizon(ctx, conv); err != nil {
+			return conversation.Decision{}, err
+		}
+	}
+	return conversation.Deliver(m, d, h, s.Moment())
+}
+
+// Horizon returns the forgotten_before of conversation conv (SPEC §8): not
+// set when it never dropped a tombstone, or does not exist.
+func (s *Store) Horizon(ctx context.Context, conv string) (conversation.Horizon, error) {
+	sum, err := s.Conversation(ctx, conv)
+	return sum.Horizon, err
 }
 
 // Moment returns what the rules judge a message by now: the store's clock
@@ -185,6 +207,9 @@ func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit 
 // MessageEvents returns the latest limit events of message m of
 // conversation conv, in seq order.
 func (s *Store) MessageEvents(ctx context.Context, conv string, m *conversation.Message, limit int) ([]conversation.Event, error) {
+	if m.Compacted {
+		return nil, nil // a tombstone has no events left
+	}
 	rows, err := s.reads.msgEvents.QueryContext(ctx, conv, m.ReceivedSeq, m.LastSeq, m.ID, limit)
 	if err != nil {
 		return nil, unavailable("read message events", err)
@@ -199,7 +224,7 @@ func (s *Store) MessageEvents(ctx context.Context, conv string, m *conversation.
 func (s *Store) Conversation(ctx context.Context, name string) (conversation.Summary, error) {
 	sum := conversation.Summary{Name: name}
 	err := s.reads.conv.QueryRowContext(ctx, name).Scan(&sum.Next,
-		&sum.Counts.Received, &sum.Counts.InProgress, &sum.Counts.Errored, &sum.Counts.Finished)
+		&sum.Counts.Received, &sum.Counts.InProgress, &sum.Counts.Errored, &sum.Counts.Finished, &sum.Compacted, scanHorizon{&sum.Horizon})
 	if errors.Is(err, sql.ErrNoRows) {
 		err = nil
 	}
@@ -217,7 +242,8 @@ func (s *Store) Conversations(ctx context.Context, after string, limit int) ([]c
 	var out []conversation.Summary
 	for rows.Next() {
 		var c conversation.Summary
-		if err := rows.Scan(&c.Name, &c.Next, &c.Counts.Received, &c.Counts.InProgress, &c.Counts.Errored, &c.Counts.Finished); err != nil {
+		if err := rows.Scan(&c.Name, &c.Next, &c.Counts.Received, &c.Counts.InProgress, &c.Counts.Errored, &c.Counts.Finished,
+			&c.Compacted, scanHorizon{&c.Horizon}); err != nil {
 			return nil, unavailable("read conversations", err)
 		}
 		out = append(out, c)

@@ -88,18 +88,19 @@ func newStepsBulk() *bulk {
 }
 
 func newMessagesBulk() *bulk {
-	return newBulk(`INSERT OR FAIL INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 15,
+	return newBulk(`INSERT OR FAIL INTO messages (conversation_id, message_id, `+messageColumns+`) VALUES `, 16,
 		` ON CONFLICT (conversation_id, message_id) DO UPDATE SET status = excluded.status,
 		received_at = excluded.received_at, received_seq = excluded.received_seq, started_seq = excluded.started_seq,
 		last_step = excluded.last_step, error = excluded.error, last_type = excluded.last_type, last_seq = excluded.last_seq,
 		last_ts = excluded.last_ts, fingerprint = excluded.fingerprint, worker = excluded.worker,
-		lease_until = excluded.lease_until, attempts = excluded.attempts`)
+		lease_until = excluded.lease_until, attempts = excluded.attempts, compacted = excluded.compacted`)
 }
 
 func newConversationsBulk() *bulk {
-	return newBulk(`INSERT OR FAIL INTO conversations (`+convColumns+`) VALUES `, 7,
+	return newBulk(`INSERT OR FAIL INTO conversations (`+convColumns+`) VALUES `, 9,
 		` ON CONFLICT (id) DO UPDATE SET next_seq = excluded.next_seq, received = excluded.received,
-		in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished`)
+		in_progress = excluded.in_progress, errored = excluded.errored, finished = excluded.finished,
+		compacted = excluded.compacted, forgotten_before = excluded.forgotten_before`)
 }
 
 // addEvent adds e, of conversation conv, with NULL in the columns that do
@@ -141,11 +142,32 @@ func (b *bulk) addMessage(conv int64, m *conversation.Message) {
 		lastStep = m.LastStep
 	}
 	b.add(conv, m.ID, int64(m.Status), m.ReceivedAt, m.ReceivedSeq, m.StartedSeq, lastStep, nullText(m.Error), int64(m.LastType), m.LastSeq,
-		m.LastTS, nullText(m.Fingerprint), nullText(m.Worker), m.LeaseUntil, m.Attempts)
+		m.LastTS, nullText(m.Fingerprint), nullText(m.Worker), m.LeaseUntil, m.Attempts, m.Compacted)
 }
 
 func (b *bulk) addConversation(c *convRow) {
-	b.add(c.id, c.name, c.next, c.counts.Received, c.counts.InProgress, c.counts.Errored, c.counts.Finished)
+	b.add(c.id, c.name, c.next, c.counts.Received, c.counts.InProgress, c.counts.Errored, c.counts.Finished,
+		c.compacted, nullHorizon(c.horizon))
+}
+
+// nullHorizon is h's forgotten_before, or NULL when h is not set.
+func nullHorizon(h conversation.Horizon) any {
+	if !h.Set {
+		return nil
+	}
+	return h.Before
+}
+
+// scanHorizon reads a forgotten_before column.
+type scanHorizon struct{ h *conversation.Horizon }
+
+func (s scanHorizon) Scan(v any) error {
+	var n sql.NullInt64
+	if err := n.Scan(v); err != nil {
+		return err
+	}
+	*s.h = conversation.Horizon{Before: n.Int64, Set: n.Valid}
+	return nil
 }
 
 // keys builds the JSON array of keys that the prefetch queries read with

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"liminald/conversation"
 )
 
 // commitStats are the writer's figures since the store opened.
@@ -58,13 +60,25 @@ type Stats struct {
 	// UnreportedBatches counts the batches not reported to Options.OnBatch
 	// because it was too far behind.
 	UnreportedBatches int64
+
+	// Retention (SPEC §8), in the database:
+	Compacted  int64                // messages ever compacted
+	Tombstones int64                // tombstones kept
+	Dropped    int64                // tombstones ever dropped
+	Horizon    conversation.Horizon // the newest forgotten_before of any conversation
+	// and since the store opened:
+	CompactionPasses   int64
+	CompactionFailures int64         // passes ended by an error
+	CompactionTotal    time.Duration // time spent in passes
+	CompactionMax      time.Duration // the longest pass
 }
 
 // Stats returns the store's figures.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	err := s.rdb.QueryRowContext(ctx, `SELECT conversations, messages, events FROM totals WHERE id = 1`).
-		Scan(&st.Conversations, &st.Messages, &st.Events)
+	err := s.rdb.QueryRowContext(ctx, `SELECT conversations, messages, events, compacted, tombstones, dropped, forgotten_before
+		FROM totals WHERE id = 1`).
+		Scan(&st.Conversations, &st.Messages, &st.Events, &st.Compacted, &st.Tombstones, &st.Dropped, scanHorizon{&st.Horizon})
 	if err != nil {
 		return st, unavailable("read totals", err)
 	}
@@ -80,5 +94,9 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	st.Commits, st.FailedBatches, st.Requests, st.Appended = c.commits, c.failures, c.requests, c.appended
 	st.MaxBatch, st.CommitTotal, st.CommitMax = c.maxBatch, c.commitTotal, c.commitMax
 	st.UnreportedBatches = c.unreported.Load()
+	p := &s.compacting
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st.CompactionPasses, st.CompactionFailures, st.CompactionTotal, st.CompactionMax = p.passes, p.failures, p.total, p.longest
 	return st, nil
 }

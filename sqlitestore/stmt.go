@@ -17,14 +17,16 @@ const selMessageSQL = `SELECT ` + messageColumns + ` FROM messages WHERE convers
 // a batch, and the bulk writes (see bulk).
 type writeStmts struct {
 	selConvs, selMsgs, selStep, selEventAt, updTotals *sql.Stmt
+	// compaction's (see maintain)
+	delEvents, delSteps, delMessage *sql.Stmt
 
 	events, steps, messages, conversations *bulk
 }
 
-const convColumns = `id, name, next_seq, received, in_progress, errored, finished`
+const convColumns = `id, name, next_seq, received, in_progress, errored, finished, compacted, forgotten_before`
 
 const messageColumns = `status, received_at, received_seq, started_seq, last_step, error, last_type, last_seq,
-	last_ts, fingerprint, worker, lease_until, attempts`
+	last_ts, fingerprint, worker, lease_until, attempts, compacted`
 
 func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 	st := &writeStmts{events: newEventsBulk(), steps: newStepsBulk(), messages: newMessagesBulk(), conversations: newConversationsBulk()}
@@ -38,7 +40,13 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 		{&st.selStep, `SELECT s.seq, e.output FROM steps s JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq
 			WHERE s.conversation_id = ? AND s.message_id = ? AND s.step_index = ?`},
 		{&st.selEventAt, `SELECT ` + eventColumns + ` FROM events WHERE conversation_id = ? AND seq = ?`},
-		{&st.updTotals, `UPDATE totals SET conversations = ?, messages = ?, events = ? WHERE id = 1`},
+		{&st.updTotals, `UPDATE totals SET conversations = ?, messages = ?, events = ?, compacted = ?, tombstones = ?, dropped = ?,
+			forgotten_before = ? WHERE id = 1`},
+		// A message's events lie between its message_received and its
+		// latest event: the (conversation, seq) index bounds the scan.
+		{&st.delEvents, `DELETE FROM events WHERE conversation_id = ? AND seq BETWEEN ? AND ? AND message_id = ?`},
+		{&st.delSteps, `DELETE FROM steps WHERE conversation_id = ? AND message_id = ?`},
+		{&st.delMessage, `DELETE FROM messages WHERE conversation_id = ? AND message_id = ?`},
 	} {
 		var err error
 		if *p.stmt, err = conn.PrepareContext(ctx, p.sql); err != nil {
@@ -50,7 +58,7 @@ func prepareWrites(ctx context.Context, conn *sql.Conn) (*writeStmts, error) {
 }
 
 func (st *writeStmts) close() {
-	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selStep, st.selEventAt, st.updTotals} {
+	for _, s := range []*sql.Stmt{st.selConvs, st.selMsgs, st.selStep, st.selEventAt, st.updTotals, st.delEvents, st.delSteps, st.delMessage} {
 		if s != nil {
 			s.Close()
 		}
@@ -89,16 +97,16 @@ func scanMessageRow(row scanner, conv *int64, id *string) (*conversation.Message
 // first.
 func scanMessageColumns(row scanner, first ...any) (*conversation.Message, error) {
 	m := &conversation.Message{}
-	var status, lastType int64
+	var status, lastType, compacted int64
 	var lastStep sql.NullInt64
 	var errText, fingerprint, worker sql.NullString
 	dest := append(first, &status, &m.ReceivedAt, &m.ReceivedSeq, &m.StartedSeq, &lastStep, &errText, &lastType, &m.LastSeq,
-		&m.LastTS, &fingerprint, &worker, &m.LeaseUntil, &m.Attempts)
+		&m.LastTS, &fingerprint, &worker, &m.LeaseUntil, &m.Attempts, &compacted)
 	if err := row.Scan(dest...); err != nil {
 		return nil, err
 	}
 	m.Status, m.LastType, m.Error = conversation.Status(status), conversation.Type(lastType), errText.String
-	m.Fingerprint, m.Worker = fingerprint.String, worker.String
+	m.Fingerprint, m.Worker, m.Compacted = fingerprint.String, worker.String, compacted != 0
 	m.LastStep = conversation.NoStep
 	if lastStep.Valid {
 		m.LastStep = lastStep.Int64

@@ -45,6 +45,9 @@ type Options struct {
 	// MaxAttempts is how many times a message may be started before it is
 	// quarantined; 0 for no limit (SetMaxAttempts changes it live).
 	MaxAttempts int64
+	// Retention is what compaction keeps (SetRetention changes it live);
+	// the zero Retention keeps everything.
+	Retention Retention
 	// OnBatch, when set, is told of every batch once it is answered, in
 	// order, from a goroutine of its own: a slow OnBatch never holds up a
 	// commit. While it is more than reportBacklog batches behind, the
@@ -68,6 +71,9 @@ type Options struct {
 	// walRestartBytes is the WAL size that makes the checkpointer restart
 	// the WAL (defaultWALRestartBytes).
 	walRestartBytes int64
+	// manualCompaction, when set, leaves compaction to the test's calls of
+	// Compact.
+	manualCompaction bool
 }
 
 func (o *Options) setDefaults() {
@@ -121,6 +127,10 @@ type Store struct {
 
 	maxAttempts atomic.Int64 // see SetMaxAttempts
 
+	retention  atomic.Pointer[Retention] // see SetRetention
+	retained   chan struct{}             // wakes compactLoop
+	compacting compactStats
+
 	syncing atomic.Int64          // batches committed and not yet answered
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
 	// wake tells a writer waiting out a sync to look again: the sync
@@ -157,6 +167,8 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), wake: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
 	s.SetMaxAttempts(opts.MaxAttempts)
+	s.retained = make(chan struct{}, 1)
+	s.SetRetention(opts.Retention)
 	if err := s.open(); err != nil {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -180,6 +192,10 @@ func Open(path string, opts Options) (*Store, error) {
 	go func() { defer s.wg.Done(); w.run() }()
 	go func() { defer s.wg.Done(); s.syncLoop() }()
 	go func() { defer s.wg.Done(); s.checkpointLoop() }()
+	if !opts.manualCompaction {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.compactLoop() }()
+	}
 	return s, nil
 }
 

@@ -28,8 +28,11 @@ import (
 type committed struct {
 	reqs   []*request
 	events []conversation.Event
-	start  time.Time
-	commit time.Duration // from start to COMMIT
+	// maintained is set when it compacted, dropped or restored something
+	// (see maintain): it needs a sync too, though it appended no event.
+	maintained bool
+	start      time.Time
+	commit     time.Duration // from start to COMMIT
 }
 
 func (s *Store) syncLoop() {
@@ -50,7 +53,7 @@ func (s *Store) syncLoop() {
 		}
 		var err error
 		var took time.Duration
-		if s.opts.Sync == SyncFull && slices.ContainsFunc(pending, func(c *committed) bool { return len(c.events) > 0 }) {
+		if s.opts.Sync == SyncFull && slices.ContainsFunc(pending, func(c *committed) bool { return len(c.events) > 0 || c.maintained }) {
 			t := time.Now()
 			err = s.syncWAL()
 			took = time.Since(t)

@@ -21,9 +21,12 @@ type request struct {
 	// judged as when it was logged.
 	imported bool
 	ts       int64
-	out      conversation.Outcome
-	err      error
-	then     func(conversation.Outcome, error)
+	// maint, when set, makes the request a piece of retention's work on
+	// cmd's message (or conversation) instead of a write: see maintain.
+	maint *maintenance
+	out   conversation.Outcome
+	err   error
+	then  func(conversation.Outcome, error)
 }
 
 // finish answers r with its out and err.
@@ -103,11 +106,13 @@ func (s *Store) enqueue(ctx context.Context, reqs []*request) {
 
 // convRow is a row of the conversations table.
 type convRow struct {
-	id      int64
-	name    string
-	next    int64
-	counts  conversation.Counts
-	changed bool // the batch appended to it since its last flush
+	id        int64
+	name      string
+	next      int64
+	counts    conversation.Counts
+	compacted int64                // messages it ever compacted
+	horizon   conversation.Horizon // its forgotten_before
+	changed   bool                 // the batch changed it since its last flush
 }
 
 type msgKey struct {
@@ -115,7 +120,11 @@ type msgKey struct {
 	id   string
 }
 
-type totals struct{ conversations, messages, events int64 }
+type totals struct {
+	conversations, messages, events int64
+	compacted, tombstones, dropped  int64
+	horizon                         conversation.Horizon // the newest of any conversation
+}
 
 // writer owns the writer connection. Only its goroutine touches its fields.
 //
@@ -134,6 +143,7 @@ type writer struct {
 
 	// the batch being written
 	batch      []*request
+	maintained bool                 // the batch compacted, dropped or restored something
 	events     []conversation.Event // appended by the batch, in pos order
 	eventConvs []int64              // the conversation id of each of events
 	dirtyConvs map[string]*convRow
@@ -189,8 +199,9 @@ func (w *writer) load(ctx context.Context) error {
 	err := w.conn.QueryRowContext(ctx, `SELECT
 		(SELECT coalesce(max(pos), 0) + 1 FROM events),
 		(SELECT coalesce(max(id), 0) + 1 FROM conversations),
-		conversations, messages, events FROM totals WHERE id = 1`).
-		Scan(&w.nextPos, &w.nextConvID, &w.totals.conversations, &w.totals.messages, &w.totals.events)
+		conversations, messages, events, compacted, tombstones, dropped, forgotten_before FROM totals WHERE id = 1`).
+		Scan(&w.nextPos, &w.nextConvID, &w.totals.conversations, &w.totals.messages, &w.totals.events,
+			&w.totals.compacted, &w.totals.tombstones, &w.totals.dropped, scanHorizon{&w.totals.horizon})
 	return unavailable("load counters", err)
 }
 
@@ -298,6 +309,10 @@ func (w *writer) commit() {
 		w.convs[k] = c
 	}
 	for k, m := range w.dirtyMsgs {
+		if m == nil { // dropped
+			w.s.msgs.del(k)
+			continue
+		}
 		w.s.msgs.put(k, m)
 	}
 	if len(w.convs) > w.s.opts.CacheSize {
@@ -310,11 +325,11 @@ func (w *writer) commit() {
 	for name, c := range w.dirtyConvs {
 		w.s.convIDs.LoadOrStore(name, c.id)
 	}
-	events := w.events
+	events, maintained := w.events, w.maintained
 	w.events = nil // the syncer and then the feed hold the slice now
 	w.clearDirty()
 	w.s.syncing.Add(1)
-	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, start: start, commit: time.Since(start)}
+	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, maintained: maintained, start: start, commit: time.Since(start)}
 }
 
 // abort rolls the batch back and answers every request in it with err: the
@@ -346,6 +361,7 @@ func (w *writer) clearDirty() {
 	clear(w.dirtyMsgs)
 	clear(w.changed)
 	clear(w.steps)
+	w.maintained = false
 	w.events = w.events[:0]
 	w.eventConvs = w.eventConvs[:0]
 }
@@ -384,11 +400,11 @@ func (w *writer) stage(reqs []*request, ts int64) error {
 	return w.flush(ctx, before, first)
 }
 
-// end commits the batch's transaction, or rolls it back when it appended
+// end commits the batch's transaction, or rolls it back when it changed
 // nothing: a batch of decisions, duplicates and refusals.
 func (w *writer) end() error {
 	end := "COMMIT"
-	if len(w.events) == 0 {
+	if len(w.events) == 0 && !w.maintained {
 		end = "ROLLBACK"
 	}
 	if _, err := w.conn.ExecContext(context.Background(), end); err != nil {
@@ -403,10 +419,18 @@ func (w *writer) end() error {
 func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	c := &r.cmd
 	conv := w.conversation(c.Conversation)
+	if r.maint != nil {
+		return w.maintain(ctx, r, conv)
+	}
 	k := conversation.Known{Now: ts, MaxAttempts: w.s.maxAttempts.Load()}
 	if conv != nil {
 		var err error
-		k.Next = conv.next
+		// An imported log of a conversation that compacted messages skips
+		// their seqs.
+		if r.imported && conv.compacted > 0 && c.ExpectedSeq > conv.next {
+			conv.next, conv.changed = c.ExpectedSeq, true
+		}
+		k.Next, k.Horizon = conv.next, conv.horizon
 		k.Message = w.message(conv.id, c.MessageID)
 		// A step above the highest completed index cannot be recorded yet:
 		// only look it up when it could be.
@@ -430,10 +454,7 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 		return nil
 	}
 	if conv == nil {
-		conv = &convRow{id: w.nextConvID, name: c.Conversation}
-		w.nextConvID++
-		w.dirtyConvs[c.Conversation] = conv
-		w.totals.conversations++
+		conv = w.newConversation(c.Conversation)
 	}
 	e := c.Event(conv.next, ts)
 	e.Pos = w.nextPos
@@ -457,6 +478,15 @@ func (w *writer) apply(ctx context.Context, r *request, ts int64) error {
 	w.events = append(w.events, e)
 	w.eventConvs = append(w.eventConvs, conv.id)
 	return nil
+}
+
+// newConversation adds conversation name to the batch.
+func (w *writer) newConversation(name string) *convRow {
+	conv := &convRow{id: w.nextConvID, name: name, changed: true}
+	w.nextConvID++
+	w.dirtyConvs[name] = conv
+	w.totals.conversations++
+	return conv
 }
 
 // flush writes the events the batch appended from first on and the state
@@ -497,7 +527,9 @@ func (w *writer) flush(ctx context.Context, before totals, first int) error {
 		return unavailable("update conversations", err)
 	}
 	if w.totals != before {
-		if _, err := st.updTotals.ExecContext(ctx, w.totals.conversations, w.totals.messages, w.totals.events); err != nil {
+		t := &w.totals
+		if _, err := st.updTotals.ExecContext(ctx, t.conversations, t.messages, t.events, t.compacted, t.tombstones, t.dropped,
+			nullHorizon(t.horizon)); err != nil {
 			return unavailable("update totals", err)
 		}
 	}
@@ -528,7 +560,8 @@ func (w *writer) prefetch(ctx context.Context, reqs []*request) error {
 		}
 		for rows.Next() {
 			c := &convRow{}
-			if err := rows.Scan(&c.id, &c.name, &c.next, &c.counts.Received, &c.counts.InProgress, &c.counts.Errored, &c.counts.Finished); err != nil {
+			if err := rows.Scan(&c.id, &c.name, &c.next, &c.counts.Received, &c.counts.InProgress, &c.counts.Errored, &c.counts.Finished,
+				&c.compacted, scanHorizon{&c.horizon}); err != nil {
 				rows.Close()
 				return unavailable("read conversations", err)
 			}

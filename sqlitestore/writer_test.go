@@ -314,7 +314,7 @@ func TestStore_SyncFailure(t *testing.T) {
 	if _, err := s.Write(context.Background(), cmd(conversation.OpFinish, "m")); !errors.Is(err, conversation.ErrUnavailable) {
 		t.Errorf("Write after a failed sync: %v, want unavailable until reopened", err)
 	}
-	if d, err := s.Decide(context.Background(), "c", "m", ""); err != nil || d.Action != conversation.Resume {
+	if d, err := s.Decide(context.Background(), "c", "m", conversation.Delivery{}); err != nil || d.Action != conversation.Resume {
 		t.Errorf("Decide after a failed sync = %+v, %v; want reads to work", d, err)
 	}
 	if err := s.Close(); err != nil {

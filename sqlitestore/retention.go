@@ -1,0 +1,352 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync"
+	"time"
+
+	"liminald/conversation"
+)
+
+// Retention is how long the store keeps what it no longer needs (SPEC §8).
+// Zero keeps it forever.
+type Retention struct {
+	// Finished: a message finished longer ago than this is compacted: its
+	// events and steps are deleted and a tombstone keeps what its
+	// redeliveries and writes need.
+	Finished time.Duration
+	// Tombstones: a tombstone whose message finished longer ago than this
+	// is dropped, and its conversation's horizon (forgotten_before) moves
+	// to its finished_at.
+	Tombstones time.Duration
+}
+
+// every returns how often compaction looks for work under r: often enough
+// that what became eligible goes within max(1 s, a tenth of its setting),
+// even when a pass finds it just after it became eligible; 0 when r keeps
+// everything.
+func (r Retention) every() time.Duration {
+	var d time.Duration
+	for _, set := range []time.Duration{r.Finished, r.Tombstones} {
+		if set > 0 {
+			deadline := max(time.Second, set/10)
+			if d == 0 || deadline < d {
+				d = deadline
+			}
+		}
+	}
+	return d / 2
+}
+
+// SetRetention sets r from now on, and wakes compaction to apply it.
+func (s *Store) SetRetention(r Retention) {
+	s.retention.Store(&r)
+	select {
+	case s.retained <- struct{}{}:
+	default:
+	}
+}
+
+// Retention returns the retention in force.
+func (s *Store) Retention() Retention { return *s.retention.Load() }
+
+// maintenance is a piece of retention's work that the writer does on one
+// message, or one conversation, in a batch's transaction, so that it
+// interleaves with the writes and keeps the writer's state and caches
+// right (see writer.maintain).
+type maintenance struct {
+	kind   maintKind
+	cutoff int64                  // compact, drop: only what finished before this (epoch ms)
+	tomb   conversation.Tombstone // restore
+	header convHeader             // header
+}
+
+type maintKind uint8
+
+const (
+	maintCompact maintKind = iota + 1 // compact a finished message
+	maintDrop                         // drop a tombstone
+	maintRestore                      // restore an exported tombstone
+	maintHeader                       // restore what an export says of a conversation
+)
+
+// convHeader is what an export says of a conversation that compacted
+// messages: its next seq, the messages it compacted and its horizon.
+type convHeader struct {
+	Next      int64
+	Compacted int64
+	Horizon   conversation.Horizon
+}
+
+// maintain does r's piece of retention on conversation conv (nil if it
+// does not exist), with the batch's state. A message the batch wrote is
+// left for the next pass: its events may not be in the table yet. Sets
+// r.out.Append when it changed something. As in apply, a refusal is r's
+// answer, and the error returned fails the batch.
+func (w *writer) maintain(ctx context.Context, r *request, conv *convRow) error {
+	mt, name, id := r.maint, r.cmd.Conversation, r.cmd.MessageID
+	switch mt.kind {
+	case maintHeader:
+		if conv == nil {
+			conv = w.newConversation(name)
+		}
+		conv.compacted = max(conv.compacted, mt.header.Compacted)
+		conv.next = max(conv.next, mt.header.Next)
+		if h := mt.header.Horizon; h.Set {
+			conv.horizon = conv.horizon.Advance(h.Before)
+			w.totals.horizon = w.totals.horizon.Advance(h.Before)
+		}
+		conv.changed, w.maintained = true, true
+		r.out = conversation.Outcome{Append: true}
+		return nil
+	case maintRestore:
+		return w.restore(ctx, r, conv)
+	}
+	if conv == nil {
+		return nil
+	}
+	k := msgKey{conv.id, id}
+	if _, touched := w.dirtyMsgs[k]; touched {
+		return nil
+	}
+	m := w.message(conv.id, id)
+	if m == nil || m.Status != conversation.StatusFinished || m.LastTS >= mt.cutoff || m.Compacted != (mt.kind == maintDrop) {
+		return nil
+	}
+	switch mt.kind {
+	case maintCompact:
+		res, err := w.stmts.delEvents.ExecContext(ctx, conv.id, m.ReceivedSeq, m.LastSeq, id)
+		if err != nil {
+			return unavailable("compact events", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return unavailable("compact events", err)
+		}
+		if _, err := w.stmts.delSteps.ExecContext(ctx, conv.id, id); err != nil {
+			return unavailable("compact steps", err)
+		}
+		*m = *m.Tombstone().Message()
+		w.changed[k] = m
+		conv.compacted++
+		w.totals.events -= n
+		w.totals.compacted++
+		w.totals.tombstones++
+	case maintDrop:
+		if _, err := w.stmts.delMessage.ExecContext(ctx, conv.id, id); err != nil {
+			return unavailable("drop tombstone", err)
+		}
+		w.dirtyMsgs[k] = nil
+		conv.counts.Move(conversation.StatusFinished, conversation.StatusUnknown)
+		conv.horizon = conv.horizon.Advance(m.LastTS)
+		w.totals.horizon = w.totals.horizon.Advance(m.LastTS)
+		w.totals.messages--
+		w.totals.tombstones--
+		w.totals.dropped++
+	}
+	conv.changed, w.maintained = true, true
+	r.out = conversation.Outcome{Append: true}
+	return nil
+}
+
+// restore adds the exported tombstone of r to conversation conv (nil if it
+// does not exist): its message must be unknown, or be that very tombstone
+// (a duplicate, so that an import can run again), and no event may be
+// stored at its seq.
+func (w *writer) restore(ctx context.Context, r *request, conv *convRow) error {
+	t := r.maint.tomb
+	if conv == nil {
+		conv = w.newConversation(r.cmd.Conversation)
+	}
+	k := msgKey{conv.id, t.MessageID}
+	if m := w.message(conv.id, t.MessageID); m != nil {
+		if m.Compacted && m.Tombstone() == t {
+			r.out = conversation.Outcome{Seq: t.Seq, Duplicate: true}
+			return nil
+		}
+		r.err = fmt.Errorf("a tombstone of message %q, which is already %v at seq %d", t.MessageID, m.Status, m.LastSeq)
+		return nil
+	}
+	e, err := w.eventAt(ctx, conv, t.Seq)
+	if err != nil {
+		return err
+	}
+	if e != nil {
+		r.err = fmt.Errorf("a tombstone of message %q at seq %d, where an event of %q is stored", t.MessageID, t.Seq, e.MessageID)
+		return nil
+	}
+	m := t.Message()
+	w.dirtyMsgs[k] = m
+	w.changed[k] = m
+	conv.counts.Move(conversation.StatusUnknown, conversation.StatusFinished)
+	conv.next = max(conv.next, t.Seq+1)
+	conv.changed, w.maintained = true, true
+	w.totals.messages++
+	w.totals.tombstones++
+	r.out = conversation.Outcome{Append: true, Seq: t.Seq}
+	return nil
+}
+
+// CompactResult is what one compaction pass did.
+type CompactResult struct {
+	Compacted int64         // messages compacted into tombstones
+	Dropped   int64         // tombstones dropped
+	Took      time.Duration // the whole pass
+}
+
+// compactStats are compaction's figures since the store opened.
+type compactStats struct {
+	mu             sync.Mutex
+	passes         int64
+	total, longest time.Duration
+	failures       int64
+}
+
+func (c *compactStats) record(r CompactResult, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.passes++
+	c.total += r.Took
+	c.longest = max(c.longest, r.Took)
+	if err != nil {
+		c.failures++
+	}
+}
+
+// sweepRows is how many candidates a pass reads at a time, and
+// sweepBudget how many seqs of the log one group of them may span: a
+// group goes to the writer as one run of requests, which it writes in one
+// batch, so that it holds the writer for a few milliseconds at most.
+const (
+	sweepRows   = 256
+	sweepBudget = 1024
+)
+
+// Compact runs one compaction pass under the retention in force, at the
+// store's clock: it compacts the messages finished before Finished ago and
+// drops the tombstones finished before Tombstones ago, a few at a time,
+// through the writer. The store runs it in the background; tests call it
+// to make a pass happen now. An error (the database cannot write) ends the
+// pass; what it did until then stays done.
+func (s *Store) Compact(ctx context.Context) (CompactResult, error) {
+	start := time.Now()
+	ret, now := s.Retention(), s.opts.Now().UnixMilli()
+	var res CompactResult
+	var err error
+	if ret.Finished > 0 {
+		res.Compacted, err = s.sweep(ctx, s.reads.finishedBefore, maintCompact, now-ret.Finished.Milliseconds())
+	}
+	if err == nil && ret.Tombstones > 0 {
+		res.Dropped, err = s.sweep(ctx, s.reads.tombstonesBefore, maintDrop, now-ret.Tombstones.Milliseconds())
+	}
+	res.Took = time.Since(start)
+	s.compacting.record(res, err)
+	return res, err
+}
+
+// sweep hands the writer every message that candidates (a query of the
+// oldest first, by cutoff and limit) finds, in groups, and waits for each
+// group to be done before it sends the next. Returns how many of them the
+// writer changed.
+func (s *Store) sweep(ctx context.Context, candidates *sql.Stmt, kind maintKind, cutoff int64) (int64, error) {
+	var done int64
+	for {
+		rows, err := candidates.QueryContext(ctx, cutoff, sweepRows)
+		if err != nil {
+			return done, unavailable("find what to compact", err)
+		}
+		var reqs []*request
+		var widths []int64
+		for rows.Next() {
+			r := &request{maint: &maintenance{kind: kind, cutoff: cutoff}}
+			var width int64
+			if err := rows.Scan(&r.cmd.Conversation, &r.cmd.MessageID, &width); err != nil {
+				rows.Close()
+				return done, unavailable("find what to compact", err)
+			}
+			reqs, widths = append(reqs, r), append(widths, width)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return done, unavailable("find what to compact", err)
+		}
+		var changed int64
+		page := len(reqs)
+		for len(reqs) > 0 {
+			n, span := 0, int64(0)
+			for n < len(reqs) && (n == 0 || span+widths[n] <= sweepBudget) {
+				span += widths[n] + 1
+				n++
+			}
+			c, err := s.maintainAll(ctx, reqs[:n])
+			changed += c
+			if err != nil {
+				return done + changed, err
+			}
+			reqs, widths = reqs[n:], widths[n:]
+		}
+		done += changed
+		// A short page was the last; a page of which nothing changed
+		// holds what the writer left for the next pass.
+		if page < sweepRows || changed == 0 {
+			return done, nil
+		}
+	}
+}
+
+// maintainAll hands reqs to the writer and waits for their answers.
+// Returns how many of them changed something, and the first error.
+func (s *Store) maintainAll(ctx context.Context, reqs []*request) (int64, error) {
+	var wg sync.WaitGroup
+	wg.Add(len(reqs))
+	for _, r := range reqs {
+		r.then = func(conversation.Outcome, error) { wg.Done() }
+	}
+	s.enqueue(ctx, reqs)
+	wg.Wait()
+	var n int64
+	for _, r := range reqs {
+		if r.err != nil {
+			return n, r.err
+		}
+		if r.out.Append {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// compactLoop runs compaction passes while the retention in force keeps
+// less than everything, every Retention.every, and at once when it
+// changes.
+func (s *Store) compactLoop() {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	failing := false
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.retained:
+		case <-t.C:
+		}
+		every := s.Retention().every()
+		if every == 0 {
+			continue
+		}
+		res, err := s.Compact(context.Background())
+		switch {
+		case err != nil && !failing:
+			s.log.Warn("compaction stopped; it tries again", "err", err, "every", every)
+		case err == nil && failing:
+			s.log.Info("compaction works again")
+		}
+		failing = err != nil
+		if res.Compacted > 0 || res.Dropped > 0 {
+			s.log.Debug("compaction", "compacted", res.Compacted, "dropped", res.Dropped, "took", res.Took)
+		}
+		t.Reset(every)
+	}
+}
