@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // validConfig returns DefaultConfig with the paths Load would fill in.
@@ -46,6 +47,8 @@ max_connections = 8
 log_level = "debug"
 log_format = "json"
 max_attempts = 5
+retain_finished = "168h"
+retain_tombstones = "720h"
 `,
 			want: func(c *Config) {
 				*c = Config{
@@ -54,6 +57,7 @@ max_attempts = 5
 					AllowUIDs: []uint32{1000, 1001}, AllowGIDs: []uint32{50},
 					MaxLineBytes: 4096, MaxConnections: 8,
 					LogLevel: "debug", LogFormat: "json", MaxAttempts: 5,
+					RetainFinished: 168 * time.Hour, RetainTombstones: 720 * time.Hour,
 				}
 			},
 		},
@@ -163,6 +167,9 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "LineTooLong", change: func(c *Config) { c.MaxLineBytes = 1<<30 + 1 }, setting: "max_line_bytes"},
 		{name: "NoConnections", change: func(c *Config) { c.MaxConnections = 0 }, setting: "max_connections"},
 		{name: "NegativeAttempts", change: func(c *Config) { c.MaxAttempts = -1 }, setting: "max_attempts"},
+		{name: "NegativeRetention", change: func(c *Config) { c.RetainFinished = -time.Second }, setting: "retain_finished"},
+		{name: "RetentionUnderAMillisecond", change: func(c *Config) { c.RetainTombstones = time.Microsecond }, setting: "retain_tombstones"},
+		{name: "RetentionOff", change: func(c *Config) { c.RetainFinished, c.RetainTombstones = 0, 0 }},
 		{name: "LevelTrace", change: func(c *Config) { c.LogLevel = "trace" }, setting: "log_level"},
 		{name: "LevelUpperCase", change: func(c *Config) { c.LogLevel = "INFO" }, setting: "log_level"},
 		{name: "FormatXML", change: func(c *Config) { c.LogFormat = "xml" }, setting: "log_format"},
@@ -222,6 +229,8 @@ func TestConfig_Diff(t *testing.T) {
 		{name: "AllowLists", change: func(c *Config) { c.AllowUIDs, c.AllowGIDs = []uint32{1}, []uint32{2} }, live: []string{"allow_uids", "allow_gids"}},
 		{name: "LogLevel", change: func(c *Config) { c.LogLevel = "debug" }, live: []string{"log_level"}},
 		{name: "MaxAttempts", change: func(c *Config) { c.MaxAttempts = 3 }, live: []string{"max_attempts"}},
+		{name: "Retention", change: func(c *Config) { c.RetainFinished, c.RetainTombstones = time.Hour, 2*time.Hour },
+			live: []string{"retain_finished", "retain_tombstones"}},
 		{name: "Socket", change: func(c *Config) { c.Socket = "/other.sock" }, restart: []string{"socket"}},
 		{name: "DB", change: func(c *Config) { c.DB = "/other.db" }, restart: []string{"db"}},
 		{name: "Sync", change: func(c *Config) { c.Sync = "normal" }, restart: []string{"sync"}},
@@ -301,6 +310,11 @@ func TestLoad(t *testing.T) {
 		{name: "ConfigFromEnvironment", env: with(base, "LIMINAL_CONFIG", explicit), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
 		{name: "FlagBeatsEnvironmentFile", path: explicit, env: with(base, "LIMINAL_CONFIG", bad), file: explicit, want: func(c *Config) { c.MaxLineBytes, c.LogLevel = 2048, "warn" }},
 		{name: "MaxAttemptsFromEnvironment", env: with(base, "LIMINAL_MAX_ATTEMPTS", "4"), want: func(c *Config) { c.MaxAttempts = 4 }},
+		{
+			name: "RetentionFromEnvironment", env: with(base, "LIMINAL_RETAIN_FINISHED", "90s", "LIMINAL_RETAIN_TOMBSTONES", "168h"),
+			want: func(c *Config) { c.RetainFinished, c.RetainTombstones = 90*time.Second, 168*time.Hour },
+		},
+		{name: "RetentionNotADuration", env: with(base, "LIMINAL_RETAIN_FINISHED", "a week"), errHas: "LIMINAL_RETAIN_FINISHED"},
 		{
 			name: "MetricsPublicFromEnvironment", env: with(base, "LIMINAL_METRICS", ":9464", "LIMINAL_METRICS_PUBLIC", "true"),
 			want: func(c *Config) { c.Metrics, c.MetricsPublic = ":9464", true },

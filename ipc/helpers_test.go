@@ -30,6 +30,9 @@ func (s testStore) Stats(ctx context.Context) (StoreStats, error) {
 		Conversations: st.Conversations, Messages: st.Messages, Events: st.Events, DBBytes: st.DBBytes,
 		Commits: st.Commits, FailedBatches: st.FailedBatches, Requests: st.Requests, Appended: st.Appended,
 		MaxBatch: st.MaxBatch, CommitTotal: st.CommitTotal, CommitMax: st.CommitMax,
+		Compacted: st.Compacted, Tombstones: st.Tombstones, Dropped: st.Dropped, Horizon: st.Horizon,
+		CompactionPasses: st.CompactionPasses, CompactionFailures: st.CompactionFailures,
+		CompactionTotal: st.CompactionTotal, CompactionMax: st.CompactionMax,
 	}, err
 }
 

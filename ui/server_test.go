@@ -304,3 +304,62 @@ func TestServer_DaemonRestarts(t *testing.T) {
 		t.Errorf("GET / once the daemon is back: %d\n%s", resp.StatusCode, body)
 	}
 }
+
+// TestServer_Compacted: a compacted message's page says its events were
+// compacted and shows no received time; the conversation's page counts it
+// and marks its row; after its tombstone is dropped, a message page names
+// the conversation's horizon.
+func TestServer_Compacted(t *testing.T) {
+	d := startTestDaemon(t)
+	d.do(t,
+		`{"op":"receive","conversation":"orders","message_id":"m-1"}`,
+		`{"op":"start","conversation":"orders","message_id":"m-1"}`,
+		`{"op":"finish","conversation":"orders","message_id":"m-1"}`,
+	)
+	ctx := context.Background()
+	// Compaction takes what finished more than retain_finished ago: the
+	// passes go on until the clock passed that millisecond.
+	compactUntil := func(done func(sqlitestore.Stats) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if _, err := d.store.Compact(ctx); err != nil {
+				t.Fatal(err)
+			}
+			st, err := d.store.Stats(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if done(st) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("compaction did not get there: %+v", st)
+			}
+		}
+	}
+	d.store.SetRetention(sqlitestore.Retention{Finished: time.Millisecond})
+	compactUntil(func(st sqlitestore.Stats) bool { return st.Tombstones == 1 })
+	s := newTestServer(t, d)
+	check := func(target string, has ...string) {
+		t.Helper()
+		resp, body := get(s, target, true)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d\n%s", target, resp.StatusCode, body)
+		}
+		for _, want := range has {
+			if !strings.Contains(body, want) {
+				t.Errorf("GET %s: the page lacks %q\n%s", target, want, body)
+			}
+		}
+	}
+	check("/c/orders/m/m-1", "(compacted)", "tombstone", `id="empty"`, "were compacted")
+	check("/c/orders", "1 compacted", `class="compacted"`)
+
+	d.store.SetRetention(sqlitestore.Retention{Finished: time.Millisecond, Tombstones: time.Millisecond})
+	compactUntil(func(st sqlitestore.Stats) bool { return st.Dropped == 1 })
+	resp, body := get(s, "/c/orders/m/m-1", true)
+	if resp.StatusCode != 404 || !strings.Contains(body, "was forgotten") || !strings.Contains(body, "forgot messages finished up to") {
+		t.Errorf("GET of a forgotten message: %d\n%s", resp.StatusCode, body)
+	}
+	check("/c/orders", "forgotten before")
+}

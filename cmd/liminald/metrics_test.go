@@ -57,6 +57,12 @@ func TestServe_Metrics(t *testing.T) {
 		{`liminald_queue_depth`, func(v float64) bool { return v == 0 }},
 		{`liminald_db_bytes`, func(v float64) bool { return v > 0 }},
 		{`liminald_events`, func(v float64) bool { return v == 4 }},
+		{`liminald_tombstones`, func(v float64) bool { return v == 0 }},
+		{`liminald_forgotten_before_seconds`, func(v float64) bool { return v == 0 }},
+		{`liminald_compacted_total`, func(v float64) bool { return v == 0 }},
+		{`liminald_tombstones_dropped_total`, func(v float64) bool { return v == 0 }},
+		{`liminald_compaction_passes_total`, func(v float64) bool { return v == 0 }},
+		{`liminald_compaction_seconds_total`, func(v float64) bool { return v == 0 }},
 	} {
 		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(tc.metric) + ` (\S+)$`).FindStringSubmatch(text)
 		if m == nil {
