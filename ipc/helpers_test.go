@@ -247,3 +247,17 @@ func compact(tb testing.TB, s string) string {
 
 // sqlitestoreOptions are the store options of the tests.
 func sqlitestoreOptions() sqlitestore.Options { return sqlitestore.Options{} }
+
+// step is a request line and the reply line it must get (see sameJSON).
+type step struct{ name, req, want string }
+
+// run sends each step's request on c and checks its reply.
+func (c *rawConn) run(tb testing.TB, steps []step) {
+	tb.Helper()
+	for _, s := range steps {
+		c.send(s.req + "\n")
+		if got := c.line(); !sameJSON(tb, got, s.want) {
+			tb.Errorf("%s: %s\n got %s\nwant %s", s.name, s.req, got, compact(tb, s.want))
+		}
+	}
+}

@@ -3,9 +3,7 @@ package ipc
 import (
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"liminald/sqlitestore"
 )
@@ -16,22 +14,11 @@ import (
 // with_steps, messages and explain. Each reply is checked field by field
 // (an error's message for presence).
 func TestServer_Protocol2(t *testing.T) {
-	var now atomic.Int64
-	now.Store(1_000_000)
-	clock := func() time.Time { return time.UnixMilli(now.Load()) }
-	ts := startServer(t, Config{Store: mustOpenStore(t, sqlitestore.Options{Now: clock, MaxAttempts: 2})})
+	now := newTestClock(1_000_000)
+	ts := startServer(t, Config{Store: mustOpenStore(t, sqlitestore.Options{Now: now.now, MaxAttempts: 2})})
 	c := dialRaw(t, ts.path)
 	m := `"conversation":"c","message_id":"m"`
-	type step struct{ name, req, want string }
-	run := func(steps []step) {
-		t.Helper()
-		for _, s := range steps {
-			c.send(s.req + "\n")
-			if got := c.line(); !sameJSON(t, got, s.want) {
-				t.Errorf("%s: %s\n got %s\nwant %s", s.name, s.req, got, compact(t, s.want))
-			}
-		}
-	}
+	run := func(steps []step) { t.Helper(); c.run(t, steps) }
 	run([]step{
 		{"Receive", `{"id":1,"op":"receive",` + m + `,"fingerprint":"sha:1"}`, `{"id":1,"ok":true,"decision":"start","seq":0}`},
 		{"FingerprintMismatch", `{"id":2,"op":"decide",` + m + `,"fingerprint":"sha:2"}`,
@@ -46,7 +33,7 @@ func TestServer_Protocol2(t *testing.T) {
 		{"Step", `{"id":7,"op":"step",` + m + `,"step_index":0,"output":"aGk=","token":1}`, `{"id":7,"ok":true,"seq":2}`},
 		{"Renew", `{"id":8,"op":"renew",` + m + `,"token":1,"lease_ms":5000}`, `{"id":8,"ok":true,"seq":3,"lease_expires_at":1005000}`},
 	})
-	now.Add(5000) // the renewed lease lapses
+	now.ms.Add(5000) // the renewed lease lapses
 	run([]step{
 		{"ResumeWithSteps", `{"id":9,"op":"decide",` + m + `,"with_steps":true}`,
 			`{"id":9,"ok":true,"decision":"resume","resume_from":1,"steps":[{"step_index":0,"output":"aGk="}]}`},

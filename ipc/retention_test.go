@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,22 +16,11 @@ import (
 // subscribe past the gap, the forgotten decision by sent_at, a start that
 // carries the horizon, and the figures of stats.
 func TestServer_Retention(t *testing.T) {
-	var now atomic.Int64
-	now.Store(1_000_000)
-	clock := func() time.Time { return time.UnixMilli(now.Load()) }
-	store := mustOpenStore(t, sqlitestore.Options{Now: clock})
+	now := newTestClock(1_000_000)
+	store := mustOpenStore(t, sqlitestore.Options{Now: now.now})
 	ts := startServer(t, Config{Store: store})
 	c := dialRaw(t, ts.path)
-	type step struct{ name, req, want string }
-	run := func(steps []step) {
-		t.Helper()
-		for _, s := range steps {
-			c.send(s.req + "\n")
-			if got := c.line(); !sameJSON(t, got, s.want) {
-				t.Errorf("%s: %s\n got %s\nwant %s", s.name, s.req, got, compact(t, s.want))
-			}
-		}
-	}
+	run := func(steps []step) { t.Helper(); c.run(t, steps) }
 	m := `"conversation":"c","message_id":"m"`
 	run([]step{
 		{"Receive", `{"id":1,"op":"receive",` + m + `,"fingerprint":"sha:1","sent_at":999000}`, `{"id":1,"ok":true,"decision":"start","seq":0}`},
@@ -45,7 +33,7 @@ func TestServer_Retention(t *testing.T) {
 		{"BadSentAtType", `{"id":7,"op":"receive",` + m + `,"sent_at":"yesterday"}`,
 			`{"id":7,"ok":false,"error":{"code":"bad_request","message":"*","retryable":false,"field":"sent_at"}}`},
 	})
-	now.Add(60_001) // finished longer ago than retain_finished
+	now.ms.Add(60_001) // finished longer ago than retain_finished
 	store.SetRetention(sqlitestore.Retention{Finished: time.Minute})
 	compactNow(t, store.Store)
 	run([]step{
@@ -79,7 +67,7 @@ func TestServer_Retention(t *testing.T) {
 	}
 	run([]step{{"Unsubscribe", `{"id":22,"op":"unsubscribe","sub":1}`, `{"id":22,"ok":true}`}})
 
-	now.Add(3_600_000)
+	now.ms.Add(3_600_000)
 	store.SetRetention(sqlitestore.Retention{Finished: time.Minute, Tombstones: time.Hour})
 	compactNow(t, store.Store)
 	run([]step{
