@@ -29,10 +29,13 @@ var (
 	// request.
 	tokenFlag = &cli.Int64Flag{Name: "token", Value: -1, DefaultText: "none", Usage: "fence the write: refuse it unless `TOKEN`, as start answered it, is still the message's"}
 
-	// fingerprintFlag and withStepsFlag are the optional arguments of
-	// receive, decide and explain; withDelivery puts them in the request.
+	// fingerprintFlag, sentAtFlag and withStepsFlag are the optional
+	// arguments of receive, decide and explain; withDelivery puts them in
+	// the request.
 	fingerprintFlag = &cli.StringFlag{Name: "fingerprint", DefaultText: "none", Usage: "`FP` names the payload (such as its sha256); refuse a message id received with another"}
-	withStepsFlag   = &cli.BoolFlag{Name: "with-steps", Usage: "with a resume, answer the completed steps and their outputs too"}
+	sentAtFlag      = &cli.Int64Flag{Name: "sent-at", DefaultText: "none",
+		Usage: "when the message was first produced (such as its broker's timestamp), in epoch `MS`: one the conversation does not know, sent at or before its forgotten_before, is decided forgotten"}
+	withStepsFlag = &cli.BoolFlag{Name: "with-steps", Usage: "with a resume, answer the completed steps and their outputs too"}
 )
 
 // clientFlags returns the flags every client command takes, then more.
@@ -68,11 +71,14 @@ func withToken(c *cli.Context, r request) request {
 	return r
 }
 
-// withDelivery adds --fingerprint and --with-steps to r when they were
-// given.
+// withDelivery adds --fingerprint, --sent-at and --with-steps to r when
+// they were given.
 func withDelivery(c *cli.Context, r request) request {
 	if c.IsSet(fingerprintFlag.Name) {
 		r["fingerprint"] = c.String(fingerprintFlag.Name)
+	}
+	if c.IsSet(sentAtFlag.Name) {
+		r["sent_at"] = c.Int64(sentAtFlag.Name)
 	}
 	if c.Bool(withStepsFlag.Name) {
 		r["with_steps"] = true

@@ -10,9 +10,9 @@ type decideCommand struct{}
 func (cmd decideCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:      "decide",
-		Usage:     "say whether a redelivered message should start, resume or skip (or is busy or quarantined), recording nothing",
+		Usage:     "say whether a redelivered message should start, resume or skip (or is busy, quarantined or forgotten), recording nothing",
 		ArgsUsage: "CONV MSG",
-		Flags:     clientFlags(fingerprintFlag, withStepsFlag),
+		Flags:     clientFlags(fingerprintFlag, sentAtFlag, withStepsFlag),
 		Action:    cmd.Run,
 	}
 }

@@ -12,7 +12,7 @@ func (cmd explainCommand) Command() *cli.Command {
 		Name:      "explain",
 		Usage:     "say why a delivery of a message gets its decision, with the message's events as a timeline",
 		ArgsUsage: "CONV MSG",
-		Flags:     clientFlags(fingerprintFlag, withStepsFlag),
+		Flags:     clientFlags(fingerprintFlag, sentAtFlag, withStepsFlag),
 		Action:    cmd.Run,
 	}
 }

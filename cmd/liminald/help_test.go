@@ -30,6 +30,10 @@ func TestHelp_Defaults(t *testing.T) {
 		"log-level":       def.LogLevel,
 		"log-format":      def.LogFormat,
 		"metrics":         "off",
+		"max-attempts":    zeroMeans(def.MaxAttempts, "no limit"),
+		// retain_finished and retain_tombstones: 0 keeps everything.
+		"retain-finished":   zeroMeans(def.RetainFinished, "keep all"),
+		"retain-tombstones": zeroMeans(def.RetainTombstones, "keep all"),
 	}
 
 	names := []string{""}
@@ -78,6 +82,16 @@ func TestHelp_Defaults(t *testing.T) {
 			}
 		}
 	}
+}
+
+// zeroMeans returns what a setting's help shows as its default v: text
+// when v is zero, for which text stands; v otherwise.
+func zeroMeans[T comparable](v T, text string) string {
+	var zero T
+	if v == zero {
+		return text
+	}
+	return fmt.Sprint(v)
 }
 
 // shownDefault is the default urfave/cli appends to a flag's line.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -47,6 +48,35 @@ func startDaemon(t *testing.T, args ...string) *daemonProc {
 	t.Helper()
 	dir := t.TempDir()
 	return startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db.sqlite"), args...)
+}
+
+// startWithConfig starts liminald serve, as startDaemon does, reading the
+// configuration file it writes with content, and returns the daemon and
+// the file's path.
+func startWithConfig(t *testing.T, content string) (*daemonProc, string) {
+	t.Helper()
+	dir := t.TempDir()
+	config := filepath.Join(dir, "liminald.toml")
+	if err := os.WriteFile(config, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startDaemonIn(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"), "--config", config), config
+}
+
+// rewriteConfig writes content to d's configuration file, config, and
+// waits for the daemon to reload it: it reloads when it sees the edit,
+// then a SIGHUP makes it reload again, as the edit may have been seen
+// before it was whole.
+func (d *daemonProc) rewriteConfig(config, content string) {
+	d.t.Helper()
+	if err := os.WriteFile(config, []byte(content), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+	d.expectNotify("RELOADING=1")
+	d.expectNotify("READY=1")
+	d.signal(syscall.SIGHUP)
+	d.expectNotify("RELOADING=1")
+	d.expectNotify("READY=1")
 }
 
 func startDaemonIn(t *testing.T, dir, socket, db string, args ...string) *daemonProc {
@@ -217,6 +247,17 @@ func (c *rawConn) do(line string) (string, map[string]any) {
 		c.t.Fatal(err)
 	}
 	return reply, m
+}
+
+// doAll sends each request line in turn, and ends the test unless each
+// succeeds.
+func (c *rawConn) doAll(reqs ...string) {
+	c.t.Helper()
+	for _, req := range reqs {
+		if line, m := c.do(req); m["ok"] != true {
+			c.t.Fatalf("%s: %s", req, line)
+		}
+	}
 }
 
 func errCode(m map[string]any) string {

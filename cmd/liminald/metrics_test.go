@@ -29,17 +29,7 @@ func TestServe_Metrics(t *testing.T) {
 	} {
 		c.do(req)
 	}
-	client := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", metricsSock)
-	}}}
-	resp, err := client.Get("http://liminald/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(body)
+	text := scrapeUnix(t, metricsSock)
 	for _, tc := range []struct {
 		metric string
 		check  func(float64) bool
@@ -64,16 +54,47 @@ func TestServe_Metrics(t *testing.T) {
 		{`liminald_compaction_passes_total`, func(v float64) bool { return v == 0 }},
 		{`liminald_compaction_seconds_total`, func(v float64) bool { return v == 0 }},
 	} {
-		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(tc.metric) + ` (\S+)$`).FindStringSubmatch(text)
-		if m == nil {
-			t.Errorf("metric %s missing", tc.metric)
-			continue
-		}
-		v, err := strconv.ParseFloat(m[1], 64)
-		if err != nil || !tc.check(v) {
-			t.Errorf("metric %s = %s", tc.metric, m[1])
+		if v, ok := metricValue(t, text, tc.metric); ok && !tc.check(v) {
+			t.Errorf("metric %s = %v", tc.metric, v)
 		}
 	}
+}
+
+// scrapeUnix gets the metrics from an endpoint on the unix socket path.
+func scrapeUnix(t *testing.T, path string) string {
+	t.Helper()
+	client := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+	resp, err := client.Get("http://liminald/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// metricValue returns the value of metric (a name, with its labels if it
+// has any) in text, the body of a scrape. A metric missing from it, or
+// with a value that is not a number, is an error of the test.
+func metricValue(t *testing.T, text, metric string) (float64, bool) {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(metric) + ` (\S+)$`).FindStringSubmatch(text)
+	if m == nil {
+		t.Errorf("metric %s missing", metric)
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Errorf("metric %s = %s, not a number", metric, m[1])
+		return 0, false
+	}
+	return v, true
 }
 
 // TestServe_MetricsPublic: the endpoint listens on an address that is not

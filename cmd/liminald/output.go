@@ -32,10 +32,22 @@ func printDecision(w io.Writer, m map[string]any) {
 func decisionText(m map[string]any) string {
 	switch m["decision"] {
 	case "start":
+		text := "start"
 		if seq, ok := jsonNumber(m["seq"]); ok {
-			return fmt.Sprintf("start (message_received at seq %d)", seq)
+			text = fmt.Sprintf("start (message_received at seq %d)", seq)
 		}
-		return "start"
+		if before, ok := jsonNumber(m["forgotten_before"]); ok {
+			text += "; the conversation forgot messages finished up to " + conversation.MillisTime(before)
+		}
+		return text
+	case "skip":
+		if m["compacted"] == true {
+			return "skip (compacted)"
+		}
+		return "skip"
+	case "forgotten":
+		before, _ := jsonNumber(m["forgotten_before"])
+		return "forgotten (forgotten before " + conversation.MillisTime(before) + ")"
 	case "resume":
 		from, _ := jsonNumber(m["resume_from"])
 		return fmt.Sprintf("resume from step %d", from)
@@ -84,17 +96,33 @@ func printConversationState(w io.Writer, m map[string]any) {
 		n, _ := jsonNumber(counts[k])
 		fmt.Fprintf(w, "%-12s %d\n", k, n)
 	}
+	compacted, _ := jsonNumber(m["compacted"])
+	fmt.Fprintf(w, "compacted    %d\n", compacted)
+	fmt.Fprintf(w, "forgotten    %s\n", forgottenText(m["forgotten_before"]))
 }
 
-// printMessageState prints the reply of state for a message.
+// forgottenText says a forgotten_before: what a conversation forgot.
+func forgottenText(v any) string {
+	if before, ok := jsonNumber(v); ok {
+		return "before " + conversation.MillisTime(before)
+	}
+	return "nothing"
+}
+
+// printMessageState prints the reply of state for a message: for a
+// tombstone, what it keeps.
 func printMessageState(w io.Writer, m map[string]any) {
 	fmt.Fprintf(w, "status       %v\n", m["status"])
+	tombstone := m["compacted"] == true
+	if tombstone {
+		fmt.Fprintf(w, "compacted    yes (a tombstone: its events, steps and token are gone)\n")
+	}
 	if at, ok := jsonNumber(m["received_at"]); ok {
 		fmt.Fprintf(w, "received_at  %s\n", time.UnixMilli(at).UTC().Format(time.RFC3339Nano))
 	}
 	if last, ok := jsonNumber(m["last_completed_step"]); ok {
 		fmt.Fprintf(w, "last_step    %d\n", last)
-	} else {
+	} else if !tombstone {
 		fmt.Fprintf(w, "last_step    none\n")
 	}
 	if e, ok := m["error"].(string); ok {
@@ -104,7 +132,7 @@ func printMessageState(w io.Writer, m map[string]any) {
 	fmt.Fprintf(w, "attempts     %d\n", attempts)
 	if token, ok := jsonNumber(m["token"]); ok {
 		fmt.Fprintf(w, "token        %d\n", token)
-	} else {
+	} else if !tombstone {
 		fmt.Fprintf(w, "token        none\n")
 	}
 	if worker, ok := m["worker"].(string); ok {
@@ -179,6 +207,10 @@ func printExplanation(w io.Writer, m map[string]any) {
 	if raw, err := json.Marshal(m["events"]); err == nil {
 		json.Unmarshal(raw, &events)
 	}
+	if len(events) == 0 && m["compacted"] == true {
+		fmt.Fprintln(w, "\nno events: they were compacted")
+		return
+	}
 	if len(events) == 0 {
 		fmt.Fprintln(w, "\nno events")
 		return
@@ -194,8 +226,13 @@ func printExplanation(w io.Writer, m map[string]any) {
 	}
 }
 
-// printStats prints the reply of stats.
+// printStats prints the reply of stats, forgotten_before as a time.
 func printStats(w io.Writer, m map[string]any) {
+	if before, ok := jsonNumber(m["forgotten_before"]); ok {
+		m["forgotten_before"] = conversation.MillisTime(before)
+	} else if _, ok := m["forgotten_before"]; ok {
+		m["forgotten_before"] = "none"
+	}
 	printMap(w, "", m)
 }
 

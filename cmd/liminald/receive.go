@@ -12,7 +12,7 @@ func (cmd receiveCommand) Command() *cli.Command {
 		Name:      "receive",
 		Usage:     "record a delivery of a message and say whether to start, resume or skip it",
 		ArgsUsage: "CONV MSG",
-		Flags: clientFlags(expectedSeqFlag, fingerprintFlag, withStepsFlag,
+		Flags: clientFlags(expectedSeqFlag, fingerprintFlag, sentAtFlag, withStepsFlag,
 			&cli.Int64Flag{Name: "received-at", Value: -1, DefaultText: "now", Usage: "when it was received, in epoch `MS`"},
 		),
 		Action: cmd.Run,

@@ -18,7 +18,7 @@ func (cmd stateCommand) Command() *cli.Command {
 		ArgsUsage: "CONV [MSG]",
 		Flags:     clientFlags(),
 		Description: "A conversation with no events fails with not_found (is its name misspelt?); " +
-			"a message never received shows the status unknown.",
+			"a message never received shows the status unknown, a compacted one what its tombstone keeps.",
 		Action: cmd.Run,
 	}
 }
