@@ -9,15 +9,16 @@ import (
 	"liminald/sqlitestore"
 )
 
-// checkCommand verifies a database: its integrity, contiguous seqs, and
-// stored state equal to the replay of its log: liminald check.
+// checkCommand verifies a database: its integrity, contiguous seqs but for
+// compacted messages, and stored state equal to the replay of its log with
+// its tombstones: liminald check.
 type checkCommand struct{}
 
 // Command describes check.
 func (cmd checkCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:   "check",
-		Usage:  "verify a database: integrity, contiguous seqs, stored state == replay of the log (works beside a running daemon)",
+		Usage:  "verify a database: integrity, contiguous seqs, stored state == replay of the log and the tombstones (works beside a running daemon)",
 		Flags:  offlineFlags(),
 		Action: cmd.Run,
 	}
@@ -40,10 +41,10 @@ func (checkCommand) Run(c *cli.Context) error {
 			problems = []string{}
 		}
 		b, _ := json.Marshal(map[string]any{"ok": len(problems) == 0, "db": db, "conversations": r.Conversations,
-			"messages": r.Messages, "events": r.Events, "problems": problems})
+			"messages": r.Messages, "events": r.Events, "tombstones": r.Tombstones, "problems": problems})
 		fmt.Fprintf(c.App.Writer, "%s\n", b)
 	} else {
-		fmt.Fprintf(c.App.Writer, "%s: %d conversations, %d messages, %d events\n", db, r.Conversations, r.Messages, r.Events)
+		fmt.Fprintf(c.App.Writer, "%s: %d conversations, %d messages, %d events, %d tombstones\n", db, r.Conversations, r.Messages, r.Events, r.Tombstones)
 		for _, p := range r.Problems {
 			fmt.Fprintf(c.App.Writer, "problem: %s\n", p)
 		}

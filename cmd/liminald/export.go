@@ -12,14 +12,15 @@ import (
 )
 
 // exportCommand writes every event of a database as JSON lines, in commit
-// order, to FILE or standard output: liminald export [FILE].
+// order, with what retention keeps beside them (its conversations' headers
+// and tombstones), to FILE or standard output: liminald export [FILE].
 type exportCommand struct{}
 
 // Command describes export.
 func (cmd exportCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:      "export",
-		Usage:     "write every event as JSON lines, in commit order (works beside a running daemon)",
+		Usage:     "write every event, and the tombstones, as JSON lines, in commit order (works beside a running daemon)",
 		ArgsUsage: "[FILE]",
 		Flags: offlineFlags(
 			&cli.BoolFlag{Name: "force", Usage: "overwrite FILE if it exists"},

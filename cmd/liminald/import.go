@@ -11,16 +11,16 @@ import (
 	"liminald/sqlitestore"
 )
 
-// importCommand appends events, as JSON lines the way export writes them,
-// from FILE or standard input to a database no daemon holds: liminald
-// import [FILE].
+// importCommand appends events, and restores the headers and tombstones
+// beside them, as JSON lines the way export writes them, from FILE or
+// standard input to a database no daemon holds: liminald import [FILE].
 type importCommand struct{}
 
 // Command describes import.
 func (cmd importCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:      "import",
-		Usage:     "append events (JSON lines, as export writes them) to a database; refuses while a daemon holds it",
+		Usage:     "append events and tombstones (JSON lines, as export writes them) to a database; refuses while a daemon holds it",
 		ArgsUsage: "[FILE]",
 		Flags:     offlineFlags(),
 		Action:    cmd.Run,
@@ -29,7 +29,7 @@ func (cmd importCommand) Command() *cli.Command {
 
 // Run imports the events under the database's lock. Returns
 // daemon.ErrLocked while a daemon holds it, and the store's
-// *sqlitestore.ImportError for an event it refuses. A failed import leaves
+// *sqlitestore.ImportError for a line it refuses. A failed import leaves
 // behind neither the database nor the lock file if it made them.
 func (importCommand) Run(c *cli.Context) error {
 	db, err := offlineDB(c, 1)
