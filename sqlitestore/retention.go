@@ -92,7 +92,13 @@ func (w *writer) maintain(ctx context.Context, r *request, conv *convRow) error 
 		if conv == nil {
 			conv = w.newConversation(name)
 		}
-		conv.compacted = max(conv.compacted, mt.header.Compacted)
+		// The database's count of compacted messages is the sum of its
+		// conversations' (dropped tombstones are counted only where they
+		// were dropped).
+		if more := mt.header.Compacted - conv.compacted; more > 0 {
+			conv.compacted += more
+			w.totals.compacted += more
+		}
 		conv.next = max(conv.next, mt.header.Next)
 		if h := mt.header.Horizon; h.Set {
 			conv.horizon = conv.horizon.Advance(h.Before)
