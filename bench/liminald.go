@@ -15,13 +15,16 @@ import (
 // liminaldSystem runs the real liminald binary, with its default sync=full.
 type liminaldSystem struct {
 	bin    string
+	args   []string // more flags of serve
+	dir    string   // of the socket and the database
 	socket string
 	running
 }
 
-// newLiminald returns the System of the liminald binary at bin.
-func newLiminald(bin string) System {
-	return &liminaldSystem{bin: bin, running: running{name: "liminald", quit: syscall.SIGTERM}}
+// newLiminald returns the System of the liminald binary at bin, which
+// serve runs with the flags args besides its socket and database.
+func newLiminald(bin string, args ...string) System {
+	return &liminaldSystem{bin: bin, args: args, running: running{name: "liminald", quit: syscall.SIGTERM}}
 }
 
 func (s *liminaldSystem) Name() string { return "liminald" }
@@ -30,11 +33,11 @@ func (s *liminaldSystem) Name() string { return "liminald" }
 // the socket answers ping. Returns an error with the daemon's log if it
 // exits first or does not answer within 30 s.
 func (s *liminaldSystem) Start(ctx context.Context, dir string) error {
-	s.socket = filepath.Join(dir, "liminald.sock")
+	s.dir, s.socket = dir, filepath.Join(dir, "liminald.sock")
 	if err := checkSocketPath(s.socket); err != nil {
 		return err
 	}
-	cmd := exec.Command(s.bin, "serve", "--socket", s.socket, "--db", filepath.Join(dir, "liminald.db"))
+	cmd := exec.Command(s.bin, append([]string{"serve", "--socket", s.socket, "--db", s.dbPath()}, s.args...)...)
 	// HOME in dir, and no LIMINAL_* or XDG_* variables: no configuration
 	// file or setting of the user's reaches the daemon.
 	cmd.Env = append(cleanEnv(), "HOME="+dir)
@@ -56,6 +59,27 @@ func (s *liminaldSystem) ping(ctx context.Context) error {
 	}
 	defer c.Close()
 	return c.Ping(ctx)
+}
+
+// dbPath is the database's file; its WAL is beside it, with "-wal" added.
+func (s *liminaldSystem) dbPath() string { return filepath.Join(s.dir, "liminald.db") }
+
+// fileSizes are the sizes of the database file and of its WAL (0 for a
+// file that does not exist).
+func (s *liminaldSystem) fileSizes() (db, wal int64) {
+	size := func(path string) int64 {
+		if fi, err := os.Stat(path); err == nil {
+			return fi.Size()
+		}
+		return 0
+	}
+	return size(s.dbPath()), size(s.dbPath() + "-wal")
+}
+
+// status is the line name of the running daemon's /proc/<pid>/status
+// ("VmRSS", "VmHWM"), in bytes.
+func (s *liminaldSystem) status(name string) int64 {
+	return statusKB(fmt.Sprintf("/proc/%d/status", s.srv.cmd.Process.Pid), name)
 }
 
 // Dial opens one connection to the daemon.

@@ -3,7 +3,9 @@
 // appendfsync always, PostgreSQL), one system after another on this
 // machine, measures the floors of the machine in the same run, and writes
 // results.json, BENCHMARKS.md and benchmarks.png. bench/run builds it and
-// liminald and runs it; see docs/BENCHMARKS.md.
+// liminald and runs it; see docs/BENCHMARKS.md. Two runs of their own
+// measure liminald alone: --scale, after many events, and --soak, with
+// retention under a steady load (soak.go).
 //
 // Every answer is checked against SPEC §1–§2: an unexpected decision or
 // error fails the run with a non-zero exit.
@@ -37,8 +39,9 @@ type config struct {
 	out         string
 	preload     int
 	render      bool
-	scale       int64  // events to store for the scale measurement; 0: the sweep
-	command     string // the bench/run command line, for the report
+	scale       int64      // events to store for the scale measurement; 0: the sweep
+	soak        soakConfig // soak.duration 0: no soak
+	command     string     // the bench/run command line, for the report
 }
 
 var allSystems = []string{"liminald", "sqlite", "redis", "postgres"}
@@ -83,6 +86,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	smoke := fs.Bool("smoke", false, "a quick check that every system runs: 8 clients, 300ms per point")
 	render := fs.Bool("render", false, "only render BENCHMARKS.md and benchmarks.png from the results.json in --out")
 	scale := fs.Int64("scale", 0, "instead of the sweep: store this many events in liminald, then measure its memory and a restart, into the results.json in --out (10000000 for the goals)")
+	soak := fs.Duration("soak", 0, "instead of the sweep: run liminald with retention on under a steady lifecycle load this long, sampling its files, memory and latency, then compare latency with retention off and on; writes soak.json and soak.png into --out, and BENCHMARKS.md if results.json is there (10m for the figures of BENCHMARKS.md)")
+	soakEvery := fs.Duration("soak-every", 5*time.Second, "with --soak: the interval between samples")
+	retainFinished := fs.Duration("retain-finished", 5*time.Second, "with --soak: liminald's --retain-finished")
+	retainTombstones := fs.Duration("retain-tombstones", 30*time.Second, "with --soak: liminald's --retain-tombstones")
+	soakStepBytes := fs.Int("soak-step-bytes", 300, "with --soak: the output of each step, in bytes")
+	soakCompare := fs.Duration("soak-compare", time.Minute, "with --soak: the measured window of each run of the comparison of retention off and on, after the soak's warm-up; 0 skips the comparison")
+	soakPairs := fs.Int("soak-pairs", 2, "with --soak: the comparison's runs with retention off then on, in turn")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -117,10 +127,26 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if *smoke {
 		cfg.clients, cfg.duration, cfg.repetitions, cfg.preload = []int{8}, 300*time.Millisecond, 1, 200
 	}
+	if *soak != 0 {
+		if *soak < 0 || *soakEvery <= 0 || *retainFinished <= 0 || *retainTombstones < 0 || *soakStepBytes < 0 || *soakCompare < 0 || *soakPairs < 1 {
+			return config{}, errors.New("--soak, --soak-every and --retain-finished must be positive, --soak-pairs at least 1, and the other --soak-* and --retain-* flags not negative")
+		}
+		if cfg.scale > 0 || cfg.render || *smoke {
+			return config{}, errors.New("--soak does not go with --scale, --render or --smoke")
+		}
+		if !set["clients"] {
+			cfg.clients = []int{ratioClients}
+		}
+		if len(cfg.clients) != 1 {
+			return config{}, errors.New("--soak runs at one number of --clients")
+		}
+		cfg.soak = soakConfig{duration: *soak, every: *soakEvery, retainFinished: *retainFinished, retainTombstones: *retainTombstones,
+			clients: cfg.clients[0], stepBytes: *soakStepBytes, compare: *soakCompare, pairs: *soakPairs}
+	}
 	if cfg.duration <= 0 || cfg.repetitions < 1 {
 		return config{}, errors.New("--duration and --repetitions must be positive")
 	}
-	if !cfg.render && (cfg.scale > 0 || slices.Contains(cfg.systems, "liminald")) && cfg.liminald == "" {
+	if !cfg.render && (cfg.scale > 0 || cfg.soak.duration > 0 || slices.Contains(cfg.systems, "liminald")) && cfg.liminald == "" {
 		return config{}, errors.New("--liminald: the path of the liminald binary is needed (bench/run builds it)")
 	}
 	// The command that reproduces the run, without the flags bench/run
@@ -202,6 +228,9 @@ func run(ctx context.Context, cfg config, progress io.Writer) error {
 	}
 	if cfg.scale > 0 {
 		return runScale(ctx, cfg, base, progress)
+	}
+	if cfg.soak.duration > 0 {
+		return runSoak(ctx, cfg, base, progress)
 	}
 
 	r := &Results{
@@ -329,11 +358,23 @@ func writeOutputs(dir string, r *Results) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := writeResults(filepath.Join(dir, "results.json"), r); err != nil {
+	if err := writeJSON(filepath.Join(dir, "results.json"), r); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "BENCHMARKS.md"), []byte(renderReport(r)), 0o644); err != nil {
+	if err := writeReport(dir, r); err != nil {
 		return err
 	}
 	return writePlot(r, filepath.Join(dir, "benchmarks.png"))
+}
+
+// writeReport writes BENCHMARKS.md into dir, with the soak of the
+// soak.json there unless r has one.
+func writeReport(dir string, r *Results) error {
+	if r.Soak == nil {
+		var err error
+		if r.Soak, err = readSoak(filepath.Join(dir, "soak.json")); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, "BENCHMARKS.md"), []byte(renderReport(r)), 0o644)
 }

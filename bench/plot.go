@@ -72,11 +72,11 @@ func writePlot(r *Results, path string) error {
 		if len(events) == 0 {
 			continue
 		}
-		if err := addLine(tp, sys.Name, i, events); err != nil {
+		if err := addLine(tp, sys.Name, i, events, true); err != nil {
 			return err
 		}
 		if len(p99) > 0 {
-			if err := addLine(lp, sys.Name, i, p99); err != nil {
+			if err := addLine(lp, sys.Name, i, p99, true); err != nil {
 				return err
 			}
 		}
@@ -104,11 +104,16 @@ func writePlot(r *Results, path string) error {
 	tp.Add(plotter.NewGrid())
 	lp.Add(plotter.NewGrid())
 
+	return writePanels(path, tp, lp)
+}
+
+// writePanels draws the two panels side by side into a PNG at path.
+func writePanels(path string, left, right *plot.Plot) error {
 	img := vgimg.NewWith(vgimg.UseWH(13*vg.Inch, 5*vg.Inch), vgimg.UseDPI(110))
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 2, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 4}
-	tp.Draw(tiles.At(dc, 0, 0))
-	lp.Draw(tiles.At(dc, 1, 0))
+	left.Draw(tiles.At(dc, 0, 0))
+	right.Draw(tiles.At(dc, 1, 0))
 
 	f, err := os.Create(path)
 	if err != nil {
@@ -121,18 +126,91 @@ func writePlot(r *Results, path string) error {
 	return f.Close()
 }
 
-// addLine adds the line and points of system number i to p.
-func addLine(p *plot.Plot, name string, i int, xys plotter.XYs) error {
+// addLine adds the line of series number i to p, with a mark at each
+// point if marks.
+func addLine(p *plot.Plot, name string, i int, xys plotter.XYs, marks bool) error {
 	l, s, err := plotter.NewLinePoints(xys)
 	if err != nil {
 		return fmt.Errorf("plot %s: %w", name, err)
 	}
 	l.Color, l.Width = plotutil.Color(i), vg.Points(2)
+	if !marks {
+		p.Add(l)
+		p.Legend.Add(name, l)
+		return nil
+	}
 	s.Color, s.Shape = plotutil.Color(i), plotutil.Shape(i)
 	s.Radius = vg.Points(3.5)
 	p.Add(l, s)
 	p.Legend.Add(name, l, s)
 	return nil
+}
+
+// writeSoakPlot draws the soak of r into a PNG at path: the sizes of the
+// database file and of its WAL and the daemon's RSS against time, beside
+// the latency of the ops of each interval, with the end of the warm-up
+// marked on both.
+func writeSoakPlot(r *SoakResult, path string) error {
+	type series struct {
+		name string
+		y    func(SoakSample) float64
+	}
+	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
+	// panel draws the series against minutes; a sample with no op has no
+	// latency to draw.
+	panel := func(title, yLabel string, latency bool, all ...series) (*plot.Plot, error) {
+		p := plot.New()
+		p.Title.Text = title
+		p.X.Label.Text, p.Y.Label.Text = "minutes", yLabel
+		p.Legend.Top, p.Legend.Left = true, true
+		p.Legend.XOffs, p.Legend.YOffs = vg.Points(8), -vg.Points(4)
+		p.Add(plotter.NewGrid())
+		top := 0.0
+		for i, s := range all {
+			var xys plotter.XYs
+			for _, smp := range r.Soak.Samples {
+				if latency && smp.Ops == 0 {
+					continue
+				}
+				xys = append(xys, plotter.XY{X: smp.ElapsedSeconds / 60, Y: s.y(smp)})
+				top = max(top, s.y(smp))
+			}
+			if len(xys) == 0 {
+				continue
+			}
+			if err := addLine(p, s.name, i, xys, false); err != nil {
+				return nil, err
+			}
+		}
+		// Room above the lines for the legend.
+		p.Y.Min, p.Y.Max = 0, max(top, 1)*1.45
+		warm := plotter.XYs{{X: r.Settings.WarmupSeconds / 60, Y: 0}, {X: r.Settings.WarmupSeconds / 60, Y: p.Y.Max}}
+		l, err := plotter.NewLine(warm)
+		if err != nil {
+			return nil, err
+		}
+		l.Color = color.Gray{Y: 90}
+		l.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
+		p.Add(l)
+		p.Legend.Add("end of the warm-up", l)
+		return p, nil
+	}
+	s := r.Settings
+	sp, err := panel(fmt.Sprintf("Files and memory (retain_finished %s, retain_tombstones %s)", s.RetainFinished, s.RetainTombstones), "MiB", false,
+		series{"database file", func(x SoakSample) float64 { return mib(x.DBBytes) }},
+		series{"WAL", func(x SoakSample) float64 { return mib(x.WALBytes) }},
+		series{"daemon RSS", func(x SoakSample) float64 { return mib(x.RSSBytes) }})
+	if err != nil {
+		return err
+	}
+	lp, err := panel(fmt.Sprintf("Write latency of the ops of each %s (%d clients)", seconds(s.SampleSeconds), s.Clients), "ms", true,
+		series{"p50", func(x SoakSample) float64 { return x.P50Ms }},
+		series{"p99", func(x SoakSample) float64 { return x.P99Ms }},
+		series{"p99.9", func(x SoakSample) float64 { return x.P999Ms }})
+	if err != nil {
+		return err
+	}
+	return writePanels(path, sp, lp)
 }
 
 // rateTicks are the default ticks with labels in thousands ("20k").

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ratioClients is the number of clients the ratios and the goals compare
@@ -23,6 +24,14 @@ const (
 	goalScaleEvents    = 10_000_000 // events stored for the two goals below
 	goalRSSBytes       = 100 << 20  // the daemon's RSS after storing them
 	goalRestartSeconds = 1.0        // restart to ready with them stored
+
+	// goalCompactionRatio is the most the write latency (p99, p99.9) may
+	// grow with compaction running, in the soak's comparison.
+	goalCompactionRatio = 1.2
+	// soakBoundedGrowth is the most the database file may grow in the
+	// second half of a soak, as a fraction of its size, for the report to
+	// call it bounded.
+	soakBoundedGrowth = 0.01
 )
 
 // peerOrder is the order of the systems in tables.
@@ -61,6 +70,7 @@ func renderReport(r *Results) string {
 		}
 	}
 	writeScale(&b, r)
+	writeSoak(&b, r.Soak)
 	return b.String()
 }
 
@@ -223,6 +233,13 @@ func scaleGoals(s *ScaleResult) []goal {
 	return []goal{rss, restart}
 }
 
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "no"
+}
+
 func metText(ok bool) string {
 	if ok {
 		return "met"
@@ -341,4 +358,153 @@ func joinInts(v []int) string {
 		s[i] = strconv.Itoa(n)
 	}
 	return strings.Join(s, ", ")
+}
+
+// soakMarks are the times of the soak's table, in minutes.
+var soakMarks = []int{1, 5, 10}
+
+// sampleNear returns the sample nearest to secs, if one is within half an
+// interval of it.
+func sampleNear(s *SoakResult, secs float64) (SoakSample, bool) {
+	var best SoakSample
+	found := false
+	for _, x := range s.Soak.Samples {
+		if d := math.Abs(x.ElapsedSeconds - secs); d <= s.Settings.SampleSeconds/2 && (!found || d < math.Abs(best.ElapsedSeconds-secs)) {
+			best, found = x, true
+		}
+	}
+	return best, found
+}
+
+// soakGrowth is what the database file did in the second half of the
+// soak: its size at the sample nearest half-time and at the end, and the
+// time of the last sample at which it had grown.
+func soakGrowth(s *SoakResult) (half, end SoakSample, lastGrowth float64) {
+	samples := s.Soak.Samples
+	end = samples[len(samples)-1]
+	half = samples[0]
+	for i, x := range samples {
+		if x.ElapsedSeconds <= end.ElapsedSeconds/2 {
+			half = x
+		}
+		if i > 0 && x.DBBytes > samples[i-1].DBBytes {
+			lastGrowth = x.ElapsedSeconds
+		}
+	}
+	return half, end, lastGrowth
+}
+
+// seconds is secs as a duration ("9m35s"), to the second from 10 s, else
+// to the millisecond.
+func seconds(secs float64) string {
+	d := time.Duration(secs * float64(time.Second))
+	if d >= 10*time.Second {
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Millisecond).String()
+}
+
+func writeSoak(b *strings.Builder, s *SoakResult) {
+	if s == nil || len(s.Soak.Samples) == 0 {
+		return
+	}
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	st, m := s.Settings, s.Machine
+	p("## Soak: retention under a steady load\n\n")
+	p("`%s`, on %s (%s, %d cores, %s): a fresh liminald with `--retain-finished %s\n", s.Command, m.Date, m.CPU, m.Cores, m.Filesystem, st.RetainFinished)
+	p("--retain-tombstones %s`, and %d clients taking new messages through their lifecycle (receive, start,\n", st.RetainTombstones, st.Clients)
+	p("%d steps with %d bytes of output each, finish) for %s, each client over %d conversations of its own in\n", lifecycleSteps, st.StepBytes, seconds(st.Seconds), st.ConversationsPerClient)
+	p("turn: the conversations stay the same and only messages come and go, which is what retention\n")
+	p("bounds (a conversation's row stays, with its horizon). Every %s the harness samples the database\n", seconds(st.SampleSeconds))
+	p("file and its WAL (their sizes; the file's pages and free-list pages from its header, as of the last\n")
+	p("checkpoint), the daemon's RSS (VmRSS), the latency of the ops completed in the interval, and the\n")
+	p("stats op's counters. The warm-up, %s, is retain_finished and retain_tombstones, each with its\n", seconds(st.WarmupSeconds))
+	p("deadline of SPEC §8: by its end messages are being compacted and their tombstones dropped. soak.json\n")
+	p("beside this file holds every sample.\n\n")
+	p("![database file, WAL and daemon RSS, and write latency, against time](soak.png)\n\n")
+
+	p("| at | database file | free pages | WAL | daemon RSS | events/s | p99 ms | p99.9 ms | events stored | tombstones | compacted | dropped |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	row := func(at string, x SoakSample) {
+		p("| %s | %s | %s of %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", at, bytesText(x.DBBytes),
+			rate(float64(x.FreePages)), rate(float64(x.Pages)), bytesText(x.WALBytes), bytesText(x.RSSBytes),
+			rate(x.EventsPerSec), num(x.P99Ms), num(x.P999Ms), rate(float64(x.Events)), rate(float64(x.Tombstones)),
+			rate(float64(x.Compacted)), rate(float64(x.Dropped)))
+	}
+	for _, mark := range soakMarks {
+		if x, ok := sampleNear(s, float64(mark)*60); ok {
+			row(fmt.Sprintf("%d min", mark), x)
+		}
+	}
+	half, end, lastGrowth := soakGrowth(s)
+	row("end ("+seconds(end.ElapsedSeconds)+")", end)
+	p("\n")
+
+	w := s.Soak.Window
+	var rssMin, rssMax, walMax int64
+	for _, x := range s.Soak.Samples {
+		if x.ElapsedSeconds >= w.StartSeconds {
+			if rssMin == 0 || x.RSSBytes < rssMin {
+				rssMin = x.RSSBytes
+			}
+			rssMax, walMax = max(rssMax, x.RSSBytes), max(walMax, x.WALBytes)
+		}
+	}
+	p("After the warm-up (%s to the end): %s events/s, p50 %s ms, p99 %s ms, p99.9 %s ms over all its ops;\n",
+		seconds(w.StartSeconds), rate(w.EventsPerSec), num(w.P50Ms), num(w.P99Ms), num(w.P999Ms))
+	p("%s messages compacted and %s tombstones dropped. The daemon's RSS stayed between %s and %s, the\n",
+		rate(float64(w.Compacted)), rate(float64(w.Dropped)), bytesText(rssMin), bytesText(rssMax))
+	p("WAL at most %s. Compaction ran %s passes; the longest took %s ms, the writer's longest batch %s ms.\n\n",
+		bytesText(walMax), rate(float64(end.CompactionPasses)), num(end.CompactionMsMax), num(end.CommitMsMax))
+
+	p("**auto_vacuum.** The schema has none: the pages compaction frees go to SQLite's free-list and the\n")
+	p("writes that follow reuse them. ")
+	grew := end.DBBytes - half.DBBytes
+	if float64(grew) <= soakBoundedGrowth*float64(end.DBBytes) {
+		p("In the second half of the run the database file grew by %s (%s at %s, %s at the\n", bytesText(grew), bytesText(half.DBBytes), seconds(half.ElapsedSeconds), bytesText(end.DBBytes))
+		p("end); it last grew at %s, and %s of its %s pages were free at the end. Page reuse alone keeps\n", seconds(lastGrowth), rate(float64(end.FreePages)), rate(float64(end.Pages)))
+		p("the file bounded under a steady load, so the schema stays without auto_vacuum: `auto_vacuum =\n")
+		p("incremental`, a schema change with its migration, would only give back to the filesystem what a\n")
+		p("burst left free, where page reuse keeps the file at its high-water mark.\n\n")
+	} else {
+		p("It did not keep the file bounded in this run: in its second half the database file grew by %s\n", bytesText(grew))
+		p("(%s at %s, %s at the end, %s per minute), with %s of its %s pages free at the end.\n\n",
+			bytesText(half.DBBytes), seconds(half.ElapsedSeconds), bytesText(end.DBBytes),
+			bytesText(int64(float64(grew)/((end.ElapsedSeconds-half.ElapsedSeconds)/60))), rate(float64(end.FreePages)), rate(float64(end.Pages)))
+	}
+	writeSoakCompare(b, s)
+}
+
+func writeSoakCompare(b *strings.Builder, s *SoakResult) {
+	if len(s.Compare) == 0 || s.Pooled == nil {
+		return
+	}
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	st := s.Settings
+	p("### Write latency with and without compaction\n\n")
+	p("The same load at %d clients for the same time, each run on a fresh daemon: retention off (every\n", st.Clients)
+	p("event kept), then on (the settings above), in turn, %d times each, so that the machine's drift falls\n", st.ComparePairs)
+	p("on both alike. Each run warms up for %s, so that with retention on messages are being compacted and\n", seconds(st.WarmupSeconds))
+	p("tombstones dropped through the window, then measures %s. The goal: compaction costs the writes\n", seconds(st.CompareSeconds))
+	p("at most %.1fx in p99 and p99.9.\n\n", goalCompactionRatio)
+	p("| run | retention | events/s | p50 ms | p99 ms | p99.9 ms | compacted | dropped | database file at the end |\n")
+	p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for i, run := range s.Compare {
+		w := run.Window
+		last := run.Samples[len(run.Samples)-1]
+		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, onOff(run.Retention), rate(w.EventsPerSec),
+			num(w.P50Ms), num(w.P99Ms), num(w.P999Ms), rate(float64(w.Compacted)), rate(float64(w.Dropped)), bytesText(last.DBBytes))
+	}
+	p("\n| on ÷ off | p99 | p99.9 | within %.1fx |\n|---|---:|---:|---|\n", goalCompactionRatio)
+	line := func(name string, off, on SoakLatency) {
+		r99, r999 := on.P99Ms/off.P99Ms, on.P999Ms/off.P999Ms
+		p("| %s | %s | %s | %s |\n", name, ratio(on.P99Ms, off.P99Ms, true), ratio(on.P999Ms, off.P999Ms, true),
+			yesNo(r99 <= goalCompactionRatio && r999 <= goalCompactionRatio))
+	}
+	for i := 0; i+1 < len(s.Compare); i += 2 {
+		line(fmt.Sprintf("runs %d and %d", i+1, i+2), s.Compare[i].Window.SoakLatency, s.Compare[i+1].Window.SoakLatency)
+	}
+	line(fmt.Sprintf("pooled (p99 %s ms off, %s ms on; p99.9 %s ms off, %s ms on)", num(s.Pooled.Off.P99Ms), num(s.Pooled.On.P99Ms),
+		num(s.Pooled.Off.P999Ms), num(s.Pooled.On.P999Ms)), s.Pooled.Off, s.Pooled.On)
+	p("\n")
 }

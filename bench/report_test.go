@@ -209,7 +209,7 @@ func TestWriteOutputs_CarriesScale(t *testing.T) {
 	dir := t.TempDir()
 	old := fixedResults()
 	old.Scale = &ScaleResult{Events: 10_000_000, RestartToReadySeconds: 0.5}
-	if err := writeResults(filepath.Join(dir, "results.json"), old); err != nil {
+	if err := writeJSON(filepath.Join(dir, "results.json"), old); err != nil {
 		t.Fatal(err)
 	}
 	got, err := previousScale(filepath.Join(dir, "results.json"))
@@ -221,5 +221,55 @@ func TestWriteOutputs_CarriesScale(t *testing.T) {
 	}
 	if got, err := previousScale(filepath.Join(dir, "none.json")); got != nil || err != nil {
 		t.Errorf("previousScale of no file = %v, %v, want nil, nil", got, err)
+	}
+}
+
+// fixedSoak is a soak of 11 minutes sampled every 30 s whose database
+// file grows by growth each sample, or stops growing at 2 minutes when
+// growth is 0.
+func fixedSoak(growth int64) *SoakResult {
+	s := &SoakResult{Command: "bench/run --soak 11m0s",
+		Settings: SoakSettings{Clients: 64, StepBytes: 300, ConversationsPerClient: soakConversations, RetainFinished: "5s", RetainTombstones: "30s",
+			Seconds: 660, SampleSeconds: 30, WarmupSeconds: 39, CompareSeconds: 60, ComparePairs: 1}}
+	for i := range 23 {
+		db := min(int64(i), 4) * (10 << 20)
+		if growth > 0 {
+			db = int64(i) * growth
+		}
+		s.Soak.Samples = append(s.Soak.Samples, SoakSample{ElapsedSeconds: float64(i) * 30, DBBytes: db, WALBytes: 16 << 20,
+			Pages: db / 4096, FreePages: 100, RSSBytes: 60 << 20, Ops: 1, EventsPerSec: 9000, P99Ms: 20, P999Ms: 30})
+	}
+	s.Soak.Window = SoakWindow{StartSeconds: 60}
+	window := func(p99 float64) SoakWindow {
+		return SoakWindow{SoakLatency: SoakLatency{Ops: 1000, P50Ms: 5, P99Ms: p99, P999Ms: 2 * p99}}
+	}
+	s.Compare = []SoakRun{{Window: window(20), Samples: s.Soak.Samples}, {Retention: true, Window: window(22), Samples: s.Soak.Samples}}
+	s.Pooled = &SoakPooled{Off: window(20).SoakLatency, On: window(30).SoakLatency}
+	return s
+}
+
+func TestRenderReport_Soak(t *testing.T) {
+	r := fixedResults()
+	if strings.Contains(renderReport(r), "## Soak") {
+		t.Error("report has a soak section without a soak")
+	}
+	r.Soak = fixedSoak(0)
+	s := section(t, renderReport(r), "Soak")
+	for _, want := range []string{
+		"`bench/run --soak 11m0s`",
+		"| 1 min | 20.0 MiB | 100 of 5,120 | 16.0 MiB | 60.0 MiB | 9,000 | 20.0 | 30.0 |",
+		"| 5 min | 40.0 MiB |", "| 10 min | 40.0 MiB |", "| end (11m0s) | 40.0 MiB |",
+		"it last grew at 2m0s", "Page reuse alone keeps",
+		"| runs 1 and 2 | 1.10x | 1.10x | yes |",
+		"| 1.50x | 1.50x | no |", // pooled
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("soak section lacks %q:\n%s", want, s)
+		}
+	}
+	r.Soak = fixedSoak(1 << 20)
+	s = section(t, renderReport(r), "Soak")
+	if want := "did not keep the file bounded in this run: in its second half the database file grew by 11.0 MiB"; !strings.Contains(s, want) {
+		t.Errorf("soak section of a growing file lacks %q:\n%s", want, s)
 	}
 }

@@ -22,6 +22,9 @@ type Results struct {
 	// Scale is measured by a run of its own; a run that does not measure
 	// it carries it over from the results.json it replaces.
 	Scale *ScaleResult `json:"scale,omitempty"`
+	// Soak is measured by a run of its own too, kept in soak.json beside
+	// results.json.
+	Soak *SoakResult `json:"-"`
 }
 
 // Settings are the run's parameters.
@@ -143,15 +146,24 @@ func (r *Results) floor(name string) (Floor, bool) {
 // readResults reads the results.json at path. Returns an error wrapping
 // fs.ErrNotExist if there is none.
 func readResults(path string) (*Results, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	var r Results
+	if err := readJSON(path, &r); err != nil {
 		return nil, err
 	}
-	var r Results
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
 	return &r, nil
+}
+
+// readJSON reads the JSON file at path into v. Returns an error wrapping
+// fs.ErrNotExist if there is none.
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	return nil
 }
 
 // previousScale is the scale section of the results.json at path, or nil.
@@ -166,9 +178,9 @@ func previousScale(path string) (*ScaleResult, error) {
 	return r.Scale, nil
 }
 
-// writeResults writes r to path as indented JSON.
-func writeResults(path string, r *Results) error {
-	b, err := json.MarshalIndent(r, "", "  ")
+// writeJSON writes v to path as indented JSON.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}

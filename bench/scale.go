@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,16 +35,12 @@ func measureScale(ctx context.Context, bin, base string, events int64, progress 
 		return nil, err
 	}
 	r := &ScaleResult{LoadSeconds: time.Since(start).Seconds()}
-	status := fmt.Sprintf("/proc/%d/status", sys.srv.cmd.Process.Pid)
-	r.RSSAfterBytes, r.PeakRSSBytes = statusKB(status, "VmRSS"), statusKB(status, "VmHWM")
+	r.RSSAfterBytes, r.PeakRSSBytes = sys.status("VmRSS"), sys.status("VmHWM")
 	if err := sys.Stop(); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"liminald.db", "liminald.db-wal"} {
-		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil {
-			r.DBBytes += fi.Size()
-		}
-	}
+	db, wal := sys.fileSizes()
+	r.DBBytes = db + wal
 	restart := time.Now()
 	if err := sys.Start(ctx, dir); err != nil {
 		return nil, fmt.Errorf("restart: %w", err)
@@ -64,44 +58,22 @@ func measureScale(ctx context.Context, bin, base string, events int64, progress 
 // storeEvents runs lifecycles from scaleClients clients until at least
 // events events are stored, with a progress line every 10 s.
 func storeEvents(ctx context.Context, sys System, events int64, progress io.Writer) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	clients, err := dialAll(ctx, sys, scaleClients)
 	if err != nil {
 		return err
 	}
+	defer closeAll(clients)
 	var stored atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, scaleClients)
-	for i, c := range clients {
-		wg.Go(func() {
-			defer c.Close()
-			for n := 0; stored.Load() < events; n++ {
-				conv := fmt.Sprintf("scale-c%d-%d", i, n/messagesPerConversation)
-				msg := fmt.Sprintf("m-%d", n)
-				if err := lifecycle(ctx, c, conv, msg, time.Time{}, func(_ time.Time, e int64) { stored.Add(e) }); err != nil {
-					errs[i] = err
-					cancel()
-					return
-				}
-			}
-		})
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
+	load := lifecycleLoad{prefix: "scale", output: stepOutput,
+		more:   func() bool { return stored.Load() < events },
+		record: func(_ time.Time, e int64) { stored.Add(e) }}
 	start := time.Now()
-	for {
-		select {
-		case <-done:
-			return firstError(errs)
-		case <-tick.C:
-			n := stored.Load()
-			fmt.Fprintf(progress, "bench: scale: %s of %s events, %s events/s\n",
-				rate(float64(n)), rate(float64(events)), rate(float64(n)/time.Since(start).Seconds()))
-		}
-	}
+	return load.drive(ctx, clients, 10*time.Second, func() error {
+		n := stored.Load()
+		fmt.Fprintf(progress, "bench: scale: %s of %s events, %s events/s\n",
+			rate(float64(n)), rate(float64(events)), rate(float64(n)/time.Since(start).Seconds()))
+		return nil
+	})
 }
 
 // checkRestarted asks the restarted daemon about the first message the

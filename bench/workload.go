@@ -24,8 +24,8 @@ const (
 var allModes = []string{modeLifecycle, modeDecide, modeRedelivery}
 
 const (
-	// lifecycleSteps is the steps each message of the lifecycle load
-	// completes, each with a stepOutput.
+	// lifecycleSteps is the steps each message of a lifecycle load
+	// completes, each with an output (stepOutput but in the soak).
 	lifecycleSteps = 3
 	// messagesPerConversation is how many messages a lifecycle client puts
 	// in one conversation before it moves on to the next.
@@ -35,7 +35,8 @@ const (
 	knownConversations = 20
 )
 
-// stepOutput is the output of every step: 100 bytes.
+// stepOutput is the output of every step of the sweep, the preload and
+// the scale run: 100 bytes.
 var stepOutput = []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxyz!?")
 
 // point is one measurement: a workload at a number of clients.
@@ -91,12 +92,10 @@ func runClient(ctx context.Context, c Client, p point, idx int, w window) (clien
 	}
 	switch p.Mode {
 	case modeLifecycle:
-		for n := 0; time.Now().Before(w.end); n++ {
-			conv := fmt.Sprintf("%s-c%d-%d", p.Prefix, idx, n/messagesPerConversation)
-			msg := fmt.Sprintf("m-%d", n)
-			if err := lifecycle(ctx, c, conv, msg, w.end, record); err != nil {
-				return r, err
-			}
+		load := lifecycleLoad{prefix: p.Prefix, output: stepOutput, end: w.end,
+			more: func() bool { return time.Now().Before(w.end) }, record: record}
+		if err := load.run(ctx, c, idx); err != nil {
+			return r, err
 		}
 	case modeDecide, modeRedelivery:
 		if p.Known == 0 {
@@ -133,10 +132,76 @@ type lifecycleOp struct {
 	do   func() error
 }
 
-// lifecycle takes a new message through receive, start, the steps and
-// finish, stopping early at end unless it is zero; it calls record, unless
-// nil, after each op with the events it appended.
-func lifecycle(ctx context.Context, c Client, conv, msg string, end time.Time, record func(start time.Time, events int64)) error {
+// lifecycleLoad is what one client of a lifecycle load does: new messages
+// m-0, m-1, … through their lifecycles, while more holds.
+type lifecycleLoad struct {
+	// prefix starts the names of the client's conversations,
+	// prefix-c<client>-<k>: the client moves to the next k every
+	// messagesPerConversation messages.
+	prefix string
+	// convs, unless 0, is how many conversations each client has: after
+	// the last it starts again at k = 0, with new messages, so that the
+	// set of conversations stays fixed.
+	convs  int
+	output []byte    // of each step
+	end    time.Time // no op starts at or after it, unless zero
+	more   func() bool
+	record func(start time.Time, events int64) // after each op, unless nil; may be called from every client at once
+}
+
+// run runs the load as client number idx on c, until more is false or an
+// op fails.
+func (l lifecycleLoad) run(ctx context.Context, c Client, idx int) error {
+	for n := 0; l.more(); n++ {
+		k := n / messagesPerConversation
+		if l.convs > 0 {
+			k %= l.convs
+		}
+		conv := fmt.Sprintf("%s-c%d-%d", l.prefix, idx, k)
+		if err := lifecycle(ctx, c, conv, fmt.Sprintf("m-%d", n), l.output, l.end, l.record); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drive runs the load on each of clients at once, calling tick every
+// interval meanwhile, until every client stops. The first error of a
+// client or of tick stops the others, and is returned.
+func (l lifecycleLoad) drive(ctx context.Context, clients []Client, every time.Duration, tick func() error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(clients)+1)
+	for i, c := range clients {
+		wg.Go(func() {
+			if errs[i] = l.run(ctx, c, i); errs[i] != nil {
+				cancel()
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return firstError(errs)
+		case <-t.C:
+			if errs[len(clients)] == nil {
+				if errs[len(clients)] = tick(); errs[len(clients)] != nil {
+					cancel()
+				}
+			}
+		}
+	}
+}
+
+// lifecycle takes a new message through receive, start, the steps (each
+// with output) and finish, stopping early at end unless it is zero; it
+// calls record, unless nil, after each op with the events it appended.
+func lifecycle(ctx context.Context, c Client, conv, msg string, output []byte, end time.Time, record func(start time.Time, events int64)) error {
 	if record == nil {
 		record = func(time.Time, int64) {}
 	}
@@ -151,7 +216,7 @@ func lifecycle(ctx context.Context, c Client, conv, msg string, end time.Time, r
 	record(start, 1)
 	ops := []lifecycleOp{{"start", func() error { return c.Start(ctx, conv, msg) }}}
 	for i := range uint32(lifecycleSteps) {
-		ops = append(ops, lifecycleOp{fmt.Sprintf("step %d", i), func() error { return c.Step(ctx, conv, msg, i, stepOutput) }})
+		ops = append(ops, lifecycleOp{fmt.Sprintf("step %d", i), func() error { return c.Step(ctx, conv, msg, i, output) }})
 	}
 	ops = append(ops, lifecycleOp{"finish", func() error { return c.Finish(ctx, conv, msg) }})
 	for _, op := range ops {
@@ -320,7 +385,7 @@ func preload(ctx context.Context, sys System, count int) error {
 			defer c.Close()
 			for i := k; i < count; i += workers {
 				conv, msg := knownMessage(i)
-				if err := lifecycle(ctx, c, conv, msg, time.Time{}, nil); err != nil {
+				if err := lifecycle(ctx, c, conv, msg, stepOutput, time.Time{}, nil); err != nil {
 					errs[k] = err
 					return
 				}
