@@ -315,6 +315,9 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		return Outcome{Decision: d}, nil
 	}
 	if m == nil {
+		if k.Horizon.Set {
+			return Outcome{}, errForgottenMessage
+		}
 		return Outcome{}, ErrUnknownMessage
 	}
 	if m.Status == StatusFinished {
@@ -322,7 +325,7 @@ func Evaluate(c *Command, k Known) (Outcome, error) {
 		case OpFinish:
 			return Outcome{Seq: m.LastSeq, Duplicate: true}, nil
 		case OpRenew:
-			return Outcome{}, &FencedError{Token: c.Token, CurrentToken: m.StartedSeq}
+			return Outcome{}, &FencedError{Token: c.Token, CurrentToken: m.StartedSeq, Compacted: m.Compacted}
 		case OpRelease:
 			return Outcome{}, ErrNotQuarantined
 		}

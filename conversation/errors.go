@@ -15,6 +15,9 @@ var (
 	// ErrUnknownMessage: a start, step, finish or fail for a message that was
 	// never received.
 	ErrUnknownMessage = errors.New("message was never received")
+	// errForgottenMessage is ErrUnknownMessage in a conversation that
+	// dropped tombstones: the message may be one it forgot.
+	errForgottenMessage = fmt.Errorf("%w, or it finished before the conversation's forgotten_before and was forgotten", ErrUnknownMessage)
 	// ErrAlreadyFinished: a start, step or fail after the message finished.
 	ErrAlreadyFinished = errors.New("message already finished")
 	// ErrStepConflict: a completed step recorded again with other output.
@@ -55,14 +58,19 @@ func (e *BusyError) Error() string {
 // progress.
 type FencedError struct {
 	Token        int64 // the request's token
-	CurrentToken int64 // the message's token, 0 if it was never started
+	CurrentToken int64 // the message's token, 0 if it was never started or is compacted
+	// Compacted is set when the message is a tombstone, which keeps no
+	// token (SPEC §8).
+	Compacted bool
 }
 
 func (e *FencedError) Error() string {
-	switch e.CurrentToken {
-	case 0:
+	switch {
+	case e.Compacted:
+		return fmt.Sprintf("token %d is not current: the message finished and was compacted, and its tombstone keeps no token", e.Token)
+	case e.CurrentToken == 0:
 		return fmt.Sprintf("token %d is not current: the message was never started", e.Token)
-	case e.Token: // a renew of a message no longer in progress
+	case e.CurrentToken == e.Token: // a renew of a message no longer in progress
 		return fmt.Sprintf("token %d is current, but the message is no longer in progress: there is no lease to renew", e.Token)
 	}
 	return fmt.Sprintf("token %d is not current: the message's token is %d", e.Token, e.CurrentToken)

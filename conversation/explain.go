@@ -12,7 +12,7 @@ func Reason(d Decision, m *Message, mo Moment) string {
 	switch d.Rule {
 	case RuleNeverSeen:
 		if d.Horizon.Set {
-			return fmt.Sprintf("No message_received event or tombstone names this message, so it is not known, but the conversation forgot messages finished up to %s: without sent_at it cannot tell whether this one was among them, so the caller judges; a receive appends a message_received and the caller starts it from step 0.",
+			return fmt.Sprintf("No message_received event or tombstone names this message, so it is not known; the conversation forgot the messages that finished up to %s, and a message sent after that was not among them (given without sent_at, the caller judges): a receive appends a message_received and the caller starts it from step 0.",
 				MillisTime(d.Horizon.Before))
 		}
 		return "No message_received event names this message, so it was never seen: a receive appends one and the caller starts it from step 0."

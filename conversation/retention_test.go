@@ -158,3 +158,18 @@ func TestState_RestoreAndGaps(t *testing.T) {
 		t.Fatal("a conversation without compaction accepted a gap")
 	}
 }
+
+func TestEvaluate_ErrorsSayWhatRetentionDid(t *testing.T) {
+	var fe *FencedError
+	_, err := Evaluate(ptr(renewCmd(1, 1000)), Known{Next: 10, Message: compactedMsg()})
+	if !errors.As(err, &fe) || !fe.Compacted || fe.CurrentToken != 0 || !strings.Contains(err.Error(), "compacted") {
+		t.Errorf("renew of a compacted message: %v, want fenced saying it was compacted", err)
+	}
+	_, err = Evaluate(ptr(finishCmd()), Known{Next: 10, Horizon: Horizon{Before: 7000, Set: true}})
+	if !errors.Is(err, ErrUnknownMessage) || !strings.Contains(err.Error(), "forgotten") {
+		t.Errorf("finish of an unknown message past a horizon: %v, want unknown_message saying it may be forgotten", err)
+	}
+	if _, err = Evaluate(ptr(finishCmd()), Known{Next: 10}); err != ErrUnknownMessage {
+		t.Errorf("finish of an unknown message without a horizon: %v, want ErrUnknownMessage itself", err)
+	}
+}
