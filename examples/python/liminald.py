@@ -267,6 +267,18 @@ class Decision:
     ``error``; release it to try again).  A "resume" asked ``with_steps``
     carries ``steps``, the completed steps (:class:`Step`, seq None), so
     the worker needs no second round trip: see :meth:`output`.
+
+    Retention (a daemon run with ``--retain-finished`` and
+    ``--retain-tombstones``) adds ``compacted``, true for a "skip" of a
+    message whose events were compacted into a tombstone, and one more
+    action, "forgotten": the conversation does not know the message, and
+    the ``sent_at`` the delivery gave is at or before the conversation's
+    ``forgotten_before`` (epoch ms), the finish time of the newest
+    tombstone it dropped.  It may have been processed and forgotten, so
+    nothing was appended and the caller chooses: process it again
+    (``receive`` it without ``sent_at``, which starts it) or set it
+    aside.  A "start" carries ``forgotten_before`` too when the
+    conversation has one, so a caller that gave no ``sent_at`` can judge.
     """
     action: str
     resume_from: Optional[int] = None
@@ -278,6 +290,8 @@ class Decision:
     attempts: Optional[int] = None
     error: Optional[str] = None
     steps: Optional[list] = None
+    compacted: bool = False
+    forgotten_before: Optional[int] = None
 
     def output(self, step_index: int) -> Optional[bytes]:
         """The output of a completed step, from ``steps``, or None."""
@@ -345,7 +359,9 @@ class MessageState:
     Protocol 2 adds ``attempts`` (starts since it was received or
     released), ``token`` (of its latest start, None if never started),
     ``worker``, ``lease_expires_at`` (None unless leased now),
-    ``quarantined`` and ``fingerprint``."""
+    ``quarantined`` and ``fingerprint``.  With retention, ``compacted`` is
+    true for a tombstone: "finished", its events gone, so no steps and no
+    ``received_at``."""
     status: str
     received_at: Optional[int]
     last_completed_step: Optional[int]
@@ -357,6 +373,7 @@ class MessageState:
     lease_expires_at: Optional[int] = None
     quarantined: bool = False
     fingerprint: Optional[str] = None
+    compacted: bool = False
 
     def output(self, step_index: int) -> Optional[bytes]:
         """The output of a completed step, or None."""
@@ -400,9 +417,14 @@ class Explanation:
 @dataclass(frozen=True)
 class ConversationState:
     """The state of a conversation (``state(conversation)``): its next seq,
-    and its messages counted by status (with "total")."""
+    its messages counted by status (with "total"; a tombstone counts as
+    finished), how many of its messages were ``compacted``, and its
+    ``forgotten_before`` (epoch ms: the finish time of the newest tombstone
+    it dropped; None when none was)."""
     next_seq: int
     messages: dict
+    compacted: int = 0
+    forgotten_before: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -601,22 +623,28 @@ class Client:
 
     def receive(self, conversation: str, message_id: str, received_at: Optional[int] = None,
                 expected_seq: Optional[int] = None, *, fingerprint: Optional[str] = None,
-                with_steps: bool = False) -> Decision:
+                sent_at: Optional[int] = None, with_steps: bool = False) -> Decision:
         """Records a delivery of a message and returns what to do with it.
         ``received_at`` is in epoch milliseconds (default: the daemon's now).
         ``fingerprint`` names the payload (e.g. its sha256): the first
         receive stores it, and a later one with another raises
-        :class:`FingerprintMismatch`.  With ``with_steps``, a "resume"
-        carries the completed steps' outputs."""
+        :class:`FingerprintMismatch`.  ``sent_at`` is when the message was
+        first produced (epoch ms, e.g. its broker's timestamp): a message
+        the conversation does not know, sent at or before its
+        ``forgotten_before``, is decided "forgotten" and nothing is
+        appended.  With ``with_steps``, a "resume" carries the completed
+        steps' outputs."""
         return _decision(self.request("receive", conversation=conversation, message_id=message_id,
                                       received_at=received_at, expected_seq=expected_seq,
-                                      fingerprint=fingerprint, with_steps=with_steps or None))
+                                      fingerprint=fingerprint, sent_at=sent_at,
+                                      with_steps=with_steps or None))
 
     def decide(self, conversation: str, message_id: str, *, fingerprint: Optional[str] = None,
-               with_steps: bool = False) -> Decision:
+               sent_at: Optional[int] = None, with_steps: bool = False) -> Decision:
         """The decision ``receive`` would give, without recording anything."""
         return _decision(self.request("decide", conversation=conversation, message_id=message_id,
-                                      fingerprint=fingerprint, with_steps=with_steps or None))
+                                      fingerprint=fingerprint, sent_at=sent_at,
+                                      with_steps=with_steps or None))
 
     def start(self, conversation: str, message_id: str, expected_seq: Optional[int] = None, *,
               worker: Optional[str] = None, lease_ms: Optional[int] = None) -> Ack:
@@ -685,14 +713,17 @@ class Client:
         :class:`ConversationState`."""
         r = self.request("state", conversation=conversation, message_id=message_id)
         if message_id is None:
-            return ConversationState(next_seq=r["next_seq"], messages=r["messages"])
+            return ConversationState(next_seq=r["next_seq"], messages=r["messages"],
+                                     compacted=r.get("compacted", 0),
+                                     forgotten_before=r.get("forgotten_before"))
         return MessageState(
             status=r["status"], received_at=r.get("received_at"),
             last_completed_step=r.get("last_completed_step"),
             steps=_steps(r) or [],
             error=r.get("error"), attempts=r.get("attempts", 0), token=r.get("token"),
             worker=r.get("worker"), lease_expires_at=r.get("lease_expires_at"),
-            quarantined=bool(r.get("quarantined", False)), fingerprint=r.get("fingerprint"))
+            quarantined=bool(r.get("quarantined", False)), fingerprint=r.get("fingerprint"),
+            compacted=bool(r.get("compacted", False)))
 
     def read(self, conversation: str, from_seq: int = 0, limit: Optional[int] = None):
         """Up to ``limit`` events (default 1000, at most 10000) of a
@@ -732,11 +763,11 @@ class Client:
         return [MessageInfo.from_wire(m) for m in r["messages"]], r.get("next")
 
     def explain(self, conversation: str, message_id: str, *, fingerprint: Optional[str] = None,
-                with_steps: bool = False) -> Explanation:
+                sent_at: Optional[int] = None, with_steps: bool = False) -> Explanation:
         """Why a delivery of the message would get the decision it would:
         see :class:`Explanation`."""
         r = self.request("explain", conversation=conversation, message_id=message_id,
-                         fingerprint=fingerprint, with_steps=with_steps or None)
+                         fingerprint=fingerprint, sent_at=sent_at, with_steps=with_steps or None)
         return Explanation(decision=_decision(r), rule=r["rule"], reason=r["reason"],
                            events=[Event.from_wire(e) for e in r.get("events") or []])
 
@@ -749,7 +780,11 @@ class Client:
 
     def stats(self) -> dict:
         """The daemon's figures: conversations, messages, events, db_bytes,
-        uptime_s, connections, subscribers and commits."""
+        uptime_s, connections, subscribers and commits, and retention's:
+        compacted (messages ever compacted), tombstones (kept now),
+        tombstones_dropped, forgotten_before (the newest of any
+        conversation, or None) and compaction (passes, failed, ms_total,
+        ms_max)."""
         return self.request("stats")
 
 
@@ -890,7 +925,9 @@ def _decision(r: dict) -> Decision:
     return Decision(action=action, resume_from=resume_from, seq=r.get("seq"),
                     duplicate=bool(r.get("duplicate", False)), worker=r.get("worker"),
                     token=r.get("token"), retry_after_ms=r.get("retry_after_ms"),
-                    attempts=r.get("attempts"), error=r.get("error"), steps=_steps(r))
+                    attempts=r.get("attempts"), error=r.get("error"), steps=_steps(r),
+                    compacted=bool(r.get("compacted", False)),
+                    forgotten_before=r.get("forgotten_before"))
 
 
 def _ack(r: dict) -> Ack:

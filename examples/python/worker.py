@@ -10,7 +10,15 @@ For each message id given, on a (re)delivery:
    Two decisions mean "not now": ``busy`` (another worker holds a live lease
    on it: redeliver it after ``retry_after_ms``) and ``quarantined`` (it was
    started ``--max-attempts`` times without finishing: an operator releases
-   it).  The worker runs nothing for either;
+   it).  The worker runs nothing for either.  On a daemon that forgets
+   (retention), ``receive`` is given the message's ``--sent-at`` (when it
+   was produced: a broker's timestamp) and may answer ``forgotten``: the
+   conversation does not know the message, but forgot messages finished
+   after it was sent, so it may have been processed already.  The daemon
+   cannot tell, so the worker follows ``--on-forgotten``: ``skip`` (the
+   default) runs nothing and reports it, for an operator to judge (where a
+   real worker would dead-letter it); ``process`` receives it again
+   without ``sent_at``, which records it as new, and processes it;
 2. ``start`` with this worker's name and a lease records that processing
    (re)starts and answers a token.  If another worker's start got there
    first, this one is refused with ``busy`` and runs nothing;
@@ -36,6 +44,7 @@ redelivery is ``busy``.
 Usage:
     python3 worker.py [--socket PATH] [--conversation C] [--steps N]
                       [--worker NAME] [--lease-ms MS]
+                      [--sent-at MS] [--on-forgotten {skip,process}]
                       [--crash-after-step N] MESSAGE_ID...
 
 It prints one line per decision and per step, such as
@@ -58,6 +67,10 @@ from liminald import AlreadyFinished, Busy, Client, Fenced, Quarantined  # noqa:
 
 DEFAULT_LEASE_MS = 30_000
 
+# What to do with a delivery the daemon answers "forgotten" (see
+# process): set it aside and report it, or process it again.
+ON_FORGOTTEN = ("skip", "process")
+
 
 def default_worker_name() -> str:
     """A name no other live process uses: host and pid."""
@@ -77,21 +90,44 @@ def _print(line: str) -> None:
 def process(client: Client, conversation: str, message_id: str, steps: int,
             crash_after_step: int | None = None, *, worker: str | None = None,
             lease_ms: int = DEFAULT_LEASE_MS, renew_every: float | None = None,
-            fingerprint: str | None = None,
+            fingerprint: str | None = None, sent_at: int | None = None,
+            on_forgotten: str = "skip",
             run: Callable[[int, str, Optional[bytes]], bytes] = run_step,
             log: Callable[[str], None] = _print) -> str:
     """Processes one delivery of a message.
 
     Returns the decision's action ("start" or "resume") once the message is
-    finished, or why it ran nothing more: "skip", "busy", "quarantined", or
-    "fenced" (the lease was lost mid-message; another worker has it).
+    finished, or why it ran nothing more: "skip", "busy", "quarantined",
+    "forgotten" (set aside, see below), or "fenced" (the lease was lost
+    mid-message; another worker has it).
     ``run(index, message_id, previous_output)`` is a step's work (its side
     effects); ``renew_every`` is passed to :meth:`Client.lease`.
+
+    ``sent_at`` is when the message was produced (epoch ms, a broker's
+    timestamp).  When the daemon answers "forgotten" (it does not know the
+    message, and forgot messages finished after ``sent_at``, so this one
+    may have been processed and forgotten), ``on_forgotten`` decides:
+    "skip" runs nothing and logs it, for an operator to judge (a real
+    worker would dead-letter it here); "process" receives it again without
+    ``sent_at``, which records it as a new message, and processes it.
     """
+    if on_forgotten not in ON_FORGOTTEN:
+        raise ValueError(f"on_forgotten must be one of {ON_FORGOTTEN}, not {on_forgotten!r}")
     m = message_id
-    decision = client.receive(conversation, m, fingerprint=fingerprint, with_steps=True)
+    decision = client.receive(conversation, m, fingerprint=fingerprint, sent_at=sent_at,
+                              with_steps=True)
+    again = False  # a forgotten message received again, to be processed
+    if decision.action == "forgotten":
+        what = (f"{m}: forgotten: sent at {sent_at}, at or before the conversation's "
+                f"forgotten_before {decision.forgotten_before}, so it may have been processed")
+        if on_forgotten == "skip":
+            log(f"{what}; skipped, not processed (on_forgotten=skip)")
+            return "forgotten"
+        log(f"{what}; processing it again (on_forgotten=process)")
+        decision = client.receive(conversation, m, fingerprint=fingerprint, with_steps=True)
+        again = True
     if decision.action == "skip":
-        log(f"{m}: skip")
+        log(f"{m}: skip (compacted)" if decision.compacted else f"{m}: skip")
         return "skip"
     if decision.action == "busy":
         log(f"{m}: busy: worker {decision.worker} holds it (token {decision.token}); "
@@ -103,7 +139,13 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
     if decision.action not in ("start", "resume"):
         log(f"{m}: {decision.action}: not processed")
         return decision.action
-    log(f"{m}: {decision.action} from {decision.resume_from}")
+    if decision.forgotten_before is not None and sent_at is None and not again:
+        # Without sent_at the daemon could not tell: say so.
+        log(f"{m}: {decision.action} from {decision.resume_from} (no sent_at, and the "
+            f"conversation forgot messages finished up to {decision.forgotten_before}: "
+            f"it may have been processed before)")
+    else:
+        log(f"{m}: {decision.action} from {decision.resume_from}")
 
     try:
         lease = client.lease(conversation, m, worker or default_worker_name(), lease_ms,
@@ -154,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help="this worker's name (default: host-pid)")
     p.add_argument("--lease-ms", type=int, default=DEFAULT_LEASE_MS,
                    help=f"the lease's length, renewed at a third of it (default {DEFAULT_LEASE_MS})")
+    p.add_argument("--sent-at", type=int, metavar="MS",
+                   help="when the messages were produced, in epoch ms (a broker's timestamp), "
+                        "passed to receive as sent_at")
+    p.add_argument("--on-forgotten", choices=ON_FORGOTTEN, default="skip",
+                   help="a message the daemon answers forgotten (it may have been processed "
+                        "and forgotten): skip and report it (default), or process it again")
     env_crash = os.environ.get("CRASH_AFTER_STEP")
     p.add_argument("--crash-after-step", type=int,
                    default=int(env_crash) if env_crash else None,
@@ -164,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     with Client(args.socket) as client:
         for message_id in args.message_ids:
             process(client, args.conversation, message_id, args.steps, args.crash_after_step,
-                    worker=args.worker, lease_ms=args.lease_ms)
+                    worker=args.worker, lease_ms=args.lease_ms, sent_at=args.sent_at,
+                    on_forgotten=args.on_forgotten)
     return 0
 
 
