@@ -570,18 +570,29 @@ export class Client {
    * fingerprint names the payload (stored by the first receive; another one
    * later rejects with FingerprintMismatchError); with withSteps, a resume
    * carries steps: [{ stepIndex, output }], the completed steps.
+   *
+   * Retention (a daemon run with --retain-finished and --retain-tombstones)
+   * adds { decision: 'skip', compacted: true } for a message whose events
+   * were compacted into a tombstone, and { decision: 'forgotten',
+   * forgottenBefore }: the conversation does not know the message, and
+   * sentAt (when it was first produced, epoch ms, such as the broker's
+   * timestamp) is at or before the conversation's forgottenBefore, the
+   * finish time of the newest tombstone it dropped. It may have been
+   * processed and forgotten: nothing is appended, and the caller chooses
+   * (receive it again without sentAt to start it, or set it aside). A
+   * start carries forgottenBefore too when the conversation has one.
    */
-  receive(conversation, messageId, { receivedAt, expectedSeq, fingerprint, withSteps } = {}) {
+  receive(conversation, messageId, { receivedAt, expectedSeq, fingerprint, sentAt, withSteps } = {}) {
     return this.#send('receive', {
       conversation, message_id: messageId, received_at: receivedAt, expected_seq: expectedSeq,
-      fingerprint, with_steps: withSteps || undefined,
+      fingerprint, sent_at: sentAt, with_steps: withSteps || undefined,
     }, decisionResult);
   }
 
   /** The decision receive would give, without recording anything. */
-  decide(conversation, messageId, { fingerprint, withSteps } = {}) {
+  decide(conversation, messageId, { fingerprint, sentAt, withSteps } = {}) {
     return this.#send('decide', {
-      conversation, message_id: messageId, fingerprint, with_steps: withSteps || undefined,
+      conversation, message_id: messageId, fingerprint, sent_at: sentAt, with_steps: withSteps || undefined,
     }, decisionResult);
   }
 
@@ -664,8 +675,12 @@ export class Client {
 
   /**
    * Without messageId: { nextSeq, messages: { received, inProgress, errored,
-   * finished, total } }. With it: { status, receivedAt, lastCompletedStep,
-   * steps: [{ stepIndex, seq, output: Buffer }], error }.
+   * finished, total }, compacted, forgottenBefore } (the messages it
+   * compacted; the finish time of the newest tombstone it dropped, or
+   * null). With it: { status, receivedAt, lastCompletedStep, steps:
+   * [{ stepIndex, seq, output: Buffer }], error, attempts, token, worker,
+   * leaseExpiresAt, quarantined, fingerprint, compacted } (compacted: a
+   * tombstone, finished, with no steps and a null receivedAt).
    */
   state(conversation, messageId) {
     return this.#send('state', { conversation, message_id: messageId }, (reply) => {
@@ -731,9 +746,9 @@ export class Client {
    * (decision, resumeFrom, worker, ...), rule (such as 'leased' or
    * 'quarantined'), reason (one English sentence) and events (the message's).
    */
-  explain(conversation, messageId, { fingerprint, withSteps } = {}) {
+  explain(conversation, messageId, { fingerprint, sentAt, withSteps } = {}) {
     return this.#send('explain', {
-      conversation, message_id: messageId, fingerprint, with_steps: withSteps || undefined,
+      conversation, message_id: messageId, fingerprint, sent_at: sentAt, with_steps: withSteps || undefined,
     }, (reply) => {
       const { events, ...rest } = reply;
       const out = decisionResult(rest);
@@ -747,7 +762,11 @@ export class Client {
     return this.#send('conversations', { after, limit }, (reply) => camelize(reply.conversations));
   }
 
-  /** { conversations, messages, events, dbBytes, uptimeS, connections, subscribers, commits: {...} } */
+  /**
+   * { conversations, messages, events, dbBytes, uptimeS, connections,
+   * subscribers, commits: {...}, compacted, tombstones, tombstonesDropped,
+   * forgottenBefore, compaction: { passes, failed, msTotal, msMax } }
+   */
   stats() {
     return this.#send('stats', {}, result);
   }

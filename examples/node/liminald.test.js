@@ -235,6 +235,7 @@ test('a full lifecycle', { timeout: TEST_TIMEOUT }, async (t) => {
     leaseExpiresAt: null,
     quarantined: false,
     fingerprint: null,
+    compacted: false,
   });
   const { events, nextSeq } = await c.read(conv);
   assert.equal(nextSeq, 8);
@@ -383,7 +384,7 @@ test('state, read, conversations and stats', { timeout: TEST_TIMEOUT }, async (t
   const c = await client(t);
   const conv = 'list-sr';
   assert.deepEqual(await c.state(conv), {
-    nextSeq: 0, messages: { received: 0, inProgress: 0, errored: 0, finished: 0, total: 0 },
+    nextSeq: 0, messages: { received: 0, inProgress: 0, errored: 0, finished: 0, total: 0 }, compacted: 0, forgottenBefore: null,
   });
   const bytes = Buffer.from([0xff, 0xfe, 0x00, 0x80, 0x0a]); // not UTF-8, with a newline
   await c.receive(conv, 'a', { receivedAt: 1000 });
@@ -398,7 +399,7 @@ test('state, read, conversations and stats', { timeout: TEST_TIMEOUT }, async (t
   await c.fail(conv, 'd', 'bad input');
 
   assert.deepEqual(await c.state(conv), {
-    nextSeq: 10, messages: { received: 1, inProgress: 1, errored: 1, finished: 1, total: 4 },
+    nextSeq: 10, messages: { received: 1, inProgress: 1, errored: 1, finished: 1, total: 4 }, compacted: 0, forgottenBefore: null,
   });
   const a = await c.state(conv, 'a');
   assert.equal(a.status, 'finished');
@@ -408,7 +409,7 @@ test('state, read, conversations and stats', { timeout: TEST_TIMEOUT }, async (t
   assert.equal(a.error, null);
   assert.equal((await c.state(conv, 'b')).status, 'in_progress');
   assert.equal((await c.state(conv, 'c')).status, 'received');
-  const noLease = { worker: null, leaseExpiresAt: null, quarantined: false, fingerprint: null };
+  const noLease = { worker: null, leaseExpiresAt: null, quarantined: false, fingerprint: null, compacted: false };
   assert.deepEqual(await c.state(conv, 'd'), {
     status: 'errored', receivedAt: (await c.state(conv, 'd')).receivedAt, lastCompletedStep: null, steps: [], error: 'bad input',
     attempts: 0, token: null, ...noLease,
@@ -472,6 +473,9 @@ test('state, read, conversations and stats', { timeout: TEST_TIMEOUT }, async (t
   assert.equal(typeof stats.uptimeS, 'number');
   assert.equal(typeof stats.commits.count, 'number');
   assert.equal(typeof stats.commits.commitMsAvg, 'number');
+  // Retention's figures: this daemon keeps everything.
+  assert.deepEqual([stats.compacted, stats.tombstones, stats.tombstonesDropped, stats.forgottenBefore], [0, 0, 0, null]);
+  assert.deepEqual(Object.keys(stats.compaction).sort(), ['failed', 'msMax', 'msTotal', 'passes']);
 });
 
 test('subscribe receives live events, catches up, and ends', { timeout: TEST_TIMEOUT }, async (t) => {
@@ -989,6 +993,8 @@ test('bad protocol-2 arguments are bad_request naming the field', { timeout: TES
     [() => c.finish(conv, 'm', { token: -1 }), 'token'],
     [() => c.receive(conv, 'm', { fingerprint: '' }), 'fingerprint'],
     [() => c.decide(conv, 'm', { fingerprint: '' }), 'fingerprint'],
+    [() => c.receive(conv, 'm', { sentAt: -1 }), 'sent_at'],
+    [() => c.decide(conv, 'm', { sentAt: 1.5 }), 'sent_at'],
     [() => c.release(conv, 'm', { reason: '' }), 'reason'],
     [() => c.messages(conv, { status: 'bogus' }), 'status'],
     [() => c.messages(conv, { limit: 1001 }), 'limit'],
@@ -1237,6 +1243,209 @@ test('max_attempts: a message failing twice is quarantined until released', { ti
     await waitForDecision(c, conv, 'crashy', 'resume');
     await c.start(conv, 'crashy', { worker: 'w2', leaseMs: 1 });
     assert.deepEqual(await waitForDecision(c, conv, 'crashy', 'quarantined'), { decision: 'quarantined', attempts: 2, error: null });
+  } finally {
+    await c.close();
+    await d.stop();
+  }
+});
+
+// ------------------------------------------------------------------ retention
+
+const PRODUCED_AT = 1_732_672_000_000; // when the tests' messages were produced: long ago
+
+// Polls probe() until it resolves with something truthy, and returns that;
+// fails after half of TEST_TIMEOUT.
+async function waitUntil(what, probe) {
+  const deadline = Date.now() + TEST_TIMEOUT / 2;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${TEST_TIMEOUT / 2} ms`);
+    await delay(20);
+  }
+}
+
+// Receives msg (sent at PRODUCED_AT), starts it, records a step and finishes it.
+async function finishMessage(c, conv, msg) {
+  await c.receive(conv, msg, { sentAt: PRODUCED_AT });
+  await c.start(conv, msg, { worker: 'w', leaseMs: 60_000 });
+  await c.step(conv, msg, 0, 'x');
+  await c.finish(conv, msg);
+}
+
+// Finishes msgs and waits until their tombstones were dropped; resolves with
+// the conversation's forgottenBefore.
+async function forget(c, conv, ...msgs) {
+  for (const msg of msgs) await finishMessage(c, conv, msg);
+  await waitUntil('the tombstones dropped', async () => {
+    const states = await Promise.all(msgs.map((msg) => c.state(conv, msg)));
+    return states.every((st) => st.status === 'unknown');
+  });
+  const st = await c.state(conv);
+  assert.deepEqual([st.compacted, st.messages.total], [msgs.length, 0]);
+  assert.equal(typeof st.forgottenBefore, 'number');
+  return st.forgottenBefore;
+}
+
+test('retention: a finished message is compacted, and its redeliveries skip it', { timeout: TEST_TIMEOUT }, async () => {
+  // Compacted 1 ms after it finished; its tombstone is kept.
+  const d = await startDaemon('compaction', ['--retain-finished', '1ms']);
+  const c = d.first;
+  try {
+    const conv = 'ret-compact';
+    const msg = 'done';
+    // No horizon yet: a plain start.
+    assert.deepEqual(await c.receive(conv, msg, { fingerprint: 'sha256:aa', sentAt: PRODUCED_AT }), { decision: 'start', seq: 0 });
+    await c.start(conv, msg, { worker: 'w', leaseMs: 60_000 });
+    await c.step(conv, msg, 0, 'charged');
+    assert.deepEqual(await c.finish(conv, msg), { seq: 3, duplicate: false });
+    await c.receive(conv, 'open'); // not finished: kept whole
+
+    // Compaction runs in the background: the message's state says when.
+    const st = await waitUntil('compaction of the finished message', async () => {
+      const s = await c.state(conv, msg);
+      return s.compacted && s;
+    });
+    assert.deepEqual(st, {
+      status: 'finished', receivedAt: null, lastCompletedStep: null, steps: [], error: null, attempts: 1,
+      token: null, worker: null, leaseExpiresAt: null, quarantined: false, fingerprint: 'sha256:aa', compacted: true,
+    });
+    assert.deepEqual(await c.state(conv), {
+      nextSeq: 5, messages: { received: 1, inProgress: 0, errored: 0, finished: 1, total: 2 }, compacted: 1, forgottenBefore: null,
+    });
+
+    // Its redeliveries are skipped, with or without sentAt, and append nothing.
+    const skip = { decision: 'skip', compacted: true };
+    assert.deepEqual(await c.receive(conv, msg), skip);
+    assert.deepEqual(await c.receive(conv, msg, { sentAt: PRODUCED_AT }), skip);
+    assert.deepEqual(await c.decide(conv, msg, { sentAt: PRODUCED_AT }), skip);
+    const x = await c.explain(conv, msg);
+    assert.deepEqual([x.decision, x.compacted, x.rule, x.events], ['skip', true, 'compacted', []]);
+    await assert.rejects(c.receive(conv, msg, { fingerprint: 'sha256:bb' }), FingerprintMismatchError); // the tombstone keeps it
+
+    // Writes answer as for a finished message; its retried finish is a duplicate.
+    assert.deepEqual(await c.finish(conv, msg, { expectedSeq: 3 }), { seq: 3, duplicate: true });
+    await assert.rejects(c.start(conv, msg), AlreadyFinishedError);
+    await assert.rejects(c.step(conv, msg, 1, ''), AlreadyFinishedError);
+    await assert.rejects(c.fail(conv, msg, 'late'), AlreadyFinishedError);
+
+    // Its events are gone: the log has a gap, and seqs are not reused.
+    const { events, nextSeq } = await c.read(conv);
+    assert.deepEqual([events.map((e) => [e.seq, e.messageId]), nextSeq], [[[4, 'open']], 5]);
+    const listed = await c.messages(conv);
+    assert.deepEqual(listed.messages.map((m) => [m.messageId, m.status, m.compacted]), [[msg, 'finished', true], ['open', 'received', false]]);
+    const stats = await c.stats();
+    assert.deepEqual([stats.compacted, stats.tombstones, stats.tombstonesDropped, stats.forgottenBefore], [1, 1, 0, null]);
+    assert.ok(stats.compaction.passes >= 1);
+
+    // The worker skips it, saying why.
+    const log = [];
+    assert.equal(await processMessage(c, conv, msg, { sentAt: PRODUCED_AT, report: (o) => log.push(o) }), 'skip');
+    assert.deepEqual(log, [{ decision: 'skip', compacted: true }]);
+    assert.equal((await c.state(conv)).nextSeq, 5);
+  } finally {
+    await c.close();
+    await d.stop();
+  }
+});
+
+// Compacted 1 ms after it finished, its tombstone dropped 200 ms after.
+const FORGETTING = ['--retain-finished', '1ms', '--retain-tombstones', '200ms'];
+
+test('retention: once its tombstone is dropped, a redelivery sent before the horizon is forgotten', { timeout: TEST_TIMEOUT }, async () => {
+  const d = await startDaemon('forgetting', FORGETTING);
+  const c = d.first;
+  try {
+    const conv = 'ret-forget';
+    const msg = 'done';
+    const before = Date.now();
+    const fb = await forget(c, conv, msg);
+    assert.ok(fb >= before, `forgottenBefore ${fb} is its finish time, after ${before}`);
+    const stats = await c.stats();
+    assert.deepEqual([stats.tombstonesDropped, stats.tombstones, stats.forgottenBefore], [1, 0, fb]);
+
+    // A redelivery sent at or before the horizon is forgotten: nothing is
+    // appended, the client chooses.
+    const { nextSeq } = await c.state(conv);
+    assert.equal(nextSeq, 4);
+    const forgotten = { decision: 'forgotten', forgottenBefore: fb };
+    assert.deepEqual(await c.receive(conv, msg, { sentAt: PRODUCED_AT }), forgotten);
+    assert.deepEqual(await c.receive(conv, msg, { sentAt: fb }), forgotten);
+    assert.deepEqual(await c.receive(conv, 'never-seen', { sentAt: PRODUCED_AT }), forgotten);
+    assert.deepEqual(await c.decide(conv, msg, { sentAt: PRODUCED_AT }), forgotten);
+    const x = await c.explain(conv, msg, { sentAt: PRODUCED_AT });
+    assert.deepEqual([x.decision, x.forgottenBefore, x.rule, x.events], ['forgotten', fb, 'forgotten', []]);
+    assert.equal((await c.state(conv)).nextSeq, nextSeq);
+    assert.deepEqual((await c.read(conv)).events, []); // every event was compacted
+
+    // Sent after the horizon, it is new for sure: a start, still carrying it.
+    assert.deepEqual(await c.decide(conv, msg, { sentAt: fb + 1 }), { decision: 'start', forgottenBefore: fb });
+    assert.equal((await c.explain(conv, msg)).rule, 'never_seen');
+    // Without sentAt the daemon cannot tell: a start that appends, and
+    // carries forgottenBefore for the client to judge.
+    assert.deepEqual(await c.receive(conv, msg), { decision: 'start', seq: nextSeq, forgottenBefore: fb });
+    assert.equal((await c.state(conv)).nextSeq, nextSeq + 1);
+    assert.equal((await c.state(conv, msg)).status, 'received');
+  } finally {
+    await c.close();
+    await d.stop();
+  }
+});
+
+test('worked example: a forgotten message is skipped and reported, or processed again', { timeout: TEST_TIMEOUT }, async () => {
+  const d = await startDaemon('forgetting-worker', FORGETTING);
+  const c = d.first;
+  try {
+    const conv = 'ret-worker';
+    const fb = await forget(c, conv, 'a', 'b', 'cli-a', 'cli-b');
+    const { nextSeq } = await c.state(conv);
+    const effects = [];
+    const run = (i, input, messageId) => {
+      effects.push([messageId, i]);
+      return runStep(i, input);
+    };
+
+    // The default: skipped and reported, nothing run or appended.
+    let log = [];
+    assert.equal(await processMessage(c, conv, 'a', { sentAt: PRODUCED_AT, run, report: (o) => log.push(o) }), 'forgotten');
+    assert.deepEqual(log, [{ decision: 'forgotten', sentAt: PRODUCED_AT, forgottenBefore: fb, onForgotten: 'skip' }]);
+    assert.deepEqual(effects, []);
+    assert.equal((await c.state(conv)).nextSeq, nextSeq);
+    await assert.rejects(processMessage(c, conv, 'a', { onForgotten: 'retry', report: () => {} }), TypeError);
+
+    // The command line, likewise.
+    const env = { LIMINAL_SOCKET: d.socketPath };
+    const skipped = await runWorker(['--sent-at', String(PRODUCED_AT), conv, 'cli-a'], env);
+    assert.deepEqual([skipped.code, skipped.signal], [0, null], `worker: ${skipped.stderr}`);
+    assert.deepEqual(skipped.lines, [{ decision: 'forgotten', sentAt: PRODUCED_AT, forgottenBefore: fb, onForgotten: 'skip' }]);
+    assert.equal((await c.state(conv)).nextSeq, nextSeq);
+
+    // onForgotten 'process': received again as new, and processed.
+    log = [];
+    assert.equal(await processMessage(c, conv, 'b', { sentAt: PRODUCED_AT, onForgotten: 'process', run, report: (o) => log.push(o) }), 'start');
+    assert.deepEqual(log.slice(0, 2), [{ decision: 'forgotten', sentAt: PRODUCED_AT, forgottenBefore: fb, onForgotten: 'process' }, { decision: 'start' }]);
+    assert.ok(log.at(-1).finished);
+    assert.deepEqual(effects, [['b', 0], ['b', 1], ['b', 2]]);
+    const { events } = await c.read(conv, { fromSeq: nextSeq });
+    assert.deepEqual([events[0].type, events[0].messageId], ['message_received', 'b']);
+
+    const processed = await runWorker(['--sent-at', String(PRODUCED_AT), '--on-forgotten', 'process', conv, 'cli-b', '2'], env);
+    assert.deepEqual([processed.code, processed.signal], [0, null], `worker: ${processed.stderr}`);
+    // ('b' finished just before: the horizon may have moved on to it.)
+    const { forgottenBefore, ...said } = processed.lines[0];
+    assert.deepEqual(said, { decision: 'forgotten', sentAt: PRODUCED_AT, onForgotten: 'process' });
+    assert.ok(forgottenBefore >= fb);
+    assert.deepEqual(processed.lines.map((l) => l.decision ?? l.step ?? (l.leased && 'leased') ?? (l.finished && 'finished')),
+      ['forgotten', 'start', 'leased', 0, 1, 'finished']);
+    const bad = await runWorker(['--on-forgotten', 'retry', conv, 'cli-b'], env);
+    assert.equal(bad.code, 2);
+
+    // Without sentAt it starts, and says the message may have run before.
+    // (The horizon may have moved on since: 'b' finished, and is forgotten in turn.)
+    log = [];
+    assert.equal(await processMessage(c, conv, 'c', { steps: 1, run, report: (o) => log.push(o) }), 'start');
+    assert.equal(log[0].decision, 'start');
+    assert.ok(log[0].forgottenBefore >= fb, JSON.stringify(log[0]));
   } finally {
     await c.close();
     await d.stop();

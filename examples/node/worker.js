@@ -4,7 +4,8 @@
 // resumes where the crashed run stopped instead of redoing the work, and
 // two workers handed the same message never both run it.
 //
-//   node worker.js [--worker NAME] [--lease-ms MS] CONVERSATION MESSAGE_ID [STEPS]
+//   node worker.js [--worker NAME] [--lease-ms MS] [--sent-at MS] [--on-forgotten skip|process]
+//                  CONVERSATION MESSAGE_ID [STEPS]
 //
 // STEPS defaults to 3, NAME to host-pid, MS to 30000. It finds the daemon at
 // $LIMINAL_SOCKET (else the default socket). Step i computes
@@ -20,9 +21,21 @@
 // write or renewal is fenced (its lease lapsed and another worker took the
 // message over), it stops at once.
 //
+// --sent-at MS is when the message was produced (epoch ms; a broker's
+// timestamp), passed to receive as sent_at. On a daemon that forgets
+// (retention), the answer may be forgotten: the conversation does not know
+// the message, but forgot messages finished after it was sent, so it may
+// have been processed already; the daemon cannot tell. --on-forgotten
+// decides: skip (the default) runs nothing and reports it, for an operator
+// to judge (where a real worker would dead-letter it); process receives it
+// again without sent_at, which records it as new, and processes it.
+//
 // It prints one JSON object per line of what it did:
 //   {"decision":"start"} / {"decision":"resume","resumeFrom":2} / {"decision":"skip"}
 //   {"decision":"busy","worker":"w1","token":1,"retryAfterMs":812} / {"decision":"quarantined",...}
+//   {"decision":"skip","compacted":true} (its events were compacted away)
+//   {"decision":"forgotten","sentAt":1732672000000,"forgottenBefore":1796002637621,"onForgotten":"skip"}
+//   {"decision":"start","forgottenBefore":1796002637621} (without --sent-at: it may have run before)
 //   {"leased":true,"worker":"w2","token":4,"leaseMs":30000}
 //   {"step":2,"seq":5,"duplicate":false,"output":"<hex>"}
 //   {"finished":true,"seq":6} / {"fenced":true,"token":1,"currentToken":4}
@@ -37,6 +50,12 @@ import {
 } from './liminald.js';
 
 export const DEFAULT_LEASE_MS = 30_000;
+
+/**
+ * What processMessage may do with a delivery the daemon answers forgotten:
+ * set it aside and report it (the default), or process it again.
+ */
+export const ON_FORGOTTEN = Object.freeze(['skip', 'process']);
 
 /** Step index of the work: deterministic, so a re-run records the same output. */
 export function runStep(index, input) {
@@ -55,22 +74,40 @@ function printReport(obj) {
 /**
  * Processes one delivery of messageId. Resolves with the decision ('start'
  * or 'resume') once the message is finished, or with why it ran nothing
- * more: 'skip', 'busy', 'quarantined', or 'fenced' (the lease was lost
- * mid-message; another worker has it).
+ * more: 'skip', 'busy', 'quarantined', 'forgotten' (set aside, see below),
+ * or 'fenced' (the lease was lost mid-message; another worker has it).
  *
  * run(index, input, messageId) is a step's work (its side effects; it may
  * return a promise); report(obj) receives what the worker did;
  * renewEveryMs is passed to client.lease().
+ *
+ * sentAt is when the message was produced (epoch ms, a broker's
+ * timestamp). When the daemon answers forgotten (it does not know the
+ * message, and forgot messages finished after sentAt, so this one may have
+ * been processed and forgotten), onForgotten decides: 'skip' runs nothing
+ * and reports it, for an operator to judge (a real worker would
+ * dead-letter it here); 'process' receives it again without sentAt, which
+ * records it as a new message, and processes it.
  */
 export async function processMessage(client, conversation, messageId, {
   steps = 3, worker = defaultWorkerName(), leaseMs = DEFAULT_LEASE_MS, renewEveryMs,
-  fingerprint, run = runStep, crashAfter = -1, report = printReport,
+  fingerprint, sentAt, onForgotten = 'skip', run = runStep, crashAfter = -1, report = printReport,
 } = {}) {
-  const delivery = await client.receive(conversation, messageId, { fingerprint, withSteps: true });
+  if (!ON_FORGOTTEN.includes(onForgotten)) {
+    throw new TypeError(`onForgotten must be one of ${ON_FORGOTTEN.join(', ')}, not ${JSON.stringify(onForgotten)}`);
+  }
+  let delivery = await client.receive(conversation, messageId, { fingerprint, sentAt, withSteps: true });
+  let again = false; // a forgotten message received again, to be processed
+  if (delivery.decision === 'forgotten') {
+    report({ decision: 'forgotten', sentAt, forgottenBefore: delivery.forgottenBefore, onForgotten });
+    if (onForgotten === 'skip') return 'forgotten';
+    delivery = await client.receive(conversation, messageId, { fingerprint, withSteps: true });
+    again = true;
+  }
   const { decision } = delivery;
   switch (decision) {
     case 'skip': // already fully processed
-      report({ decision });
+      report({ decision, ...(delivery.compacted && { compacted: true }) });
       return decision;
     case 'busy': // another worker holds a live lease: redeliver later
       report({ decision, worker: delivery.worker, token: delivery.token, retryAfterMs: delivery.retryAfterMs });
@@ -86,7 +123,12 @@ export async function processMessage(client, conversation, messageId, {
       return decision;
   }
   const from = decision === 'resume' ? delivery.resumeFrom : 0;
-  report({ decision, ...(decision === 'resume' && { resumeFrom: from }) });
+  report({
+    decision,
+    ...(decision === 'resume' && { resumeFrom: from }),
+    // Without sentAt the daemon could not tell whether it was forgotten: say so.
+    ...(delivery.forgottenBefore != null && sentAt === undefined && !again && { forgottenBefore: delivery.forgottenBefore }),
+  });
 
   let lease;
   try {
@@ -148,14 +190,21 @@ export async function processMessage(client, conversation, messageId, {
 
 async function main() {
   const { values, positionals } = parseArgs({
-    options: { worker: { type: 'string' }, 'lease-ms': { type: 'string' } },
+    options: {
+      worker: { type: 'string' }, 'lease-ms': { type: 'string' },
+      'sent-at': { type: 'string' }, 'on-forgotten': { type: 'string' },
+    },
     allowPositionals: true,
   });
   const [conversation, messageId, stepsArg = '3'] = positionals;
   const steps = Number(stepsArg);
   const leaseMs = Number(values['lease-ms'] ?? DEFAULT_LEASE_MS);
-  if (!conversation || !messageId || !Number.isInteger(steps) || steps < 1 || !Number.isInteger(leaseMs)) {
-    process.stderr.write('usage: node worker.js [--worker NAME] [--lease-ms MS] CONVERSATION MESSAGE_ID [STEPS]\n');
+  const sentAt = values['sent-at'] === undefined ? undefined : Number(values['sent-at']);
+  const onForgotten = values['on-forgotten'] ?? 'skip';
+  if (!conversation || !messageId || !Number.isInteger(steps) || steps < 1 || !Number.isInteger(leaseMs)
+    || (sentAt !== undefined && !Number.isInteger(sentAt)) || !ON_FORGOTTEN.includes(onForgotten)) {
+    process.stderr.write('usage: node worker.js [--worker NAME] [--lease-ms MS] [--sent-at MS] '
+      + '[--on-forgotten skip|process] CONVERSATION MESSAGE_ID [STEPS]\n');
     process.exitCode = 2;
     return;
   }
@@ -165,7 +214,7 @@ async function main() {
   const client = await connect();
   try {
     await processMessage(client, conversation, messageId, {
-      steps, worker: values.worker ?? defaultWorkerName(), leaseMs, crashAfter,
+      steps, worker: values.worker ?? defaultWorkerName(), leaseMs, sentAt, onForgotten, crashAfter,
     });
   } finally {
     await client.close();
