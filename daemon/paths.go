@@ -4,10 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"liminald/internal/paths"
 )
 
 // DefaultSocketPath returns the socket path used when none is configured:
@@ -15,54 +16,21 @@ import (
 // for root (uid 0), else /tmp/liminald-<uid>/liminald.sock. env reads the
 // environment, like os.Getenv; a relative XDG_RUNTIME_DIR is ignored, as the
 // XDG base directory specification asks. TMPDIR is not consulted: clients
-// started with another TMPDIR must find the same socket.
-func DefaultSocketPath(env func(string) string, uid int) string {
-	if dir := xdgDir(env, "XDG_RUNTIME_DIR"); dir != "" {
-		return filepath.Join(dir, "liminald", "liminald.sock")
-	}
-	if uid == 0 {
-		return "/run/liminald/liminald.sock"
-	}
-	return filepath.Join("/tmp", "liminald-"+strconv.Itoa(uid), "liminald.sock")
-}
+// started with another TMPDIR must find the same socket. The Go client
+// (ipc.DefaultSocket) looks there too: both use package paths.
+func DefaultSocketPath(env func(string) string, uid int) string { return paths.Socket(env, uid) }
 
 // DefaultDBPath returns the database path used when none is configured:
 // $XDG_STATE_HOME/liminald/liminald.db, else
 // <home>/.local/state/liminald/liminald.db, or "" when XDG_STATE_HOME is
 // unset and home is empty.
-func DefaultDBPath(env func(string) string, home string) string {
-	if dir := xdgDir(env, "XDG_STATE_HOME"); dir != "" {
-		return filepath.Join(dir, "liminald", "liminald.db")
-	}
-	if home == "" {
-		return ""
-	}
-	return filepath.Join(home, ".local", "state", "liminald", "liminald.db")
-}
+func DefaultDBPath(env func(string) string, home string) string { return paths.DB(env, home) }
 
 // DefaultConfigPath returns the configuration file read when none is named:
 // $XDG_CONFIG_HOME/liminald/liminald.toml, else
 // <home>/.config/liminald/liminald.toml, or "" when XDG_CONFIG_HOME is unset
 // and home is empty.
-func DefaultConfigPath(env func(string) string, home string) string {
-	if dir := xdgDir(env, "XDG_CONFIG_HOME"); dir != "" {
-		return filepath.Join(dir, "liminald", "liminald.toml")
-	}
-	if home == "" {
-		return ""
-	}
-	return filepath.Join(home, ".config", "liminald", "liminald.toml")
-}
-
-// xdgDir returns the XDG base directory in the variable name, or "" when it
-// is unset or relative (which the specification says to ignore).
-func xdgDir(env func(string) string, name string) string {
-	dir := env(name)
-	if !filepath.IsAbs(dir) {
-		return ""
-	}
-	return dir
-}
+func DefaultConfigPath(env func(string) string, home string) string { return paths.Config(env, home) }
 
 // MaxSocketPathLen is the longest path a unix socket can be bound to on this
 // platform: the size of sun_path less its terminating NUL (107 bytes on
