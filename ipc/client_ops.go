@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"liminald/conversation"
@@ -27,6 +28,9 @@ type options struct {
 }
 
 // ExpectedSeq makes a write conditional: it must append at seq (SPEC §2).
+// The server answers the same write sent again, once it landed, as a
+// duplicate, so a client made by Dial sends it again when its connection
+// is lost before the reply (see Client).
 func ExpectedSeq(seq int64) Option {
 	return func(o *options) { o.expectedSeq, o.hasExpectedSeq = seq, true }
 }
@@ -61,7 +65,9 @@ func Lease(d time.Duration) Option {
 }
 
 // Token fences a step, finish or fail: it fails with fenced unless token,
-// the Token of the Ack of a start, is still the message's current one.
+// the Token of the Ack of a start, is still the message's current one. A
+// step, finish or fail with a token is sent again when the connection is
+// lost before its reply, as with ExpectedSeq (see Client).
 func Token(token int64) Option {
 	return func(o *options) { o.token, o.hasToken = token, true }
 }
@@ -93,6 +99,45 @@ func collect(opts []Option) options {
 		opt(&o)
 	}
 	return o
+}
+
+// protocol2Fields are the arguments of protocol 2 (SPEC §7, §8) that ops
+// of protocol 1 take beside their own. A protocol-1 server ignores them.
+// options.feature lists them in this order.
+var protocol2Fields = [...]string{"worker", "lease_ms", "token", "fingerprint", "with_steps", "sent_at"}
+
+// feature returns what a request of op o with these options uses of
+// protocol 2, as a ProtocolError names it; "" for nothing.
+func (o *options) feature(op op) string {
+	given := [...]bool{o.worker != "", o.hasLease, o.hasToken, o.fingerprint != "", o.withSteps, o.hasSentAt}
+	var uses []string
+	for i, f := range protocol2Fields {
+		if given[i] {
+			uses = append(uses, f)
+		}
+	}
+	return featureOf(op, uses)
+}
+
+// featureOf names op with the protocol-2 arguments uses; "" when there
+// are none.
+func featureOf(op op, uses []string) string {
+	if len(uses) == 0 {
+		return ""
+	}
+	return op.String() + " with " + strings.Join(uses, ", ")
+}
+
+// request returns the call of op o with these options, built by build:
+// safe to send again as retrySafe says, checked for the protocol-2
+// arguments it carries.
+func (o *options) request(op op, build func(dst []byte, id int64) []byte) *rpc {
+	return &rpc{op: op, build: build, safe: retrySafe(op, o.hasExpectedSeq, o.hasToken), feature: o.feature(op)}
+}
+
+// read returns the call of read op o, built by build: safe to send again.
+func read(o op, build func(dst []byte, id int64) []byte) *rpc {
+	return &rpc{op: o, build: build, safe: true}
 }
 
 // leaseMillis returns d in milliseconds, rounded up; a d of zero or less
@@ -287,10 +332,10 @@ func appendExpectedSeq(dst []byte, o *options) []byte {
 	return dst
 }
 
-// do sends the request build appends and decodes the result into v (nil:
-// none). A failure reply is returned as an *Error.
-func (c *Client) do(ctx context.Context, v any, build func(dst []byte, id int64) []byte) error {
-	reply, err := c.roundTrip(ctx, build)
+// do sends r and decodes the result into v (nil: none). A failure reply is
+// returned as an *Error.
+func (c *Client) do(ctx context.Context, v any, r *rpc) error {
+	reply, err := c.roundTrip(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -304,8 +349,38 @@ func (c *Client) do(ctx context.Context, v any, build func(dst []byte, id int64)
 }
 
 // Hello returns the server's protocol version, name, version, ops and
-// limits; client names the caller in the server's debug log.
+// limits; client names the caller in the server's debug log. The answer is
+// kept for the connection: the checks of protocol 2 and of a step's
+// output size use it.
 func (c *Client) Hello(ctx context.Context, client string) (ServerInfo, error) {
+	reply, err := c.roundTrip(ctx, helloRPC(client))
+	if err != nil {
+		return ServerInfo{}, err
+	}
+	return parseHello(reply)
+}
+
+// helloRPC is a hello, whose answer its connection keeps.
+func helloRPC(client string) *rpc {
+	r := read(opHello, func(dst []byte, id int64) []byte {
+		dst = appendRequest(dst, id, "hello")
+		if client != "" {
+			dst = appendString(dst, "client", client)
+		}
+		return appendEnd(dst)
+	})
+	r.onOK = func(cc *clientConn, reply []byte) {
+		if info, err := parseHello(reply); err == nil {
+			cc.mu.Lock()
+			cc.info = &info
+			cc.mu.Unlock()
+		}
+	}
+	return r
+}
+
+// parseHello decodes the reply to hello.
+func parseHello(reply []byte) (ServerInfo, error) {
 	var r struct {
 		Protocol int `json:"protocol"`
 		Server   struct {
@@ -315,52 +390,15 @@ func (c *Client) Hello(ctx context.Context, client string) (ServerInfo, error) {
 		Ops    []string `json:"ops"`
 		Limits Limits   `json:"limits"`
 	}
-	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
-		dst = appendRequest(dst, id, "hello")
-		if client != "" {
-			dst = appendString(dst, "client", client)
-		}
-		return appendEnd(dst)
-	})
-	if err == nil {
-		c.mu.Lock()
-		c.maxOutput = r.Limits.MaxOutputBytes
-		c.mu.Unlock()
+	if err := json.Unmarshal(reply, &r); err != nil {
+		return ServerInfo{}, fmt.Errorf("decode reply: %w", err)
 	}
-	return ServerInfo{Protocol: r.Protocol, Name: r.Server.Name, Version: r.Server.Version, Ops: r.Ops, Limits: r.Limits}, err
-}
-
-// checkOutputSize is the check Step makes before it sends an output that
-// may be over the server's max_output_bytes: a request line over the
-// limit is refused whole, with a message about the line, not the output.
-// Outputs up to smallOutput are sent unasked; a larger one asks the
-// server its limit once (hello). Returns a bad_request *Error naming the
-// output's size and the limit.
-func (c *Client) checkOutputSize(ctx context.Context, n int) error {
-	const smallOutput = 64 << 10
-	if n <= smallOutput {
-		return nil
-	}
-	c.mu.Lock()
-	limit := c.maxOutput
-	c.mu.Unlock()
-	if limit == 0 {
-		info, err := c.Hello(ctx, "")
-		if err != nil {
-			return err
-		}
-		limit = info.Limits.MaxOutputBytes
-	}
-	if limit > 0 && n > limit {
-		return &Error{Code: CodeBadRequest, Details: map[string]any{"field": "output"},
-			Message: fmt.Sprintf("output is %d bytes, over the server's max_output_bytes of %d (its max_line_bytes, less the rest of the request, in base64); not sent", n, limit)}
-	}
-	return nil
+	return ServerInfo{Protocol: r.Protocol, Name: r.Server.Name, Version: r.Server.Version, Ops: r.Ops, Limits: r.Limits}, nil
 }
 
 // Ping checks that the server answers.
 func (c *Client) Ping(ctx context.Context) error {
-	return c.do(ctx, nil, func(dst []byte, id int64) []byte { return appendEnd(appendRequest(dst, id, "ping")) })
+	return c.do(ctx, nil, read(opPing, func(dst []byte, id int64) []byte { return appendEnd(appendRequest(dst, id, "ping")) }))
 }
 
 // lookupName returns the value of T, an enumeration of package
@@ -447,9 +485,9 @@ func appendDeliveryOptions(dst []byte, o *options) []byte {
 }
 
 // decide sends a receive or a decide and returns its decision.
-func (c *Client) decide(ctx context.Context, build func(dst []byte, id int64) []byte) (Decision, error) {
+func (c *Client) decide(ctx context.Context, req *rpc) (Decision, error) {
 	var r decisionReply
-	if err := c.do(ctx, &r, build); err != nil {
+	if err := c.do(ctx, &r, req); err != nil {
 		return Decision{}, err
 	}
 	return r.decision()
@@ -470,13 +508,13 @@ func (c *Client) decide(ctx context.Context, build func(dst []byte, id int64) []
 // shutting_down.
 func (c *Client) Receive(ctx context.Context, conv, msg string, opts ...Option) (Decision, error) {
 	o := collect(opts)
-	return c.decide(ctx, func(dst []byte, id int64) []byte {
+	return c.decide(ctx, o.request(opReceive, func(dst []byte, id int64) []byte {
 		dst = appendMessage(dst, id, "receive", conv, msg)
 		if o.hasReceivedAt {
 			dst = appendInt(dst, "received_at", o.receivedAt)
 		}
 		return appendEnd(appendExpectedSeq(appendDeliveryOptions(dst, &o), &o))
-	})
+	}))
 }
 
 // Decide returns the redelivery decision for message msg of conversation
@@ -485,20 +523,20 @@ func (c *Client) Receive(ctx context.Context, conv, msg string, opts ...Option) 
 // Returns the errors of Receive but sequence_conflict.
 func (c *Client) Decide(ctx context.Context, conv, msg string, opts ...Option) (Decision, error) {
 	o := collect(opts)
-	return c.decide(ctx, func(dst []byte, id int64) []byte {
+	return c.decide(ctx, o.request(opDecide, func(dst []byte, id int64) []byte {
 		return appendEnd(appendDeliveryOptions(appendMessage(dst, id, "decide", conv, msg), &o))
-	})
+	}))
 }
 
 // write sends a write op but receive.
-func (c *Client) write(ctx context.Context, build func(dst []byte, id int64) []byte) (Ack, error) {
+func (c *Client) write(ctx context.Context, r *rpc) (Ack, error) {
 	var a struct {
 		Seq            int64 `json:"seq"`
 		Duplicate      bool  `json:"duplicate"`
 		Token          int64 `json:"token"`
 		LeaseExpiresAt int64 `json:"lease_expires_at"`
 	}
-	err := c.do(ctx, &a, build)
+	err := c.do(ctx, &a, r)
 	return Ack(a), err
 }
 
@@ -524,7 +562,7 @@ func appendToken(dst []byte, o *options) []byte {
 // sequence_conflict, bad_request, unavailable, shutting_down.
 func (c *Client) Start(ctx context.Context, conv, msg string, opts ...Option) (Ack, error) {
 	o := collect(opts)
-	return c.write(ctx, func(dst []byte, id int64) []byte {
+	return c.write(ctx, o.request(opStart, func(dst []byte, id int64) []byte {
 		dst = appendMessage(dst, id, "start", conv, msg)
 		if o.worker != "" {
 			dst = appendString(dst, "worker", o.worker)
@@ -533,7 +571,7 @@ func (c *Client) Start(ctx context.Context, conv, msg string, opts ...Option) (A
 			dst = appendInt(dst, "lease_ms", o.leaseMS)
 		}
 		return appendEnd(appendExpectedSeq(dst, &o))
-	})
+	}))
 }
 
 // Step records step index of message msg with its output. It takes
@@ -545,11 +583,8 @@ func (c *Client) Start(ctx context.Context, conv, msg string, opts ...Option) (A
 // sequence_conflict, bad_request (also, before anything is sent, for an
 // output over the server's max_output_bytes), unavailable, shutting_down.
 func (c *Client) Step(ctx context.Context, conv, msg string, index uint32, output []byte, opts ...Option) (Ack, error) {
-	if err := c.checkOutputSize(ctx, len(output)); err != nil {
-		return Ack{}, err
-	}
 	o := collect(opts)
-	return c.write(ctx, func(dst []byte, id int64) []byte {
+	r := o.request(opStep, func(dst []byte, id int64) []byte {
 		dst = appendMessage(dst, id, "step", conv, msg)
 		dst = appendInt(dst, "step_index", int64(index))
 		dst = append(dst, `,"output":"`...)
@@ -557,6 +592,8 @@ func (c *Client) Step(ctx context.Context, conv, msg string, index uint32, outpu
 		dst = append(dst, '"')
 		return appendEnd(appendExpectedSeq(appendToken(dst, &o), &o))
 	})
+	r.output = len(output)
+	return c.write(ctx, r)
 }
 
 // Finish records that message msg is fully processed. It takes
@@ -564,10 +601,10 @@ func (c *Client) Step(ctx context.Context, conv, msg string, index uint32, outpu
 // already_finished: a finish after finish is a duplicate.
 func (c *Client) Finish(ctx context.Context, conv, msg string, opts ...Option) (Ack, error) {
 	o := collect(opts)
-	return c.write(ctx, func(dst []byte, id int64) []byte {
+	return c.write(ctx, o.request(opFinish, func(dst []byte, id int64) []byte {
 		dst = appendMessage(dst, id, "finish", conv, msg)
 		return appendEnd(appendExpectedSeq(appendToken(dst, &o), &o))
-	})
+	}))
 }
 
 // Fail records that processing message msg failed with errText; it may
@@ -575,16 +612,18 @@ func (c *Client) Finish(ctx context.Context, conv, msg string, opts ...Option) (
 // Step but step_conflict.
 func (c *Client) Fail(ctx context.Context, conv, msg, errText string, opts ...Option) (Ack, error) {
 	o := collect(opts)
-	return c.write(ctx, func(dst []byte, id int64) []byte {
+	return c.write(ctx, o.request(opFail, func(dst []byte, id int64) []byte {
 		dst = appendString(appendMessage(dst, id, "fail", conv, msg), "error", errText)
 		return appendEnd(appendExpectedSeq(appendToken(dst, &o), &o))
-	})
+	}))
 }
 
 // Renew extends the lease of the holder of token on message msg to lease
 // from now, rounded up to the millisecond (1 ms to 24 h), and answers when
 // it lapses in Ack.LeaseExpiresAt. A current token renews even a lapsed
-// lease, and gives one to a start that had none. It takes ExpectedSeq.
+// lease, and gives one to a start that had none. It takes ExpectedSeq;
+// only with it is a renew sent again after a lost connection, as a renew
+// sent twice renews twice.
 //
 // Returns an *Error: fenced (a *conversation.FencedError) when token is
 // not the message's current one or the message is not in progress,
@@ -592,11 +631,12 @@ func (c *Client) Fail(ctx context.Context, conv, msg, errText string, opts ...Op
 // shutting_down.
 func (c *Client) Renew(ctx context.Context, conv, msg string, token int64, lease time.Duration, opts ...Option) (Ack, error) {
 	o := collect(opts)
-	return c.write(ctx, func(dst []byte, id int64) []byte {
-		dst = appendInt(appendMessage(dst, id, "renew", conv, msg), "token", token)
-		dst = appendInt(dst, "lease_ms", leaseMillis(lease))
-		return appendEnd(appendExpectedSeq(dst, &o))
-	})
+	return c.write(ctx, &rpc{op: opRenew, feature: "renew", safe: retrySafe(opRenew, o.hasExpectedSeq, true),
+		build: func(dst []byte, id int64) []byte {
+			dst = appendInt(appendMessage(dst, id, "renew", conv, msg), "token", token)
+			dst = appendInt(dst, "lease_ms", leaseMillis(lease))
+			return appendEnd(appendExpectedSeq(dst, &o))
+		}})
 }
 
 // Release releases quarantined message msg, saying why in reason ("" for
@@ -608,13 +648,14 @@ func (c *Client) Renew(ctx context.Context, conv, msg string, token int64, lease
 // shutting_down.
 func (c *Client) Release(ctx context.Context, conv, msg, reason string, opts ...Option) (Ack, error) {
 	o := collect(opts)
-	return c.write(ctx, func(dst []byte, id int64) []byte {
-		dst = appendMessage(dst, id, "release", conv, msg)
-		if reason != "" {
-			dst = appendString(dst, "reason", reason)
-		}
-		return appendEnd(appendExpectedSeq(dst, &o))
-	})
+	return c.write(ctx, &rpc{op: opRelease, feature: "release", safe: retrySafe(opRelease, o.hasExpectedSeq, false),
+		build: func(dst []byte, id int64) []byte {
+			dst = appendMessage(dst, id, "release", conv, msg)
+			if reason != "" {
+				dst = appendString(dst, "reason", reason)
+			}
+			return appendEnd(appendExpectedSeq(dst, &o))
+		}})
 }
 
 // State returns the state of conversation conv; a conversation without
@@ -631,9 +672,9 @@ func (c *Client) State(ctx context.Context, conv string) (ConversationState, err
 		Compacted int64  `json:"compacted"`
 		Horizon   *int64 `json:"forgotten_before"`
 	}
-	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	err := c.do(ctx, &r, read(opState, func(dst []byte, id int64) []byte {
 		return appendEnd(appendString(appendRequest(dst, id, "state"), "conversation", conv))
-	})
+	}))
 	m := r.Messages
 	return ConversationState{Next: r.Next, Counts: conversation.Counts{
 		Received: m.Received, InProgress: m.InProgress, Errored: m.Errored, Finished: m.Finished},
@@ -657,9 +698,9 @@ func (c *Client) MessageState(ctx context.Context, conv, msg string) (MessageSta
 		Fingerprint    string      `json:"fingerprint"`
 		Compacted      bool        `json:"compacted"`
 	}
-	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	if err := c.do(ctx, &r, read(opState, func(dst []byte, id int64) []byte {
 		return appendEnd(appendMessage(dst, id, "state", conv, msg))
-	}); err != nil {
+	})); err != nil {
 		return MessageState{}, err
 	}
 	status, _ := conversation.ParseStatus(r.Status)
@@ -703,7 +744,7 @@ func (c *Client) Messages(ctx context.Context, conv, status, after string, limit
 		} `json:"messages"`
 		Next string `json:"next"`
 	}
-	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	req := read(opMessages, func(dst []byte, id int64) []byte {
 		dst = appendString(appendRequest(dst, id, "messages"), "conversation", conv)
 		if status != "" {
 			dst = appendString(dst, "status", status)
@@ -716,6 +757,8 @@ func (c *Client) Messages(ctx context.Context, conv, status, after string, limit
 		}
 		return appendEnd(dst)
 	})
+	req.feature = "messages"
+	err := c.do(ctx, &r, req)
 	if err != nil {
 		return nil, "", err
 	}
@@ -743,9 +786,11 @@ func (c *Client) Explain(ctx context.Context, conv, msg string, opts ...Option) 
 		Reason string               `json:"reason"`
 		Events []conversation.Event `json:"events"`
 	}
-	if err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	req := read(opExplain, func(dst []byte, id int64) []byte {
 		return appendEnd(appendDeliveryOptions(appendMessage(dst, id, "explain", conv, msg), &o))
-	}); err != nil {
+	})
+	req.feature = "explain"
+	if err := c.do(ctx, &r, req); err != nil {
 		return Explanation{}, err
 	}
 	d, err := r.decision()
@@ -766,25 +811,26 @@ func (c *Client) Read(ctx context.Context, conv string, fromSeq int64, limit int
 		Events []conversation.Event `json:"events"`
 		Next   int64                `json:"next_seq"`
 	}
-	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	err := c.do(ctx, &r, read(opRead, func(dst []byte, id int64) []byte {
 		dst = appendString(appendRequest(dst, id, "read"), "conversation", conv)
 		dst = appendInt(dst, "from_seq", fromSeq)
 		if limit > 0 {
 			dst = appendInt(dst, "limit", int64(limit))
 		}
 		return appendEnd(dst)
-	})
+	}))
 	return r.Events, r.Next, err
 }
 
 // Subscribe opens a subscription to the events of conversation conv, or of
 // every conversation when conv is "". It takes FromSeq (with a
 // conversation) or FromPos, to catch up from there first; without either
-// it delivers the events committed from now on.
+// it delivers the events committed from now on. The subscription lives on
+// the client's connection of the moment, and ends with it (see Client).
 func (c *Client) Subscribe(ctx context.Context, conv string, opts ...Option) (*Stream, error) {
 	o := collect(opts)
-	s := &Stream{c: c, conv: conv, events: make(chan conversation.Event, c.streamBuffer), ended: make(chan struct{})}
-	cl, err := c.send(func(dst []byte, id int64) []byte {
+	s := &Stream{conv: conv, events: make(chan conversation.Event, c.streamBuffer), ended: make(chan struct{})}
+	r := read(opSubscribe, func(dst []byte, id int64) []byte {
 		dst = appendRequest(dst, id, "subscribe")
 		if conv != "" {
 			dst = appendString(dst, "conversation", conv)
@@ -796,36 +842,40 @@ func (c *Client) Subscribe(ctx context.Context, conv string, opts ...Option) (*S
 			dst = appendInt(dst, "from_pos", o.fromPos)
 		}
 		return appendEnd(dst)
-	}, func(reply []byte) {
+	})
+	r.onOK = func(cc *clientConn, reply []byte) {
 		var r struct {
 			Sub int64 `json:"sub"`
 		}
 		json.Unmarshal(reply, &r)
-		s.id = r.Sub
-		c.mu.Lock()
-		c.subs[s.id] = s
-		c.mu.Unlock()
-	}, false)
-	if err != nil {
-		return nil, err
+		s.cc, s.id = cc, r.Sub
+		cc.mu.Lock()
+		cc.subs[s.id] = s
+		cc.mu.Unlock()
 	}
-	if _, err := c.wait(ctx, cl); err != nil {
+	if _, err := c.roundTrip(ctx, r); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Unsubscribe ends subscription sub; its Stream returns ErrUnsubscribed
-// after the events it holds.
+// Unsubscribe ends subscription sub of the client's current connection;
+// its Stream returns ErrUnsubscribed after the events it holds. Numbers
+// are the connection's: once the client dialled again, only a Stream of
+// the current connection is ended by its number, and the number of one
+// that ended with an earlier connection is ignored (nil). Stream.Close
+// ends its own subscription whatever connection it is on.
 func (c *Client) Unsubscribe(ctx context.Context, sub int64) error {
-	cl, err := c.send(func(dst []byte, id int64) []byte {
-		return appendEnd(appendInt(appendRequest(dst, id, "unsubscribe"), "sub", sub))
-	}, func([]byte) { c.endSub(sub, ErrUnsubscribed) }, false)
-	if err != nil {
-		return err
+	c.mu.Lock()
+	cc, redialled := c.cur, c.dials > 1
+	c.mu.Unlock()
+	cc.mu.Lock()
+	_, ours := cc.subs[sub]
+	cc.mu.Unlock()
+	if !ours && redialled {
+		return nil
 	}
-	_, err = c.wait(ctx, cl)
-	return err
+	return cc.unsubscribe(ctx, sub)
 }
 
 // Conversations returns up to limit conversations (0: the server's
@@ -838,7 +888,7 @@ func (c *Client) Conversations(ctx context.Context, after string, limit int) ([]
 			Messages int64  `json:"messages"`
 		} `json:"conversations"`
 	}
-	err := c.do(ctx, &r, func(dst []byte, id int64) []byte {
+	err := c.do(ctx, &r, read(opConversations, func(dst []byte, id int64) []byte {
 		dst = appendRequest(dst, id, "conversations")
 		if after != "" {
 			dst = appendString(dst, "after", after)
@@ -847,7 +897,7 @@ func (c *Client) Conversations(ctx context.Context, after string, limit int) ([]
 			dst = appendInt(dst, "limit", int64(limit))
 		}
 		return appendEnd(dst)
-	})
+	}))
 	out := make([]ConversationSummary, len(r.Conversations))
 	for i, s := range r.Conversations {
 		out[i] = ConversationSummary(s)
@@ -858,6 +908,6 @@ func (c *Client) Conversations(ctx context.Context, after string, limit int) ([]
 // Stats returns the figures of the server and its store.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	err := c.do(ctx, &st, func(dst []byte, id int64) []byte { return appendEnd(appendRequest(dst, id, "stats")) })
+	err := c.do(ctx, &st, read(opStats, func(dst []byte, id int64) []byte { return appendEnd(appendRequest(dst, id, "stats")) }))
 	return st, err
 }

@@ -15,8 +15,13 @@ const DefaultStreamBuffer = 4096
 // for it, in order. The client's reader never waits on a Stream: one whose
 // reader falls DefaultStreamBuffer events behind ends with a *LaggedError,
 // as a slow subscriber does on the server, and the client unsubscribes it.
+//
+// A Stream lives on the connection it was opened on, and ends with it
+// when it is lost, with an *UnavailableError: subscribe again from the
+// position after the last event Next returned, FromPos(e.Pos+1), or
+// FromSeq(e.Seq+1) for one conversation, to go on without a gap.
 type Stream struct {
-	c      *Client
+	cc     *clientConn
 	id     int64
 	conv   string
 	events chan conversation.Event
@@ -47,8 +52,10 @@ func (s *Stream) ID() int64 { return s.id }
 //
 // Once the subscription ended, Next returns, after the events it still
 // holds, a *LaggedError if it fell behind, ErrUnsubscribed after
-// Unsubscribe or Close, or an error wrapping ErrClientClosed when the
-// client ended. Returns ctx's error if it ends first.
+// Unsubscribe or Close, an *UnavailableError when its connection was lost
+// (the client dials again for the next call; subscribe again), or an error
+// wrapping ErrClientClosed when the client ended. Returns ctx's error if
+// it ends first; the client's CallTimeout does not apply.
 func (s *Stream) Next(ctx context.Context) (conversation.Event, error) {
 	select {
 	case e, ok := <-s.events:
@@ -61,10 +68,12 @@ func (s *Stream) Next(ctx context.Context) (conversation.Event, error) {
 	}
 }
 
-// Close unsubscribes. Events already received are still returned by Next.
-// Returns the error of the unsubscribe request.
+// Close unsubscribes, on the connection the subscription lives on. Events
+// already received are still returned by Next. Returns the error of the
+// unsubscribe request; nil when the subscription ended with a lost
+// connection.
 func (s *Stream) Close() error {
-	return s.c.Unsubscribe(context.Background(), s.id)
+	return s.cc.unsubscribe(context.Background(), s.id)
 }
 
 // deliver queues e for Next, without waiting. Returns false if the stream
