@@ -28,7 +28,8 @@ type Config struct {
 	Socket string `toml:"socket"`
 
 	// DB is the path of the SQLite database. Empty means DefaultDBPath, which
-	// Load fills in.
+	// Load fills in. A DB that looks like a URL (a scheme and "://") must
+	// be of a scheme in DBSchemes (see CheckDB).
 	DB string `toml:"db"`
 
 	// Sync is "full" (every acknowledged write is fsynced: it survives power
@@ -207,6 +208,8 @@ func (c Config) Validate() error {
 	}
 	if c.DB == "" {
 		bad("db", errors.New("no path, and no default (neither XDG_STATE_HOME nor HOME is set)"))
+	} else if err := CheckDB(c.DB); err != nil {
+		bad("db", err)
 	}
 	if c.Sync != "full" && c.Sync != "normal" {
 		bad("sync", fmt.Errorf("%q is neither \"full\" nor \"normal\"", c.Sync))
@@ -506,4 +509,50 @@ func homeDir(env func(string) string, uid int) string {
 		return u.HomeDir
 	}
 	return ""
+}
+
+// DBSchemes are the URL schemes a db setting may name instead of a file
+// path. None yet: every db is the path of a SQLite file.
+var DBSchemes []string
+
+// dbScheme returns the scheme of db when db looks like a URL: a scheme (a
+// letter, then letters, digits, "+", "-" or "."; RFC 3986) followed by
+// "://". Returns "" for a file path.
+func dbScheme(db string) string {
+	i := strings.Index(db, "://")
+	if i < 1 {
+		return ""
+	}
+	for j, r := range db[:i] {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case j > 0 && (r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.'):
+		default:
+			return ""
+		}
+	}
+	return db[:i]
+}
+
+// CheckDB refuses a db setting that looks like a URL of a scheme liminald
+// does not know, such as postgres://u@/db before liminald had a store for
+// it: taken for a file path, it would make a directory tree named like the
+// URL and a SQLite file in it, silently. The error names the schemes
+// liminald knows. A db that does not look like a URL is a file path, and
+// passes.
+func CheckDB(db string) error {
+	scheme := dbScheme(db)
+	if scheme == "" {
+		return nil
+	}
+	for _, known := range DBSchemes {
+		if strings.EqualFold(scheme, known) {
+			return nil
+		}
+	}
+	known := "none: db is the path of a SQLite file"
+	if len(DBSchemes) > 0 {
+		known = strings.Join(DBSchemes, ", ") + ", or the path of a SQLite file"
+	}
+	return fmt.Errorf("%q is a URL of scheme %q, which liminald does not know (known schemes: %s)", db, scheme, known)
 }

@@ -157,6 +157,12 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "NoSocket", change: func(c *Config) { c.Socket = "" }, setting: "socket"},
 		{name: "SocketTooLong", change: func(c *Config) { c.Socket = "/" + strings.Repeat("s", MaxSocketPathLen) }, setting: "socket"},
 		{name: "NoDB", change: func(c *Config) { c.DB = "" }, setting: "db"},
+		{name: "DBRelative", change: func(c *Config) { c.DB = "state/liminald.db" }},
+		{name: "DBColonInName", change: func(c *Config) { c.DB = "/d/a:b.db" }},
+		{name: "DBSlashesAfterNoScheme", change: func(c *Config) { c.DB = "/d/x://y.db" }},
+		{name: "DBUnknownURL", change: func(c *Config) { c.DB = "postgres://u@/db?host=/run/pg" }, setting: "db"},
+		{name: "DBUnknownURLUpperCase", change: func(c *Config) { c.DB = "MYSQL://db" }, setting: "db"},
+		{name: "DBFileURL", change: func(c *Config) { c.DB = "file:///var/lib/liminald.db" }, setting: "db"},
 		{name: "SyncOff", change: func(c *Config) { c.Sync = "off" }, setting: "sync"},
 		{name: "ModeSetuid", change: func(c *Config) { c.SocketMode = 0o4600 }, setting: "socket_mode"},
 		{name: "ModeSocketBit", change: func(c *Config) { c.SocketMode = os.ModeSocket | 0o600 }, setting: "socket_mode"},
@@ -341,6 +347,7 @@ func TestLoad(t *testing.T) {
 				}
 			},
 		},
+		{name: "DBOfUnknownScheme", env: with(base, "LIMINAL_DB", "postgres://u@/db?host=/run/pg"), errHas: `scheme "postgres"`},
 		{name: "StateHome", env: with(base, "XDG_STATE_HOME", "/state"), want: func(c *Config) { c.DB = "/state/liminald/liminald.db" }},
 		{name: "EmptyVariableIsUnset", env: with(base, "LIMINAL_SYNC", ""), want: func(*Config) {}},
 		{name: "MissingExplicitFile", path: filepath.Join(home, "missing.toml"), env: base, errHas: "missing.toml"},
@@ -397,5 +404,30 @@ func TestConfig_DocumentedExample(t *testing.T) {
 	}
 	if want := DefaultConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("docs/liminald.toml = %+v, want the defaults %+v", got, want)
+	}
+}
+
+// A db that looks like a URL of a scheme liminald does not know stops the
+// daemon before it makes anything: taken for a relative path, it used to
+// make a directory tree named like the URL and serve a SQLite file in it.
+func TestRun_DBOfUnknownScheme(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	env := map[string]string{
+		"HOME": dir, "LIMINAL_SOCKET": filepath.Join(dir, "l.sock"),
+		"LIMINAL_DB": "postgres://u@/db?host=/run/pg",
+	}
+	var logs strings.Builder
+	err := Run(t.Context(), Options{Env: mapEnv(env), Stderr: &logs})
+	var se *SettingError
+	if !errors.As(err, &se) || se.Setting != "db" || !strings.Contains(err.Error(), "known schemes") {
+		t.Fatalf("Run() = %v, want a *SettingError for db naming the known schemes", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("Run() refused the db but left %s in the working directory", e.Name())
 	}
 }
