@@ -90,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	soakEvery := fs.Duration("soak-every", 5*time.Second, "with --soak: the interval between samples")
 	retainFinished := fs.Duration("retain-finished", 5*time.Second, "with --soak: liminald's --retain-finished")
 	retainTombstones := fs.Duration("retain-tombstones", 30*time.Second, "with --soak: liminald's --retain-tombstones")
+	soakRate := fs.Float64("soak-rate", 0, "with --soak: the events/s the clients aim at together, each pacing its messages and not catching up when late (0: each client as fast as it goes)")
 	soakStepBytes := fs.Int("soak-step-bytes", 300, "with --soak: the output of each step, in bytes")
 	soakCompare := fs.Duration("soak-compare", time.Minute, "with --soak: the measured window of each run of the comparison of retention off and on, after the soak's warm-up; 0 skips the comparison")
 	soakPairs := fs.Int("soak-pairs", 2, "with --soak: the comparison's runs with retention off then on, in turn")
@@ -128,7 +129,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		cfg.clients, cfg.duration, cfg.repetitions, cfg.preload = []int{8}, 300*time.Millisecond, 1, 200
 	}
 	if *soak != 0 {
-		if *soak < 0 || *soakEvery <= 0 || *retainFinished <= 0 || *retainTombstones < 0 || *soakStepBytes < 0 || *soakCompare < 0 || *soakPairs < 1 {
+		if *soak < 0 || *soakEvery <= 0 || *retainFinished <= 0 || *retainTombstones < 0 || *soakRate < 0 || *soakStepBytes < 0 || *soakCompare < 0 || *soakPairs < 1 {
 			return config{}, errors.New("--soak, --soak-every and --retain-finished must be positive, --soak-pairs at least 1, and the other --soak-* and --retain-* flags not negative")
 		}
 		if cfg.scale > 0 || cfg.render || *smoke {
@@ -141,7 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return config{}, errors.New("--soak runs at one number of --clients")
 		}
 		cfg.soak = soakConfig{duration: *soak, every: *soakEvery, retainFinished: *retainFinished, retainTombstones: *retainTombstones,
-			clients: cfg.clients[0], stepBytes: *soakStepBytes, compare: *soakCompare, pairs: *soakPairs}
+			clients: cfg.clients[0], rate: *soakRate, stepBytes: *soakStepBytes, compare: *soakCompare, pairs: *soakPairs}
 	}
 	if cfg.duration <= 0 || cfg.repetitions < 1 {
 		return config{}, errors.New("--duration and --repetitions must be positive")

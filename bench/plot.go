@@ -164,6 +164,7 @@ func writeSoakPlot(r *SoakResult, path string) error {
 		p.X.Label.Text, p.Y.Label.Text = "minutes", yLabel
 		p.Legend.Top, p.Legend.Left = true, true
 		p.Legend.XOffs, p.Legend.YOffs = vg.Points(8), -vg.Points(4)
+		p.Y.Tick.Marker = rateTicks{}
 		p.Add(plotter.NewGrid())
 		top := 0.0
 		for i, s := range all {

@@ -412,7 +412,7 @@ func writeSoak(b *strings.Builder, s *SoakResult) {
 	st, m := s.Settings, s.Machine
 	p("## Soak: retention under a steady load\n\n")
 	p("`%s`, on %s (%s, %d cores, %s): a fresh liminald with `--retain-finished %s\n", s.Command, m.Date, m.CPU, m.Cores, m.Filesystem, st.RetainFinished)
-	p("--retain-tombstones %s`, and %d clients taking new messages through their lifecycle (receive, start,\n", st.RetainTombstones, st.Clients)
+	p("--retain-tombstones %s`, and %d clients (%s) taking new messages through their lifecycle (receive, start,\n", st.RetainTombstones, st.Clients, rateText(st.RatePerSec))
 	p("%d steps with %d bytes of output each, finish) for %s, each client over %d conversations of its own in\n", lifecycleSteps, st.StepBytes, seconds(st.Seconds), st.ConversationsPerClient)
 	p("turn: the conversations stay the same and only messages come and go, which is what retention\n")
 	p("bounds (a conversation's row stays, with its horizon). Every %s the harness samples the database\n", seconds(st.SampleSeconds))
@@ -482,7 +482,7 @@ func writeSoakCompare(b *strings.Builder, s *SoakResult) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	st := s.Settings
 	p("### Write latency with and without compaction\n\n")
-	p("The same load at %d clients for the same time, each run on a fresh daemon: retention off (every\n", st.Clients)
+	p("The same load (%d clients, %s) for the same time, each run on a fresh daemon: retention off (every\n", st.Clients, rateText(st.RatePerSec))
 	p("event kept), then on (the settings above), in turn, %d times each, so that the machine's drift falls\n", st.ComparePairs)
 	p("on both alike. Each run warms up for %s, so that with retention on messages are being compacted and\n", seconds(st.WarmupSeconds))
 	p("tombstones dropped through the window, then measures %s. The goal: compaction costs the writes\n", seconds(st.CompareSeconds))

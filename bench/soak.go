@@ -29,6 +29,7 @@ type soakConfig struct {
 	retainFinished   time.Duration
 	retainTombstones time.Duration
 	clients          int
+	rate             float64       // events/s the clients aim at together; 0: each as fast as it goes
 	stepBytes        int           // of each step's output
 	compare          time.Duration // measured window of each run of the comparison; 0: none
 	pairs            int           // runs of the comparison, retention off then on
@@ -47,9 +48,18 @@ func (c soakConfig) warmup() time.Duration {
 	return d
 }
 
+// pace is the time from the start of a client's message to the start of
+// its next that makes the rate, or 0.
+func (c soakConfig) pace() time.Duration {
+	if c.rate <= 0 {
+		return 0
+	}
+	return time.Duration(float64(time.Second) * lifecycleEvents * float64(c.clients) / c.rate)
+}
+
 func (c soakConfig) settings() SoakSettings {
 	return SoakSettings{
-		Clients: c.clients, StepBytes: c.stepBytes, ConversationsPerClient: soakConversations,
+		Clients: c.clients, RatePerSec: c.rate, StepBytes: c.stepBytes, ConversationsPerClient: soakConversations,
 		RetainFinished: c.retainFinished.String(), RetainTombstones: c.retainTombstones.String(),
 		Seconds: c.duration.Seconds(), SampleSeconds: c.every.Seconds(), WarmupSeconds: c.warmup().Seconds(),
 		CompareSeconds: c.compare.Seconds(), ComparePairs: c.pairs,
@@ -75,7 +85,8 @@ type SoakResult struct {
 // SoakSettings are the soak's parameters.
 type SoakSettings struct {
 	Clients                int     `json:"clients"`
-	StepBytes              int     `json:"step_bytes"` // of each step's output
+	RatePerSec             float64 `json:"rate_per_sec"` // the clients aim at together; 0: each as fast as it goes
+	StepBytes              int     `json:"step_bytes"`   // of each step's output
 	ConversationsPerClient int     `json:"conversations_per_client"`
 	RetainFinished         string  `json:"retain_finished"`
 	RetainTombstones       string  `json:"retain_tombstones"`
@@ -173,8 +184,8 @@ func runSoak(ctx context.Context, cfg config, base string, progress io.Writer) e
 // for c.compare after the warm-up.
 func measureSoak(ctx context.Context, c soakConfig, bin, base string, progress io.Writer) (*SoakResult, error) {
 	r := &SoakResult{Generated: time.Now().UTC(), Settings: c.settings()}
-	fmt.Fprintf(progress, "bench: soak: %s at %d clients, retain_finished %s, retain_tombstones %s, warm-up %s\n",
-		c.duration, c.clients, c.retainFinished, c.retainTombstones, c.warmup())
+	fmt.Fprintf(progress, "bench: soak: %s at %d clients (%s), retain_finished %s, retain_tombstones %s, warm-up %s\n",
+		c.duration, c.clients, rateText(c.rate), c.retainFinished, c.retainTombstones, c.warmup())
 	var err error
 	if r.Soak, _, err = soakOnce(ctx, c, bin, base, true, c.duration, "soak", progress); err != nil {
 		return nil, err
@@ -204,6 +215,14 @@ func measureSoak(ctx context.Context, c soakConfig, bin, base string, progress i
 	fmt.Fprintf(progress, "bench: compare, pooled: p99 %s ms off, %s ms on; p99.9 %s ms off, %s ms on\n",
 		num(r.Pooled.Off.P99Ms), num(r.Pooled.On.P99Ms), num(r.Pooled.Off.P999Ms), num(r.Pooled.On.P999Ms))
 	return r, nil
+}
+
+// rateText says what the clients aim at.
+func rateText(perSec float64) string {
+	if perSec <= 0 {
+		return "each as fast as it goes"
+	}
+	return fmt.Sprintf("aiming at %s events/s together", rate(perSec))
 }
 
 func onOff(on bool) string {
@@ -248,7 +267,7 @@ func soakOnce(ctx context.Context, c soakConfig, bin, base string, retain bool, 
 
 	start := time.Now()
 	rec := &soakRecorder{end: start.Add(length)}
-	load := lifecycleLoad{prefix: "soak", convs: soakConversations, output: soakOutput(c.stepBytes), end: rec.end,
+	load := lifecycleLoad{prefix: "soak", convs: soakConversations, output: soakOutput(c.stepBytes), end: rec.end, pace: c.pace(),
 		more: func() bool { return time.Now().Before(rec.end) }, record: rec.record}
 	smp := soakSampler{sys: sys, stats: stats, rec: rec, start: start, last: start}
 	first := -1 // the sample that starts the window

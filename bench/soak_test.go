@@ -22,7 +22,7 @@ func TestSoak(t *testing.T) {
 	}
 	cfg, err := parseFlags([]string{"--liminald", buildLiminald(t), "--out", out,
 		"--soak", "3s", "--soak-every", "250ms", "--retain-finished", "100ms", "--retain-tombstones", "200ms",
-		"--clients", "8", "--soak-step-bytes", "200", "--soak-compare", "500ms", "--soak-pairs", "1"}, io.Discard)
+		"--clients", "8", "--soak-rate", "2000", "--soak-step-bytes", "200", "--soak-compare", "500ms", "--soak-pairs", "1"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +47,8 @@ func TestSoak(t *testing.T) {
 	}
 	if w := r.Soak.Window; w.Ops == 0 || w.P99Ms <= 0 || w.P999Ms < w.P99Ms || w.StartSeconds < r.Settings.WarmupSeconds {
 		t.Errorf("window %+v: want ops after the warm-up (%v s)", w, r.Settings.WarmupSeconds)
+	} else if w.EventsPerSec > 1.25*r.Settings.RatePerSec {
+		t.Errorf("window: %v events/s, want at most about the rate, %v", w.EventsPerSec, r.Settings.RatePerSec)
 	}
 	if len(r.Compare) != 2 || r.Compare[0].Retention || !r.Compare[1].Retention {
 		t.Fatalf("comparison: %d runs, want retention off then on", len(r.Compare))

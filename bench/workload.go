@@ -27,6 +27,9 @@ const (
 	// lifecycleSteps is the steps each message of a lifecycle load
 	// completes, each with an output (stepOutput but in the soak).
 	lifecycleSteps = 3
+	// lifecycleEvents is the events of one message's lifecycle: receive,
+	// start, the steps and finish.
+	lifecycleEvents = lifecycleSteps + 3
 	// messagesPerConversation is how many messages a lifecycle client puts
 	// in one conversation before it moves on to the next.
 	messagesPerConversation = 100
@@ -145,6 +148,10 @@ type lifecycleLoad struct {
 	convs  int
 	output []byte    // of each step
 	end    time.Time // no op starts at or after it, unless zero
+	// pace, unless 0, is the time from the start of a client's message to
+	// the start of its next: a client behind its pace starts the next at
+	// once, and does not catch up.
+	pace   time.Duration
 	more   func() bool
 	record func(start time.Time, events int64) // after each op, unless nil; may be called from every client at once
 }
@@ -152,7 +159,20 @@ type lifecycleLoad struct {
 // run runs the load as client number idx on c, until more is false or an
 // op fails.
 func (l lifecycleLoad) run(ctx context.Context, c Client, idx int) error {
+	next := time.Now()
+	if l.pace > 0 {
+		next = next.Add(rand.N(l.pace)) // the clients' starts spread over a pace
+	}
 	for n := 0; l.more(); n++ {
+		if l.pace > 0 {
+			if err := sleepUntil(ctx, next); err != nil {
+				return err
+			}
+			if !l.more() {
+				return nil
+			}
+			next = later(next, time.Now()).Add(l.pace)
+		}
 		k := n / messagesPerConversation
 		if l.convs > 0 {
 			k %= l.convs
@@ -163,6 +183,25 @@ func (l lifecycleLoad) run(ctx context.Context, c Client, idx int) error {
 		}
 	}
 	return nil
+}
+
+// sleepUntil waits until t or until ctx ends, then returns ctx's error.
+func sleepUntil(ctx context.Context, t time.Time) error {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // drive runs the load on each of clients at once, calling tick every
@@ -346,14 +385,10 @@ func sampleWindow(ctx context.Context, w window, usage func() (Usage, error)) <-
 	out := make(chan windowUsage, 1)
 	go func() {
 		at := func(t time.Time) (Usage, error) {
-			timer := time.NewTimer(time.Until(t))
-			defer timer.Stop()
-			select {
-			case <-timer.C:
-				return usage()
-			case <-ctx.Done():
-				return Usage{}, ctx.Err()
+			if err := sleepUntil(ctx, t); err != nil {
+				return Usage{}, err
 			}
+			return usage()
 		}
 		u0, err := at(w.start)
 		if err != nil {
