@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"liminald/pgtest"
 )
 
 // TestConformance checks that every system keeps the rules of SPEC §1–§2
@@ -30,7 +32,7 @@ func TestConformance(t *testing.T) {
 }
 
 // needServer ends the test through missing unless the server that sys
-// runs is installed: redis-server on PATH, PostgreSQL where postgresBinDir
+// runs is installed: redis-server on PATH, PostgreSQL where pgtest.BinDir
 // looks for it.
 func needServer(t *testing.T, sys System) {
 	t.Helper()
@@ -40,7 +42,7 @@ func needServer(t *testing.T, sys System) {
 			missing(t, "redis-server is not installed")
 		}
 	case *postgresSystem:
-		if _, err := postgresBinDir(); err != nil {
+		if _, err := pgtest.BinDir(); err != nil {
 			missing(t, "%v", err)
 		}
 	}

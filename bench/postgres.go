@@ -6,14 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"liminald/pgtest"
 )
 
 // postgresSchema is the PostgreSQL peer's schema and its ops. Each op is
@@ -265,87 +265,36 @@ func (s *postgresSystem) Start(ctx context.Context, dir string) error {
 }
 
 // prepare makes the cluster's directory in dir and the cluster itself if
-// it is not there yet, and returns the command that runs the server.
+// it is not there yet, and returns the command that runs the server. The
+// pieces are liminald/pgtest's, which the daemon's tests run their
+// clusters with.
 func (s *postgresSystem) prepare(dir string) (*exec.Cmd, error) {
-	bin, err := postgresBinDir()
+	bin, err := pgtest.BinDir()
 	if err != nil {
 		return nil, err
 	}
-	cred, err := postgresCredential()
+	owner, err := pgtest.Owner()
 	if err != nil {
 		return nil, err
 	}
 	if err := checkSocketPath(filepath.Join(s.socketDir, ".s.PGSQL.5432")); err != nil {
 		return nil, err
 	}
-	if err := postgresMkdir(dir, s.socketDir, cred); err != nil {
+	if err := postgresMkdir(dir, s.socketDir, owner); err != nil {
 		return nil, err
 	}
 	data := filepath.Join(s.socketDir, "data")
 	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); errors.Is(err, os.ErrNotExist) {
-		if err := postgresInitdb(bin, data, cred); err != nil {
+		if err := pgtest.Initdb(bin, data, owner); err != nil {
 			return nil, err
 		}
 	}
-	args := []string{"-D", data, "-c", "listen_addresses=", "-c", "unix_socket_directories=" + s.socketDir}
-	for _, kv := range postgresSettings {
-		args = append(args, "-c", kv)
-	}
-	cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
-	cmd.Dir = s.socketDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	return cmd, nil
-}
-
-// postgresBinDir is the directory of initdb and postgres: that of initdb
-// on PATH, else Debian's /usr/lib/postgresql/<version>/bin, the newest.
-func postgresBinDir() (string, error) {
-	if p, err := exec.LookPath("initdb"); err == nil {
-		return filepath.Dir(p), nil
-	}
-	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(found) == 0 {
-		return "", errors.New("postgres: no initdb on PATH nor in /usr/lib/postgresql/*/bin")
-	}
-	best := found[0]
-	for _, p := range found[1:] {
-		if postgresMajor(p) > postgresMajor(best) {
-			best = p
-		}
-	}
-	return filepath.Dir(best), nil
-}
-
-// postgresMajor is the version in a path /usr/lib/postgresql/<version>/bin/initdb.
-func postgresMajor(initdb string) int {
-	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(initdb))))
-	return v
-}
-
-// postgresCredential is the user the server runs as: the postgres user
-// when run as root, nil (the current user) otherwise.
-func postgresCredential() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("postgres: running as root needs the postgres user: %w", err)
-	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return nil, err
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return nil, err
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+	return pgtest.Command(bin, data, s.socketDir, owner, postgresSettings...), nil
 }
 
 // postgresMkdir makes dir searchable by everyone and makes base, owned by
-// cred's user when given.
-func postgresMkdir(dir, base string, cred *syscall.Credential) error {
+// the cluster's owner, unless it is there already.
+func postgresMkdir(dir, base string, owner *syscall.Credential) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return err
@@ -353,26 +302,10 @@ func postgresMkdir(dir, base string, cred *syscall.Credential) error {
 	if err := os.Chmod(dir, fi.Mode().Perm()|0o011); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(base, 0o700); err != nil {
-		return err
-	}
-	if cred == nil {
+	if _, err := os.Stat(base); err == nil {
 		return nil
 	}
-	return os.Chown(base, int(cred.Uid), int(cred.Gid))
-}
-
-// postgresInitdb makes a cluster in data: trust authentication on the
-// socket, UTF8, the C locale.
-func postgresInitdb(bin, data string, cred *syscall.Credential) error {
-	cmd := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres",
-		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
-	cmd.Dir = filepath.Dir(data)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %w\n%s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return pgtest.MakeDir(base, owner)
 }
 
 func (s *postgresSystem) connString() string {
@@ -413,7 +346,7 @@ func (s *postgresSystem) Dial(ctx context.Context) (Client, error) {
 
 // Version is the server's version, as postgres --version prints it.
 func (s *postgresSystem) Version() string {
-	bin, err := postgresBinDir()
+	bin, err := pgtest.BinDir()
 	if err != nil {
 		return "unknown"
 	}
