@@ -29,6 +29,11 @@ var staticFS embed.FS
 // cookieName is the cookie that carries the token after the first visit.
 const cookieName = "liminald_ui"
 
+// DialOptions are the options a Dialer should give ipc.Dial: a page
+// waits at most a second for a daemon that went away to come back before
+// it says the daemon cannot answer.
+var DialOptions = []ipc.ClientOption{ipc.ReconnectTimeout(time.Second)}
+
 // Dialer connects to the daemon.
 type Dialer func(ctx context.Context) (*ipc.Client, error)
 

@@ -82,7 +82,9 @@ func (d *testDaemon) do(tb testing.TB, requests ...string) {
 	}
 }
 
-func (d *testDaemon) dial(ctx context.Context) (*ipc.Client, error) { return ipc.Dial(ctx, d.socket) }
+func (d *testDaemon) dial(ctx context.Context) (*ipc.Client, error) {
+	return ipc.Dial(ctx, d.socket, DialOptions...)
+}
 
 // newTestServer returns a web view of d, closed when the test ends.
 func newTestServer(tb testing.TB, d *testDaemon) *Server {
@@ -358,7 +360,7 @@ func TestServer_Compacted(t *testing.T) {
 	d.store.SetRetention(sqlitestore.Retention{Finished: time.Millisecond, Tombstones: time.Millisecond})
 	compactUntil(func(st sqlitestore.Stats) bool { return st.Dropped == 1 })
 	resp, body := get(s, "/c/orders/m/m-1", true)
-	if resp.StatusCode != 404 || !strings.Contains(body, "was forgotten") || !strings.Contains(body, "forgot messages finished up to") {
+	if resp.StatusCode != 404 || !strings.Contains(body, "was forgotten") || !strings.Contains(body, "forgot the messages that finished up to") {
 		t.Errorf("GET of a forgotten message: %d\n%s", resp.StatusCode, body)
 	}
 	check("/c/orders", "forgotten before")

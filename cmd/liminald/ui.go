@@ -54,7 +54,7 @@ func (uiCommand) Run(c *cli.Context) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
-	srv, err := ui.New(func(ctx context.Context) (*ipc.Client, error) { return ipc.Dial(ctx, cfg.Socket) }, log)
+	srv, err := ui.New(func(ctx context.Context) (*ipc.Client, error) { return ipc.Dial(ctx, cfg.Socket, ui.DialOptions...) }, log)
 	if err != nil {
 		return err
 	}
