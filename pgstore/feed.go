@@ -1,0 +1,253 @@
+package pgstore
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"liminald/conversation"
+)
+
+// notifyChannel is the channel every batch that appends notifies as it
+// commits.
+const notifyChannel = "liminald_events"
+
+// feed hands the batches of events the tailer read to the subscriptions,
+// without ever waiting on one.
+type feed struct {
+	mu     sync.Mutex
+	subs   map[*Subscription]struct{}
+	closed bool
+}
+
+// Subscription receives the committed events of every daemon on the
+// database, batch by batch in pos order, from the position the store's
+// feed had reached when it was made. It holds up to its capacity of
+// batches; one that falls further behind is ended with Lagged set, so
+// that nothing waits on it.
+type Subscription struct {
+	f      *feed
+	c      chan []conversation.Event
+	lagged atomic.Bool
+}
+
+// Subscribe starts a subscription to the events committed from now on,
+// holding up to capacity batches not yet received. Its channel is closed
+// when it lags, when it is closed, or when the store closes.
+func (s *Store) Subscribe(capacity int) *Subscription {
+	sub := &Subscription{f: &s.feed, c: make(chan []conversation.Event, capacity)}
+	f := &s.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		close(sub.c)
+		return sub
+	}
+	if f.subs == nil {
+		f.subs = make(map[*Subscription]struct{})
+	}
+	f.subs[sub] = struct{}{}
+	return sub
+}
+
+// Events returns the channel of committed batches. The batches are shared:
+// do not modify them.
+func (sub *Subscription) Events() <-chan []conversation.Event { return sub.c }
+
+// Lagged reports whether the subscription ended because it fell behind.
+func (sub *Subscription) Lagged() bool { return sub.lagged.Load() }
+
+// Close ends the subscription. It may be called more than once.
+func (sub *Subscription) Close() {
+	f := sub.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.subs[sub]; ok {
+		delete(f.subs, sub)
+		close(sub.c)
+	}
+}
+
+func (f *feed) len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs)
+}
+
+// publish hands a batch to every subscription; one that has no room lags
+// and ends.
+func (f *feed) publish(events []conversation.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for sub := range f.subs {
+		select {
+		case sub.c <- events:
+		default:
+			sub.lagged.Store(true)
+			delete(f.subs, sub)
+			close(sub.c)
+		}
+	}
+}
+
+func (f *feed) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for sub := range f.subs {
+		delete(f.subs, sub)
+		close(sub.c)
+	}
+}
+
+// tailerPage is how many events the tailer reads at a time.
+const tailerPage = 1000
+
+// tailer reads the log in pos order from where it reached, and publishes
+// what it reads to the store's feed. Only its goroutine touches next.
+type tailer struct {
+	s    *Store
+	next int64         // the position of the next event to publish
+	wake chan struct{} // a notification came
+	own  chan []conversation.Event
+}
+
+func newTailer(ctx context.Context, s *Store) (*tailer, error) {
+	t := &tailer{s: s, wake: make(chan struct{}, 1), own: make(chan []conversation.Event, 64)}
+	if err := s.pool.QueryRow(ctx, `SELECT next FROM positions WHERE id = 1`).Scan(&t.next); err != nil {
+		return nil, unavailable("read positions", err)
+	}
+	return t, nil
+}
+
+// committed tells the tailer of the events of a batch this store committed,
+// in pos order; it never waits: a tailer that is behind reads them from
+// the table.
+func (t *tailer) committed(events []conversation.Event) {
+	select {
+	case t.own <- events:
+	default:
+		t.poke()
+	}
+}
+
+func (t *tailer) poke() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (t *tailer) run() {
+	tick := time.NewTicker(t.s.opts.Poll)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-t.s.stop:
+			return
+		case events := <-t.own:
+			last := events[len(events)-1].Pos
+			switch {
+			case last < t.next: // read already
+				continue
+			case t.s.feed.len() == 0:
+				// Nobody to hand them to, and a subscription made from
+				// now on wants what commits later, after them.
+				t.next = last + 1
+				continue
+			case events[0].Pos == t.next:
+				// They follow on what was published: no need to read them.
+				t.s.feed.publish(events)
+				t.next = last + 1
+				continue
+			}
+		case <-t.wake:
+		case <-tick.C:
+		}
+		err := t.catchUp()
+		switch {
+		case err != nil && !failing:
+			t.s.log.Warn("subscriptions cannot read the log; they try again", "err", err)
+		case err == nil && failing:
+			t.s.log.Info("subscriptions read the log again")
+		}
+		failing = err != nil
+	}
+}
+
+// catchUp reads and publishes the events from next on, up to the end of
+// the log. Without subscriptions it only moves next to the end: a
+// subscription made later wants the events committed after it was made,
+// and they all come at or after that end.
+func (t *tailer) catchUp() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		if t.s.feed.len() == 0 {
+			var end int64
+			if err := t.s.pool.QueryRow(ctx, `SELECT next FROM positions WHERE id = 1`).Scan(&end); err != nil {
+				return unavailable("read positions", err)
+			}
+			// Looked at after the read: a subscription made since may
+			// want events from before end, which the next look reads.
+			if t.s.feed.len() == 0 {
+				t.next = max(t.next, end)
+				return nil
+			}
+		}
+		events, err := t.s.EventsFrom(ctx, t.next, tailerPage)
+		if err != nil {
+			return err
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		t.s.feed.publish(events)
+		t.next = events[len(events)-1].Pos + 1
+		if len(events) < tailerPage {
+			return nil
+		}
+	}
+}
+
+// listen wakes the tailer on every notification of notifyChannel, on a
+// connection of its own, which it opens again, after a pause, when it
+// breaks.
+func (t *tailer) listen() {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-t.s.stop; cancel() }()
+	defer cancel()
+	for ctx.Err() == nil {
+		err := t.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		t.s.log.Debug("notifications stopped; listening again", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (t *tailer) listenOnce(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, t.s.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		return err
+	}
+	t.poke() // what was notified while it did not listen
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		t.poke()
+	}
+}

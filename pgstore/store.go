@@ -1,0 +1,332 @@
+package pgstore
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"liminald/conversation"
+)
+
+// Options configure a Store. The zero value of each field picks its default.
+type Options struct {
+	Logger    *slog.Logger
+	QueueSize int   // write requests waiting for the writer; 4096 by default
+	MaxBatch  int   // write requests in one transaction; 1024 by default
+	MaxConns  int32 // connections to PostgreSQL, the writer's, the readers' and the feed's; 8 by default
+	// ConnectTimeout is how long Open waits for PostgreSQL to accept a
+	// connection, trying again with a backoff; 30s by default.
+	ConnectTimeout time.Duration
+	// WriteTimeout bounds one batch's transaction: past it the batch is
+	// answered unavailable; 30s by default.
+	WriteTimeout time.Duration
+	// Poll is how often the feed looks for events other daemons wrote
+	// when no notification woke it; 50ms by default.
+	Poll time.Duration
+	// MaxAttempts is how many times a message may be started before it is
+	// quarantined; 0 for no limit (SetMaxAttempts changes it live).
+	MaxAttempts int64
+	// Retention is what compaction keeps (SetRetention changes it live);
+	// the zero Retention keeps everything.
+	Retention Retention
+	// ClockOffset, when set, is added to the database's clock wherever
+	// the store reads it: tests move time with it, since they cannot set
+	// the server's clock.
+	ClockOffset func() time.Duration
+
+	// beforeTail, when set, is called by the writer with the batch's
+	// transaction open, its conversations locked and its rules applied,
+	// just before the tail that gives it positions and commits it; tests
+	// use it to hold a batch open.
+	beforeTail func()
+	// manualCompaction, when set, leaves compaction to the test's calls of
+	// Compact.
+	manualCompaction bool
+}
+
+func (o *Options) setDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 4096
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 1024
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 8
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 30 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 30 * time.Second
+	}
+	if o.Poll <= 0 {
+		o.Poll = 50 * time.Millisecond
+	}
+}
+
+// Store is an open event log in a PostgreSQL database. Its methods are safe
+// for concurrent use, and several stores (several daemons) may share one
+// database.
+type Store struct {
+	opts  Options
+	log   *slog.Logger
+	pool  *pgxpool.Pool
+	where string // the server and database, for logs
+	queue chan *request
+	feed  feed
+	tail  *tailer
+	stats commitStats
+
+	maxAttempts atomic.Int64
+	retention   atomic.Pointer[Retention]
+	retained    chan struct{} // wakes compactLoop
+	compacting  compactStats
+
+	// skew is the database's clock minus the local one (ms), measured by
+	// clockLoop, so that Moment need not ask the database.
+	skew   atomic.Int64
+	opened time.Time
+
+	mu     sync.RWMutex // guards closed against sends on queue
+	closed bool
+
+	stop chan struct{} // closed by Close: background loops end
+	wg   sync.WaitGroup
+}
+
+// Open connects to the PostgreSQL database at url (a postgres:// or
+// postgresql:// URL, or a key=value connection string), waiting for it up
+// to Options.ConnectTimeout (or until ctx ends), creates or migrates the
+// schema, and starts the writer. Returns an error wrapping ErrNewerSchema
+// if the database is from a newer version of liminald, ErrNotLiminal if it
+// holds tables of liminald's names that are not liminald's, and one
+// wrapping conversation.ErrUnavailable if PostgreSQL could not be reached
+// in time.
+func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	opts.setDefaults()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	cfg.MaxConns = opts.MaxConns
+	where := fmt.Sprintf("database %s on %s", cfg.ConnConfig.Database, cfg.ConnConfig.Host)
+	if cfg.ConnConfig.Port != 5432 {
+		where += fmt.Sprintf(" port %d", cfg.ConnConfig.Port)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	s := &Store{opts: opts, log: opts.Logger, pool: pool, where: where, queue: make(chan *request, opts.QueueSize),
+		retained: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
+	s.SetMaxAttempts(opts.MaxAttempts)
+	s.SetRetention(opts.Retention)
+	if err := s.wait(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	if err := s.syncClock(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	s.tail, err = newTailer(ctx, s)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	w := &writer{s: s}
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); w.run() }()
+	go func() { defer s.wg.Done(); s.tail.run() }()
+	go func() { defer s.wg.Done(); s.tail.listen() }()
+	go func() { defer s.wg.Done(); s.clockLoop() }()
+	if !opts.manualCompaction {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.compactLoop() }()
+	}
+	s.log.Info("connected to PostgreSQL", "where", where)
+	return s, nil
+}
+
+// wait pings PostgreSQL until it answers, with a backoff from 100ms to 2s,
+// up to Options.ConnectTimeout, logging what it waits for.
+func (s *Store) wait(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancel()
+	backoff := 100 * time.Millisecond
+	for tries := 1; ; tries++ {
+		err := s.pool.Ping(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("PostgreSQL did not answer within %v (%d tries): %w: %w", s.opts.ConnectTimeout, tries, conversation.ErrUnavailable, err)
+		}
+		s.log.Warn("waiting for PostgreSQL", "where", s.where, "try", tries, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// Close stops taking writes, answers every write already queued, ends the
+// subscriptions and closes the connections. Writes after Close get
+// conversation.ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.queue)
+	close(s.stop)
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.feed.closeAll()
+	s.pool.Close()
+	return nil
+}
+
+// Moment returns what the rules judge a message by now: the database's
+// clock, as last measured against the local one, and the max_attempts
+// setting. A write judges by the database's clock read in its own
+// transaction instead.
+func (s *Store) Moment() conversation.Moment {
+	now := time.Now().UnixMilli() + s.skew.Load() + s.offset()
+	return conversation.Moment{Now: now, MaxAttempts: s.maxAttempts.Load()}
+}
+
+// offset is Options.ClockOffset in milliseconds, 0 without it.
+func (s *Store) offset() int64 {
+	if s.opts.ClockOffset == nil {
+		return 0
+	}
+	return s.opts.ClockOffset().Milliseconds()
+}
+
+// SetMaxAttempts sets how many times a message may be started before it is
+// quarantined (0, or less: no limit), from the next request on.
+func (s *Store) SetMaxAttempts(n int64) { s.maxAttempts.Store(max(n, 0)) }
+
+// clockSQL reads the database's clock in epoch milliseconds.
+const clockSQL = `SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint`
+
+// now reads the database's clock (epoch ms), with the offset.
+func (s *Store) now(ctx context.Context) (int64, error) {
+	var now int64
+	if err := s.pool.QueryRow(ctx, clockSQL).Scan(&now); err != nil {
+		return 0, unavailable("read the clock", err)
+	}
+	return now + s.offset(), nil
+}
+
+// syncClock measures the database's clock against the local one.
+func (s *Store) syncClock(ctx context.Context) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return unavailable("read the clock", err)
+	}
+	defer conn.Release()
+	best := int64(-1)
+	for range 3 { // the round trip that took least says most
+		var db int64
+		t0 := time.Now()
+		if err := conn.QueryRow(ctx, clockSQL).Scan(&db); err != nil {
+			return unavailable("read the clock", err)
+		}
+		t1 := time.Now()
+		if rtt := t1.Sub(t0).Microseconds(); best < 0 || rtt < best {
+			best = rtt
+			s.skew.Store(db - (t0.UnixMilli()+t1.UnixMilli())/2)
+		}
+	}
+	return nil
+}
+
+// clockLoop measures the database's clock again every few seconds.
+func (s *Store) clockLoop() {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := s.syncClock(ctx); err != nil {
+			s.log.Debug("measure the database's clock", "err", err)
+		}
+		cancel()
+	}
+}
+
+//go:embed schema.sql
+var schema string
+
+// SchemaVersion is the version of the schema this liminald creates.
+const SchemaVersion = 1
+
+// schemaLock is the key of the advisory lock that daemons opening one
+// database at once take to create or migrate its schema one at a time.
+const schemaLock = 0x6c696d696e616c // "liminal"
+
+// ourTables are the tables the schema creates: one of them in a database
+// without liminald_schema means the database is not liminald's.
+var ourTables = []string{"conversations", "events", "messages", "steps", "positions"}
+
+// migrate creates the schema in a database that has none, and refuses one
+// from a newer version. Versions move forward in liminald_schema.version:
+// a version 2 will bring version 1 forward here, in the same transaction
+// as its version's update.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(schemaLock)); err != nil {
+			return unavailable("lock the schema", err)
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass('liminald_schema') IS NOT NULL`).Scan(&exists); err != nil {
+			return unavailable("read schema version", err)
+		}
+		if exists {
+			var version int
+			if err := tx.QueryRow(ctx, `SELECT version FROM liminald_schema WHERE id = 1`).Scan(&version); err != nil {
+				return unavailable("read schema version", err)
+			}
+			if version > SchemaVersion {
+				return fmt.Errorf("%w: its schema is version %d, this liminald knows up to version %d; upgrade liminald", ErrNewerSchema, version, SchemaVersion)
+			}
+			return nil
+		}
+		var found []string
+		if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(t), '{}') FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL`, ourTables).Scan(&found); err != nil {
+			return unavailable("create schema", err)
+		}
+		if len(found) > 0 {
+			return fmt.Errorf("%w (found %v)", ErrNotLiminal, found)
+		}
+		if _, err := tx.Exec(ctx, schema); err != nil {
+			return unavailable("create schema", err)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO liminald_schema (id, version) VALUES (1, $1)`, SchemaVersion)
+		return unavailable("create schema", err)
+	})
+}
