@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/user"
 	"slices"
@@ -27,9 +28,10 @@ type Config struct {
 	// which Load fills in.
 	Socket string `toml:"socket"`
 
-	// DB is the path of the SQLite database. Empty means DefaultDBPath, which
-	// Load fills in. A DB that looks like a URL (a scheme and "://") must
-	// be of a scheme in DBSchemes (see CheckDB).
+	// DB is the path of the SQLite database, or the postgres:// (or
+	// postgresql://) URL of a PostgreSQL database that several daemons may
+	// share (SPEC §10). Empty means DefaultDBPath, which Load fills in. A
+	// DB that looks like a URL of another scheme is refused (see CheckDB).
 	DB string `toml:"db"`
 
 	// Sync is "full" (every acknowledged write is fsynced: it survives power
@@ -512,8 +514,28 @@ func homeDir(env func(string) string, uid int) string {
 }
 
 // DBSchemes are the URL schemes a db setting may name instead of a file
-// path. None yet: every db is the path of a SQLite file.
-var DBSchemes []string
+// path: those of a PostgreSQL database.
+var DBSchemes = []string{"postgres", "postgresql"}
+
+// IsPostgres reports whether db names a PostgreSQL database: a URL of one
+// of DBSchemes.
+func IsPostgres(db string) bool {
+	scheme := dbScheme(db)
+	return scheme != "" && slices.ContainsFunc(DBSchemes, func(s string) bool { return strings.EqualFold(s, scheme) })
+}
+
+// DisplayDB is db as logs and status lines show it: a URL without its
+// password.
+func DisplayDB(db string) string {
+	if !IsPostgres(db) {
+		return db
+	}
+	u, err := url.Parse(db)
+	if err != nil {
+		return dbScheme(db) + "://..."
+	}
+	return u.Redacted()
+}
 
 // dbScheme returns the scheme of db when db looks like a URL: a scheme (a
 // letter, then letters, digits, "+", "-" or "."; RFC 3986) followed by

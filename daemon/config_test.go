@@ -160,7 +160,9 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "DBRelative", change: func(c *Config) { c.DB = "state/liminald.db" }},
 		{name: "DBColonInName", change: func(c *Config) { c.DB = "/d/a:b.db" }},
 		{name: "DBSlashesAfterNoScheme", change: func(c *Config) { c.DB = "/d/x://y.db" }},
-		{name: "DBUnknownURL", change: func(c *Config) { c.DB = "postgres://u@/db?host=/run/pg" }, setting: "db"},
+		{name: "DBPostgres", change: func(c *Config) { c.DB = "postgres://u@/db?host=/run/pg" }},
+		{name: "DBPostgresql", change: func(c *Config) { c.DB = "postgresql://u:secret@db.internal:5432/liminald" }},
+		{name: "DBUnknownURL", change: func(c *Config) { c.DB = "mysql://u@db/liminald" }, setting: "db"},
 		{name: "DBUnknownURLUpperCase", change: func(c *Config) { c.DB = "MYSQL://db" }, setting: "db"},
 		{name: "DBFileURL", change: func(c *Config) { c.DB = "file:///var/lib/liminald.db" }, setting: "db"},
 		{name: "SyncOff", change: func(c *Config) { c.Sync = "off" }, setting: "sync"},
@@ -347,7 +349,7 @@ func TestLoad(t *testing.T) {
 				}
 			},
 		},
-		{name: "DBOfUnknownScheme", env: with(base, "LIMINAL_DB", "postgres://u@/db?host=/run/pg"), errHas: `scheme "postgres"`},
+		{name: "DBOfUnknownScheme", env: with(base, "LIMINAL_DB", "mysql://u@/db"), errHas: `known schemes: postgres, postgresql`},
 		{name: "StateHome", env: with(base, "XDG_STATE_HOME", "/state"), want: func(c *Config) { c.DB = "/state/liminald/liminald.db" }},
 		{name: "EmptyVariableIsUnset", env: with(base, "LIMINAL_SYNC", ""), want: func(*Config) {}},
 		{name: "MissingExplicitFile", path: filepath.Join(home, "missing.toml"), env: base, errHas: "missing.toml"},
@@ -415,7 +417,7 @@ func TestRun_DBOfUnknownScheme(t *testing.T) {
 	t.Chdir(dir)
 	env := map[string]string{
 		"HOME": dir, "LIMINAL_SOCKET": filepath.Join(dir, "l.sock"),
-		"LIMINAL_DB": "postgres://u@/db?host=/run/pg",
+		"LIMINAL_DB": "mysql://u@/db?host=/run/db",
 	}
 	var logs strings.Builder
 	err := Run(t.Context(), Options{Env: mapEnv(env), Stderr: &logs})
@@ -429,5 +431,17 @@ func TestRun_DBOfUnknownScheme(t *testing.T) {
 	}
 	for _, e := range entries {
 		t.Errorf("Run() refused the db but left %s in the working directory", e.Name())
+	}
+}
+
+func TestDisplayDB(t *testing.T) {
+	for _, tt := range []struct{ db, want string }{
+		{"/var/lib/liminald/liminald.db", "/var/lib/liminald/liminald.db"},
+		{"postgres://u@/db?host=/run/pg", "postgres://u@/db?host=/run/pg"},
+		{"postgresql://u:secret@db.internal/liminald", "postgresql://u:xxxxx@db.internal/liminald"},
+	} {
+		if got := DisplayDB(tt.db); got != tt.want {
+			t.Errorf("DisplayDB(%q) = %q, want %q", tt.db, got, tt.want)
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -108,23 +107,14 @@ func (m *metrics) observeBatch(b sqlitestore.Batch) {
 }
 
 // watch registers the gauges read from the running store and server.
-func (m *metrics) watch(store *sqlitestore.Store, srv *ipc.Server) {
+func (m *metrics) watch(store runningStore, srv *ipc.Server) {
 	gauge := func(name, help string, f func() float64) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 	}
 	gauge("liminald_connections", "Connections being served.", func() float64 { return float64(srv.Connections()) })
 	gauge("liminald_subscribers", "Live subscriptions.", func() float64 { return float64(srv.Subscribers()) })
 	gauge("liminald_queue_depth", "Write requests waiting for the writer.", func() float64 { return float64(store.QueueDepth()) })
-	gauge("liminald_db_bytes", "Size of the database file and its WAL.", func() float64 {
-		var n int64
-		for _, suffix := range []string{"", "-wal"} {
-			if fi, err := os.Stat(store.Path() + suffix); err == nil {
-				n += fi.Size()
-			}
-		}
-		return float64(n)
-	})
-	stat := func(f func(*sqlitestore.Stats) float64) func() float64 {
+	stat := func(f func(*ipc.StoreStats) float64) func() float64 {
 		return func() float64 {
 			st, err := store.Stats(context.Background())
 			if err != nil {
@@ -136,18 +126,20 @@ func (m *metrics) watch(store *sqlitestore.Store, srv *ipc.Server) {
 	counter := func(name, help string, f func() float64) {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 	}
-	gauge("liminald_events", "Events in the database.", stat(func(st *sqlitestore.Stats) float64 { return float64(st.Events) }))
-	gauge("liminald_tombstones", "Tombstones of compacted messages kept.", stat(func(st *sqlitestore.Stats) float64 { return float64(st.Tombstones) }))
+	gauge("liminald_db_bytes", "Size of the database: the SQLite file and its WAL, or the PostgreSQL database.",
+		stat(func(st *ipc.StoreStats) float64 { return float64(st.DBBytes) }))
+	gauge("liminald_events", "Events in the database.", stat(func(st *ipc.StoreStats) float64 { return float64(st.Events) }))
+	gauge("liminald_tombstones", "Tombstones of compacted messages kept.", stat(func(st *ipc.StoreStats) float64 { return float64(st.Tombstones) }))
 	gauge("liminald_forgotten_before_seconds", "The newest forgotten_before of any conversation, in epoch seconds; 0 when none.",
-		stat(func(st *sqlitestore.Stats) float64 { return float64(st.Horizon.Before) / 1000 }))
+		stat(func(st *ipc.StoreStats) float64 { return float64(st.Horizon.Before) / 1000 }))
 	counter("liminald_compacted_total", "Messages compacted into tombstones, in the database's life.",
-		stat(func(st *sqlitestore.Stats) float64 { return float64(st.Compacted) }))
+		stat(func(st *ipc.StoreStats) float64 { return float64(st.Compacted) }))
 	counter("liminald_tombstones_dropped_total", "Tombstones dropped, in the database's life.",
-		stat(func(st *sqlitestore.Stats) float64 { return float64(st.Dropped) }))
+		stat(func(st *ipc.StoreStats) float64 { return float64(st.Dropped) }))
 	counter("liminald_compaction_passes_total", "Compaction passes since the daemon started.",
-		stat(func(st *sqlitestore.Stats) float64 { return float64(st.CompactionPasses) }))
+		stat(func(st *ipc.StoreStats) float64 { return float64(st.CompactionPasses) }))
 	counter("liminald_compaction_seconds_total", "Time compaction passes took since the daemon started.",
-		stat(func(st *sqlitestore.Stats) float64 { return st.CompactionTotal.Seconds() }))
+		stat(func(st *ipc.StoreStats) float64 { return st.CompactionTotal.Seconds() }))
 }
 
 // serve listens on the address of the metrics and metrics_public settings

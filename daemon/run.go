@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"liminald/ipc"
+	"liminald/pgstore"
 	"liminald/sqlitestore"
 )
 
@@ -48,7 +49,7 @@ type daemon struct {
 	cfg     Config // the running configuration; only Run's goroutine reads or writes it
 	file    string // the configuration file read, "" if none
 	allow   atomic.Pointer[AllowList]
-	store   *sqlitestore.Store
+	store   runningStore
 	srv     *ipc.Server
 	metrics *metrics // nil when the endpoint is off
 	locks   []*Lock
@@ -119,11 +120,16 @@ func Run(ctx context.Context, opts Options) error {
 // refused for its socket has not touched it.
 func (d *daemon) start() error {
 	cfg := d.cfg
-	if err := d.prepareDir(filepath.Dir(cfg.DB)); err != nil {
-		return err
-	}
-	if err := d.lock(cfg.DB + ".lock"); err != nil {
-		return err
+	postgres := IsPostgres(cfg.DB)
+	// A PostgreSQL database is shared by design (SPEC §10): the lock of
+	// one daemon per database is SQLite's alone.
+	if !postgres {
+		if err := d.prepareDir(filepath.Dir(cfg.DB)); err != nil {
+			return err
+		}
+		if err := d.lock(cfg.DB + ".lock"); err != nil {
+			return err
+		}
 	}
 	activated, err := Activated()
 	if err != nil {
@@ -141,24 +147,23 @@ func (d *daemon) start() error {
 		}
 		d.sockLock = d.locks[len(d.locks)-1]
 	}
-	storeOpts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention()}
 	srvCfg := ipc.Config{
 		Store: nil, Logger: d.log, Version: d.opts.Version,
 		MaxLineBytes: cfg.MaxLineBytes, MaxConns: cfg.MaxConnections, Admit: d.admit,
 	}
 	if cfg.Metrics != "" {
 		d.metrics = newMetrics()
-		storeOpts.OnBatch, srvCfg.Observe = d.metrics.observeBatch, d.metrics.observe
+		srvCfg.Observe = d.metrics.observe
 	}
-	// Created 0600 before SQLite would create it 0644: it holds payloads.
-	if d.createdDB, err = sqlitestore.Create(cfg.DB); err != nil {
-		return err
+	if postgres {
+		err = d.openPostgres()
+	} else {
+		err = d.openSQLite()
 	}
-	d.store, err = sqlitestore.Open(cfg.DB, storeOpts)
 	if err != nil {
 		return err
 	}
-	srvCfg.Store = store{d.store}
+	srvCfg.Store = d.store
 	d.srv = ipc.NewServer(srvCfg)
 	if d.metrics != nil {
 		d.metrics.watch(d.store, d.srv)
@@ -168,19 +173,56 @@ func (d *daemon) start() error {
 		}
 		d.log.Info("metrics endpoint", "addr", addr.String(), "public", cfg.MetricsPublic)
 	}
+	db := DisplayDB(cfg.DB)
 	if len(activated) > 0 {
 		// systemd owns the socket file and keeps one daemon per socket.
 		for _, l := range activated {
 			d.serveOn(l)
 		}
-		d.log.Info("serving", "db", cfg.DB, "sync", cfg.Sync, "activated_sockets", len(activated), "version", d.opts.Version)
+		d.log.Info("serving", "db", db, "sync", cfg.Sync, "activated_sockets", len(activated), "version", d.opts.Version)
 		return nil
 	}
 	d.sockPath, d.sockMode, d.sockGroup = cfg.Socket, cfg.SocketMode, cfg.SocketGroup
 	if err := d.listen(); err != nil {
 		return err
 	}
-	d.log.Info("serving", "db", cfg.DB, "sync", cfg.Sync, "socket", cfg.Socket, "version", d.opts.Version)
+	d.log.Info("serving", "db", db, "sync", cfg.Sync, "socket", cfg.Socket, "version", d.opts.Version)
+	return nil
+}
+
+// openSQLite opens the SQLite store of the db setting, creating its file.
+func (d *daemon) openSQLite() error {
+	cfg := d.cfg
+	opts := sqlitestore.Options{Sync: sqlitestore.Sync(cfg.Sync), Logger: d.log, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention()}
+	if d.metrics != nil {
+		opts.OnBatch = d.metrics.observeBatch
+	}
+	// Created 0600 before SQLite would create it 0644: it holds payloads.
+	var err error
+	if d.createdDB, err = sqlitestore.Create(cfg.DB); err != nil {
+		return err
+	}
+	s, err := sqlitestore.Open(cfg.DB, opts)
+	if err != nil {
+		return err
+	}
+	d.store = store{s}
+	return nil
+}
+
+// openPostgres opens the PostgreSQL store of the db setting, waiting for
+// the server (pgstore.Open logs what it waits for): READY=1 follows only
+// once it is connected. The sync setting does not apply: a commit is as
+// durable as the server's settings make it.
+func (d *daemon) openPostgres() error {
+	cfg := d.cfg
+	r := cfg.Retention()
+	s, err := pgstore.Open(context.Background(), cfg.DB, pgstore.Options{Logger: d.log, MaxAttempts: cfg.MaxAttempts,
+		Retention: pgstore.Retention{Finished: r.Finished, Tombstones: r.Tombstones}})
+	if err != nil {
+		return err
+	}
+	d.store = pgStore{s}
 	return nil
 }
 
@@ -458,7 +500,7 @@ func (d *daemon) reload(why string) {
 // ready tells systemd the daemon serves, with a status line naming its
 // database for systemctl status.
 func (d *daemon) ready() {
-	d.notify(NotifyReady + "\n" + NotifyStatus("serving "+d.cfg.DB))
+	d.notify(NotifyReady + "\n" + NotifyStatus("serving "+DisplayDB(d.cfg.DB)))
 }
 
 func (d *daemon) notify(state string) {

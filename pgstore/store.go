@@ -330,3 +330,6 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		return unavailable("create schema", err)
 	})
 }
+
+// QueueDepth returns the number of write requests waiting for the writer.
+func (s *Store) QueueDepth() int { return len(s.queue) }
