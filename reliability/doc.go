@@ -32,6 +32,32 @@
 //     daemon exits 0 under load, loses nothing it acknowledged, and
 //     answered every write it committed (no event without its
 //     acknowledgement).
+//   - Retention's crash safety (retention_test.go). The same workers run
+//     against a daemon with --retain-finished 50ms and --retain-tombstones
+//     1s, so that compaction and drops run all the time, giving each
+//     delivery its message's sent_at, and the daemon is killed with
+//     SIGKILL at random moments, half of them aimed at the start of a
+//     compaction pass (stats shows when one ended; the next is due half a
+//     second later), each once stats shows tombstones (and, after the
+//     first kill, dropped ones). While the daemon is down, `liminald
+//     check` must pass on the database as the kill left it. After each
+//     restart: tokens never went back but for messages compacted or
+//     forgotten, next_seq of no conversation went down, and every message
+//     whose finish was acknowledged decides skip (compacted or not), where
+//     finish again is a duplicate at the seq its finish was acknowledged
+//     at, or forgotten (when its sent_at is given and its tombstone was
+//     dropped), with a horizon no older than its finish, where a delivery
+//     without sent_at starts it, carrying that horizon. At the end the
+//     daemon is restarted without retention, so that nothing moves under
+//     the final check: every acknowledged write is in the log at its seq
+//     unless its message was compacted or forgotten (which needs a finish
+//     sent), and then no event of it is left; no seq holds another event
+//     than the one acknowledged at it; a tombstone is finished with no
+//     steps and its attempts; next_seq is above every seq acknowledged; the
+//     other decisions are those of the crash test. The run checks that a
+//     copy of its log with a lost write, with an event of a compacted
+//     message put back (a partial compaction) or with a new event at a
+//     compacted seq (a reused seq) is rejected, so the check can fail.
 //   - Linearizability (linearizability_test.go, with the model in
 //     model_test.go). Concurrent histories of receive, decide, start,
 //     step, finish, fail, renew and release from many clients contending
@@ -61,6 +87,6 @@
 //
 // Commands, from the module root:
 //
-//	go test ./reliability/                               # short: 3 SIGKILLs, 1 SIGTERM, 1 kill under linearizability
-//	LIMINALD_LONG=1 go test -timeout 30m ./reliability/  # long: 20 SIGKILLs, 5 SIGTERMs, 8 histories x 3 kills
+//	go test ./reliability/                               # short: 3 SIGKILLs, 1 SIGTERM, 3 SIGKILLs under retention, 1 kill under linearizability
+//	LIMINALD_LONG=1 go test -timeout 40m ./reliability/  # long: 20 SIGKILLs, 5 SIGTERMs, 30 SIGKILLs under retention, 8 histories x 3 kills
 package reliability

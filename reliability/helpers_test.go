@@ -138,7 +138,12 @@ func (d *daemon) run() *proc {
 // 0), and starts it again on the same database. It returns now() at the
 // moment the old daemon was seen to have exited: no call can take effect
 // in the stopped run after it.
-func (d *daemon) restart(sig syscall.Signal) int64 {
+func (d *daemon) restart(sig syscall.Signal) int64 { return d.restartWith(sig, nil) }
+
+// restartWith is restart, calling stopped (when not nil) once the old
+// daemon exited and before the next one starts: to look at the database
+// as the stop left it.
+func (d *daemon) restartWith(sig syscall.Signal, stopped func()) int64 {
 	t := d.t
 	t.Helper()
 	d.mu.Lock()
@@ -157,6 +162,9 @@ func (d *daemon) restart(sig syscall.Signal) int64 {
 	stoppedAt := d.now()
 	if sig == syscall.SIGTERM && code != 0 {
 		t.Fatalf("SIGTERM: exit code %d, want 0\nstderr:\n%s", code, p.stderr.String())
+	}
+	if stopped != nil {
+		stopped()
 	}
 	np := d.run()
 	d.mu.Lock()
@@ -180,7 +188,10 @@ func (d *daemon) connect(ctx context.Context) (*ipc.Client, int, error) {
 		case <-ctx.Done():
 			return nil, 0, ctx.Err()
 		}
-		c, err := ipc.Dial(ctx, d.socket)
+		// The client does not dial again, nor send again, by itself: the
+		// tests model a call whose connection broke as one of unknown
+		// outcome, and go on through receive and resume_from.
+		c, err := ipc.Dial(ctx, d.socket, ipc.ReconnectTimeout(0))
 		if err == nil {
 			return c, gen, nil
 		}
@@ -195,11 +206,16 @@ func (d *daemon) connect(ctx context.Context) (*ipc.Client, int, error) {
 }
 
 // dialCheck connects to the current daemon for a check that must end
-// within a minute, and fails the test if it cannot. done closes the
-// client.
+// within a minute (5 in the long variants, whose checks go over tens of
+// thousands of messages), and fails the test if it cannot. done closes
+// the client.
 func (d *daemon) dialCheck() (ctx context.Context, c *ipc.Client, done func()) {
 	d.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	within := time.Minute
+	if long() {
+		within = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	c, _, err := d.connect(ctx)
 	if err != nil {
 		cancel()
