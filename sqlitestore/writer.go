@@ -138,6 +138,7 @@ type writer struct {
 	stmts *writeStmts
 
 	nextPos, nextConvID int64
+	lastTS              int64 // the time of the last stage written
 	totals              totals
 	convs               map[string]*convRow
 
@@ -244,7 +245,12 @@ func (w *writer) run() {
 // is left once the sync ends. It wakes for a stage's worth of requests,
 // not for each. When nothing is syncing it takes only what is waiting, so
 // a lone request is committed at once.
-func (w *writer) build(ts int64) error {
+//
+// Each stage is written at the time it is staged (see stamp), so that no
+// event's ts is older than its request: a finish's ts, which a tombstone
+// keeps as finished_at and a horizon is made of, is never before the
+// sent_at of a message it finished.
+func (w *writer) build() error {
 	if err := w.begin(); err != nil {
 		return err
 	}
@@ -255,7 +261,7 @@ func (w *writer) build(ts int64) error {
 		closed = w.take() || closed
 		last := closed || len(w.batch) >= w.s.opts.MaxBatch || w.s.syncing.Load() == 0
 		if n := len(w.batch) - written; n > 0 && (last || n >= stageMin) {
-			if err := w.stage(w.batch[written:], ts); err != nil {
+			if err := w.stage(w.batch[written:], w.stamp()); err != nil {
 				return err
 			}
 			w.s.unstaged.Add(-int64(n))
@@ -269,6 +275,13 @@ func (w *writer) build(ts int64) error {
 		}
 		<-w.s.wake
 	}
+}
+
+// stamp returns the time a stage is written at: the store's clock, but
+// never before the last stage's, so that ts never goes back in the log.
+func (w *writer) stamp() int64 {
+	w.lastTS = max(w.lastTS, w.s.opts.Now().UnixMilli())
+	return w.lastTS
 }
 
 // stageMin is the fewest requests the writer stages at a time while a sync
@@ -296,7 +309,7 @@ func (w *writer) take() (closed bool) {
 // which answers its requests once the commit is durable.
 func (w *writer) commit() {
 	start := time.Now()
-	err := w.build(w.s.opts.Now().UnixMilli())
+	err := w.build()
 	if err == nil {
 		err = w.end()
 	}
