@@ -5,9 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"liminald/conversation"
+	"liminald/storetest"
 )
 
 // mustOpenStore opens a store on a new database in tb's temporary directory.
@@ -76,4 +79,35 @@ func requestsFor(cmds ...conversation.Command) ([]*request, func()) {
 		reqs[i] = &request{cmd: c, then: func(conversation.Outcome, error) { wg.Done() }}
 	}
 	return reqs, wg.Wait
+}
+
+// testClock is the store's clock in a test: it moves only when told.
+type testClock struct{ ms atomic.Int64 }
+
+func newTestClock() *testClock {
+	c := &testClock{}
+	c.ms.Store(1_700_000_000_000)
+	return c
+}
+
+func (c *testClock) Now() time.Time          { return time.UnixMilli(c.ms.Load()) }
+func (c *testClock) advance(d time.Duration) { c.ms.Add(d.Milliseconds()) }
+
+// mustLifecycle writes a whole lifecycle of message m of conversation
+// conv: received, started, steps, finished.
+func mustLifecycle(tb testing.TB, s *Store, conv, m string, steps int) {
+	tb.Helper()
+	for _, c := range storetest.Lifecycle(conv, m, steps) {
+		mustWrite(tb, s, c)
+	}
+}
+
+// mustCompact runs a compaction pass and fails tb on an error.
+func mustCompact(tb testing.TB, s *Store) CompactResult {
+	tb.Helper()
+	r, err := s.Compact(context.Background())
+	if err != nil {
+		tb.Fatalf("Compact: %v", err)
+	}
+	return r
 }

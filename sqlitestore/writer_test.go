@@ -13,122 +13,15 @@ import (
 	"time"
 
 	"liminald/conversation"
+	"liminald/storetest"
 )
 
-// cmd builds a command of op for message m of conversation "c".
-func cmd(op conversation.Op, m string) conversation.Command {
-	return conversation.Command{Op: op, Conversation: "c", MessageID: m, ExpectedSeq: conversation.NoExpectedSeq}
-}
-
-func step(m string, index uint32, output string) conversation.Command {
-	c := cmd(conversation.OpStep, m)
-	c.StepIndex, c.Output = index, []byte(output)
-	return c
-}
-
-func fail(m, text string) conversation.Command {
-	c := cmd(conversation.OpFail, m)
-	c.Error = text
-	return c
-}
-
-func expect(c conversation.Command, seq int64) conversation.Command {
-	c.ExpectedSeq = seq
-	return c
-}
-
-// TestStore_Write runs every write rule of SPEC §2 through the store: each
-// case writes its setup, then checks the outcome of its last command.
-func TestStore_Write(t *testing.T) {
-	receive := cmd(conversation.OpReceive, "m")
-	start := cmd(conversation.OpStart, "m")
-	finish := cmd(conversation.OpFinish, "m")
-	type want struct {
-		seq       int64
-		append    bool
-		duplicate bool
-		action    conversation.Action
-		resume    int64
-		err       error
-	}
-	tests := []struct {
-		name  string
-		setup []conversation.Command
-		cmd   conversation.Command
-		want  want
-	}{
-		{"ReceiveNewStarts", nil, receive, want{seq: 0, append: true, action: conversation.Start}},
-		{"ReceiveSeenResumesFromZero", []conversation.Command{receive}, receive, want{action: conversation.Resume, resume: 0}},
-		{"ReceiveResumesAfterHighestStep", []conversation.Command{receive, start, step("m", 0, "a"), step("m", 5, "b"), step("m", 2, "c")}, receive, want{action: conversation.Resume, resume: 6}},
-		{"ReceiveFinishedSkips", []conversation.Command{receive, start, finish}, receive, want{action: conversation.Skip}},
-		{"ExpectedSeqMatches", []conversation.Command{receive}, expect(start, 1), want{seq: 1, append: true}},
-		{"ExpectedSeqTooHigh", []conversation.Command{receive}, expect(start, 5), want{err: &conversation.SequenceConflictError{Expected: 5, Actual: 1}}},
-		{"ExpectedSeqLowerOtherEvent", []conversation.Command{receive, start}, expect(finish, 1), want{err: &conversation.SequenceConflictError{Expected: 1, Actual: 2}}},
-		{"ExpectedSeqRetryOfLandedWrite", []conversation.Command{receive, start, step("m", 0, "out")}, expect(step("m", 0, "out"), 2), want{seq: 2, duplicate: true}},
-		{"ExpectedSeqRetryOtherOutput", []conversation.Command{receive, start, step("m", 0, "out")}, expect(step("m", 0, "other"), 2), want{err: &conversation.SequenceConflictError{Expected: 2, Actual: 3}}},
-		{"ExpectedSeqRetryOfReceive", []conversation.Command{receive}, expect(receive, 0), want{seq: 0, duplicate: true, action: conversation.Start}},
-		{"SequenceConflictBeforeUnknownMessage", nil, expect(cmd(conversation.OpStart, "x"), 3), want{err: &conversation.SequenceConflictError{Expected: 3, Actual: 0}}},
-		{"StartUnknownMessage", nil, cmd(conversation.OpStart, "x"), want{err: conversation.ErrUnknownMessage}},
-		{"StepUnknownMessage", []conversation.Command{receive}, step("x", 0, ""), want{err: conversation.ErrUnknownMessage}},
-		{"FinishUnknownMessage", []conversation.Command{receive}, cmd(conversation.OpFinish, "x"), want{err: conversation.ErrUnknownMessage}},
-		{"FailUnknownMessage", []conversation.Command{receive}, fail("x", "boom"), want{err: conversation.ErrUnknownMessage}},
-		{"FinishAgainIsDuplicate", []conversation.Command{receive, start, finish}, finish, want{seq: 2, duplicate: true}},
-		{"StartAfterFinish", []conversation.Command{receive, start, finish}, start, want{err: conversation.ErrAlreadyFinished}},
-		{"StepAfterFinish", []conversation.Command{receive, start, finish}, step("m", 0, ""), want{err: conversation.ErrAlreadyFinished}},
-		{"FailAfterFinish", []conversation.Command{receive, start, finish}, fail("m", "late"), want{err: conversation.ErrAlreadyFinished}},
-		{"StartWhileInProgressIsDuplicate", []conversation.Command{receive, start, step("m", 0, "a")}, start, want{seq: 1, duplicate: true}},
-		{"StepSameOutputIsDuplicate", []conversation.Command{receive, start, step("m", 0, "a"), step("m", 1, "b")}, step("m", 0, "a"), want{seq: 2, duplicate: true}},
-		{"StepEmptyOutputIsDuplicate", []conversation.Command{receive, start, step("m", 0, "")}, step("m", 0, ""), want{seq: 2, duplicate: true}},
-		{"StepOtherOutputConflicts", []conversation.Command{receive, start, step("m", 0, "a")}, step("m", 0, "b"), want{err: conversation.ErrStepConflict}},
-		{"StepIndexesNeedNotBeContiguous", []conversation.Command{receive, start}, step("m", 7, "x"), want{seq: 2, append: true}},
-		{"FailSameTextIsDuplicate", []conversation.Command{receive, start, fail("m", "boom")}, fail("m", "boom"), want{seq: 2, duplicate: true}},
-		{"FailOtherTextAppends", []conversation.Command{receive, start, fail("m", "boom")}, fail("m", "bang"), want{seq: 3, append: true}},
-		{"FailAfterStepAppends", []conversation.Command{receive, start, fail("m", "boom"), step("m", 0, "a")}, fail("m", "boom"), want{seq: 4, append: true}},
-		{"StartAfterErrorIsRetry", []conversation.Command{receive, start, fail("m", "boom")}, start, want{seq: 3, append: true}},
-		{"FinishWithoutStart", []conversation.Command{receive}, finish, want{seq: 1, append: true}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := mustOpenStore(t, Options{})
-			for _, c := range tt.setup {
-				mustWrite(t, s, c)
-			}
-			before := mustEvents(t, s, "c")
-			got, err := s.Write(context.Background(), tt.cmd)
-			after := mustEvents(t, s, "c")
-			if tt.want.err != nil {
-				var sc *conversation.SequenceConflictError
-				if want, ok := tt.want.err.(*conversation.SequenceConflictError); ok {
-					if !errors.As(err, &sc) || *sc != *want {
-						t.Fatalf("Write(%+v) error = %v, want %v", tt.cmd, err, want)
-					}
-				} else if !errors.Is(err, tt.want.err) {
-					t.Fatalf("Write(%+v) error = %v, want %v", tt.cmd, err, tt.want.err)
-				}
-				if len(after) != len(before) {
-					t.Errorf("rejected Write appended %d events", len(after)-len(before))
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Write(%+v) error = %v", tt.cmd, err)
-			}
-			if got.Append != tt.want.append || got.Duplicate != tt.want.duplicate || got.Decision.Action != tt.want.action || got.Decision.ResumeFrom != tt.want.resume {
-				t.Errorf("Write(%+v) = %+v, want %+v", tt.cmd, got, tt.want)
-			}
-			if (got.Append || got.Duplicate) && got.Seq != tt.want.seq {
-				t.Errorf("Write(%+v) seq = %d, want %d", tt.cmd, got.Seq, tt.want.seq)
-			}
-			wantLen := len(before)
-			if tt.want.append {
-				wantLen++
-			}
-			if len(after) != wantLen {
-				t.Errorf("log has %d events after Write, want %d", len(after), wantLen)
-			}
-		})
-	}
-}
+// cmd builds a command of op for message m of conversation "c", and step
+// a step of one: the commands the conformance suite builds on too.
+var (
+	cmd  = storetest.Cmd
+	step = storetest.Step
+)
 
 func mustEvents(tb testing.TB, s *Store, conv string) []conversation.Event {
 	tb.Helper()
@@ -137,88 +30,6 @@ func mustEvents(tb testing.TB, s *Store, conv string) []conversation.Event {
 		tb.Fatalf("Events(%q): %v", conv, err)
 	}
 	return events
-}
-
-// TestStore_GroupCommit drives 64 goroutines through message lifecycles at
-// once: batches hold many requests, every answer matches the log, and the
-// cleanup's check proves state == replay.
-func TestStore_GroupCommit(t *testing.T) {
-	s := mustOpenStore(t, Options{})
-	const writers, messages = 64, 10
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conv := fmt.Sprintf("conv-%d", w%8) // eight writers share each conversation
-			for i := range messages {
-				m := fmt.Sprintf("w%d-m%d", w, i)
-				for _, c := range []conversation.Command{
-					{Op: conversation.OpReceive, Conversation: conv, MessageID: m, ExpectedSeq: -1},
-					{Op: conversation.OpStart, Conversation: conv, MessageID: m, ExpectedSeq: -1},
-					{Op: conversation.OpStep, Conversation: conv, MessageID: m, Output: []byte(m), ExpectedSeq: -1},
-					{Op: conversation.OpFinish, Conversation: conv, MessageID: m, ExpectedSeq: -1},
-				} {
-					out, err := s.Write(context.Background(), c)
-					if err != nil || !out.Append {
-						errs <- fmt.Errorf("Write(%+v) = %+v, %v; want an append", c, out, err)
-						return
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	st, err := s.Stats(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := int64(writers * messages * 4); st.Events != want || st.Appended != want {
-		t.Errorf("Stats events = %d, appended = %d; want %d", st.Events, st.Appended, want)
-	}
-	if st.Commits >= st.Requests {
-		t.Errorf("Stats: %d commits for %d requests; want batches of more than one request", st.Commits, st.Requests)
-	}
-	t.Logf("%d requests in %d commits (largest batch %d)", st.Requests, st.Commits, st.MaxBatch)
-}
-
-// TestStore_ConcurrentReceive: of many concurrent receives of one new
-// message exactly one starts it; the others resume it from 0.
-func TestStore_ConcurrentReceive(t *testing.T) {
-	s := mustOpenStore(t, Options{})
-	const n = 64
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	actions := map[conversation.Action]int{}
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out, err := s.Write(context.Background(), cmd(conversation.OpReceive, "m"))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			actions[out.Decision.Action]++
-			mu.Unlock()
-			if out.Decision.Action == conversation.Resume && out.Decision.ResumeFrom != 0 {
-				t.Errorf("resume from %d, want 0", out.Decision.ResumeFrom)
-			}
-		}()
-	}
-	wg.Wait()
-	if actions[conversation.Start] != 1 || actions[conversation.Resume] != n-1 {
-		t.Errorf("decisions = %v, want 1 start and %d resume", actions, n-1)
-	}
-	if events := mustEvents(t, s, "c"); len(events) != 1 {
-		t.Errorf("log has %d events, want 1", len(events))
-	}
 }
 
 // TestStore_BatchSeesEarlierRequests queues a batch by hand, so that it is
@@ -514,58 +325,6 @@ func TestStore_CloseWhileStaging(t *testing.T) {
 			t.Errorf("after reopening, message %s = %+v, %v; want it received", m, msg, err)
 		}
 	}
-}
-
-// TestStore_WriteAsync: the callback gets what Write would return, once;
-// a write refused before it is queued is answered on the caller's
-// goroutine, before WriteAsync returns.
-func TestStore_WriteAsync(t *testing.T) {
-	s := mustOpenStore(t, Options{})
-	ctx := context.Background()
-	type result struct {
-		out conversation.Outcome
-		err error
-	}
-	write := func(c conversation.Command) result {
-		ch := make(chan result, 2)
-		s.WriteAsync(ctx, c, func(o conversation.Outcome, err error) { ch <- result{o, err} })
-		r := receiveWithin(t, ch)
-		select {
-		case extra := <-ch:
-			t.Fatalf("%v answered twice: %+v then %+v", c.Op, r, extra)
-		default:
-		}
-		return r
-	}
-	if r := write(cmd(conversation.OpReceive, "m")); r.err != nil || r.out.Decision.Action != conversation.Start || r.out.Seq != 0 {
-		t.Errorf("receive = %+v, want start at seq 0", r)
-	}
-	if r := write(cmd(conversation.OpStart, "unknown")); !errors.Is(r.err, conversation.ErrUnknownMessage) {
-		t.Errorf("start of an unknown message = %+v, want ErrUnknownMessage", r)
-	}
-	refused := func(c conversation.Command, want error) {
-		t.Helper()
-		var got error
-		called := false
-		s.WriteAsync(ctx, c, func(_ conversation.Outcome, err error) { got, called = err, true })
-		if !called || !errors.Is(got, want) {
-			t.Errorf("WriteAsync(%v) returned with called=%v, err %v; want %v at once", c.Op, called, got, want)
-		}
-	}
-	bad := cmd(conversation.OpReceive, "")
-	var fe *conversation.FieldError
-	s.WriteAsync(ctx, bad, func(_ conversation.Outcome, err error) {
-		if !errors.As(err, &fe) {
-			t.Errorf("receive without a message id: %v, want a FieldError", err)
-		}
-	})
-	if fe == nil {
-		t.Error("a receive without a message id was not refused at once")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	refused(cmd(conversation.OpReceive, "late"), conversation.ErrClosed)
 }
 
 // TestStore_SlowBatchObserver: an OnBatch that does not return holds up
