@@ -17,15 +17,7 @@ import (
 // working, nothing acknowledged is lost, and writes work again once space
 // is freed, without a restart.
 func TestStore_DiskFull(t *testing.T) {
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
-		testenv.Missing(t, "mount a tmpfs (needs root): %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
-	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(filler, make([]byte, 2<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir, filler := smallDisk(t)
 	path := filepath.Join(dir, "full.db")
 	s, err := Open(path, Options{})
 	if err != nil {
@@ -59,4 +51,21 @@ func TestStore_DiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustCheck(t, path)
+}
+
+// smallDisk mounts a 4 MiB tmpfs for the test (it needs root) and half
+// fills it with the file filler, which the test removes to free space.
+// Returns the mount's directory and filler's path.
+func smallDisk(t *testing.T) (dir, filler string) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		testenv.Missing(t, "mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	filler = filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 2<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir, filler
 }

@@ -8,12 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"liminald/conversation"
-	"liminald/internal/testenv"
 )
 
 // TestStore_CompactionDiskFullFS fills a real, small filesystem (a tmpfs
@@ -27,15 +25,7 @@ import (
 // the write that failed lands, a pass compacts the messages and drops the
 // tombstones that became eligible, and writes go on.
 func TestStore_CompactionDiskFullFS(t *testing.T) {
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
-		testenv.Missing(t, "mount a tmpfs (needs root): %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
-	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(filler, make([]byte, 2<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir, filler := smallDisk(t)
 	clock := newTestClock()
 	path := filepath.Join(dir, "full.db")
 	s := mustOpenPath(t, path, Options{Now: clock.Now, manualCompaction: true, Checkpoint: time.Hour,
