@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """A worker that processes messages in checkpointed steps, under a lease, with liminald.
 
+It uses the liminald package (``pip install ./clients/python`` from the
+liminald repository).
+
 For each message id given, on a (re)delivery:
 
 1. ``receive`` records the delivery and decides: ``skip`` (already finished:
@@ -36,6 +39,17 @@ For each message id given, on a (re)delivery:
    the error with ``fail``; the next delivery resumes after the last step
    recorded.
 
+liminald may restart under the worker (an upgrade, a crash).  The client
+reconnects by itself and sends again what is safe to send again (the reads,
+and the step, finish and fail that carry the lease's token: the daemon
+answers them as duplicates if they already landed).  A ``receive`` or
+``start`` lost with its connection may or may not have landed, so the
+client raises :class:`liminald.Unavailable` for it, and the worker delivers
+the message again (``deliver``), as its broker would: ``receive`` then says
+where to resume, and a message still leased by this very worker (its own
+interrupted delivery) is resumed under the same lease.  It gives up after
+``--retry-for`` seconds.
+
 To simulate a crash mid-message, ``--crash-after-step N`` (or the environment
 variable CRASH_AFTER_STEP=N) makes the worker SIGKILL itself right after step
 N is recorded.  Its lease then lapses after ``--lease-ms``; until then a
@@ -45,10 +59,11 @@ Usage:
     python3 worker.py [--socket PATH] [--conversation C] [--steps N]
                       [--worker NAME] [--lease-ms MS]
                       [--sent-at MS] [--on-forgotten {skip,process}]
-                      [--crash-after-step N] MESSAGE_ID...
+                      [--retry-for SECONDS] [--crash-after-step N] MESSAGE_ID...
 
 It prints one line per decision and per step, such as
-``m-1: resume from 2`` or ``m-1: skip``.
+``m-1: resume from 2`` or ``m-1: skip``, and one when it finds liminald
+away (``liminald at PATH unavailable (...); reconnecting``).
 """
 
 from __future__ import annotations
@@ -59,13 +74,16 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable, Optional
+import time
+from typing import Any, Callable, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from liminald import AlreadyFinished, Busy, Client, Fenced, Quarantined  # noqa: E402
+from liminald import (
+    AlreadyFinished, Busy, Client, Decision, Fenced, Quarantined, Reconnect, ShuttingDown,
+    Unavailable,
+)
 
 DEFAULT_LEASE_MS = 30_000
+DEFAULT_RETRY_FOR = 60.0  # seconds deliver() keeps delivering while liminald is away
 
 # What to do with a delivery the daemon answers "forgotten" (see
 # process): set it aside and report it, or process it again.
@@ -79,8 +97,11 @@ def default_worker_name() -> str:
 
 def run_step(index: int, message_id: str, previous: bytes | None) -> bytes:
     """Step ``index`` of a message: deterministic, from the previous output."""
-    data = message_id.encode("utf-8") if index == 0 else previous
-    return hashlib.sha256(data).digest()
+    if index == 0:
+        return hashlib.sha256(message_id.encode("utf-8")).digest()
+    if previous is None:
+        raise ValueError(f"step {index} needs the output of step {index - 1}")
+    return hashlib.sha256(previous).digest()
 
 
 def _print(line: str) -> None:
@@ -103,6 +124,10 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
     ``run(index, message_id, previous_output)`` is a step's work (its side
     effects); ``renew_every`` is passed to :meth:`Client.lease`.
 
+    A "busy" decision whose lease this very worker holds (``worker``, or
+    its default name) is a delivery of its own that liminald's restart
+    interrupted (see :func:`deliver`): it is resumed under that lease.
+
     ``sent_at`` is when the message was produced (epoch ms, a broker's
     timestamp).  When the daemon answers "forgotten" (it does not know the
     message, and forgot messages finished after ``sent_at``, so this one
@@ -114,6 +139,7 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
     if on_forgotten not in ON_FORGOTTEN:
         raise ValueError(f"on_forgotten must be one of {ON_FORGOTTEN}, not {on_forgotten!r}")
     m = message_id
+    me = worker or default_worker_name()
     decision = client.receive(conversation, m, fingerprint=fingerprint, sent_at=sent_at,
                               with_steps=True)
     again = False  # a forgotten message received again, to be processed
@@ -129,6 +155,14 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
     if decision.action == "skip":
         log(f"{m}: skip (compacted)" if decision.compacted else f"{m}: skip")
         return "skip"
+    if decision.action == "busy" and decision.worker == me:
+        # The lease is this worker's own: a delivery of it that liminald's
+        # restart interrupted (see deliver).  Resume it under that lease.
+        st = client.state(conversation, m)
+        resume_from = 0 if st.last_completed_step is None else st.last_completed_step + 1
+        log(f"{m}: busy: this worker ({me}) holds it (token {decision.token}), "
+            f"from an interrupted delivery")
+        decision = Decision("resume", resume_from=resume_from, steps=st.steps)
     if decision.action == "busy":
         log(f"{m}: busy: worker {decision.worker} holds it (token {decision.token}); "
             f"retry in {decision.retry_after_ms} ms")
@@ -148,8 +182,7 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
         log(f"{m}: {decision.action} from {decision.resume_from}")
 
     try:
-        lease = client.lease(conversation, m, worker or default_worker_name(), lease_ms,
-                             renew_every=renew_every)
+        lease = client.lease(conversation, m, me, lease_ms, renew_every=renew_every)
     except Busy as e:  # another worker started it since our receive
         log(f"{m}: busy: worker {e.worker} holds it (token {e.token}); "
             f"retry in {e.retry_after_ms} ms")
@@ -161,12 +194,13 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
         log(f"{m}: skip")
         return "skip"
 
+    first = decision.resume_from or 0  # 0 for a start
     with lease:
         log(f"{m}: leased by {lease.worker} for {lease_ms} ms, token {lease.token}")
         # The checkpoint the next step needs came with the decision.
-        previous = decision.output(decision.resume_from - 1) if decision.resume_from > 0 else None
+        previous = decision.output(first - 1) if first > 0 else None
         try:
-            for index in range(decision.resume_from, steps):
+            for index in range(first, steps):
                 lease.check()  # the renewing thread may have found the lease lost
                 try:
                     output = run(index, m, previous)
@@ -188,6 +222,33 @@ def process(client: Client, conversation: str, message_id: str, steps: int,
     return decision.action
 
 
+def deliver(client: Client, conversation: str, message_id: str, steps: int, *,
+            retry_for: float = DEFAULT_RETRY_FOR, log: Callable[[str], None] = _print,
+            **kwargs: Any) -> str:
+    """:func:`process`, delivered again while liminald cannot be reached.
+
+    The client reconnects by itself across a restart of liminald and sends
+    again what is safe to; a ``receive`` or ``start`` lost with its
+    connection raises :class:`Unavailable` (it may or may not have landed),
+    and the daemon may answer ``shutting_down`` as it stops.  Either way
+    the message is delivered again, as a broker would, after a short
+    backoff, for up to ``retry_for`` seconds: ``receive`` then tells where
+    to resume.  Returns what :func:`process` returns; raises the last
+    error once ``retry_for`` is spent.
+    """
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            return process(client, conversation, message_id, steps, log=log, **kwargs)
+        except (Unavailable, ShuttingDown) as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log(f"{message_id}: {e}; delivering it again")
+        time.sleep(delay)  # a backoff while liminald comes back, not a wait for an event
+        delay = min(delay * 2, 1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", help="the daemon's socket (default: as liminald finds it)")
@@ -202,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-forgotten", choices=ON_FORGOTTEN, default="skip",
                    help="a message the daemon answers forgotten (it may have been processed "
                         "and forgotten): skip and report it (default), or process it again")
+    p.add_argument("--retry-for", type=float, default=DEFAULT_RETRY_FOR, metavar="SECONDS",
+                   help="deliver a message again for up to this long while liminald cannot be "
+                        f"reached (default {DEFAULT_RETRY_FOR:g})")
     env_crash = os.environ.get("CRASH_AFTER_STEP")
     p.add_argument("--crash-after-step", type=int,
                    default=int(env_crash) if env_crash else None,
@@ -209,11 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID")
     args = p.parse_args(argv)
 
-    with Client(args.socket) as client:
+    def reconnecting(r: Reconnect) -> None:
+        if r.attempt == 1:  # once for each wait, not for each try
+            _print(f"liminald at {r.socket} unavailable ({type(r.error).__name__}: {r.error}); "
+                   f"reconnecting")
+
+    with Client(args.socket, on_reconnect=reconnecting) as client:
         for message_id in args.message_ids:
-            process(client, args.conversation, message_id, args.steps, args.crash_after_step,
-                    worker=args.worker, lease_ms=args.lease_ms, sent_at=args.sent_at,
-                    on_forgotten=args.on_forgotten)
+            deliver(client, args.conversation, message_id, args.steps,
+                    crash_after_step=args.crash_after_step, worker=args.worker,
+                    lease_ms=args.lease_ms, sent_at=args.sent_at,
+                    on_forgotten=args.on_forgotten, retry_for=args.retry_for)
     return 0
 
 
