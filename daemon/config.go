@@ -14,7 +14,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"liminald/sqlitestore"
+	"liminald/conversation"
 )
 
 // Config is every setting of the daemon. Start from DefaultConfig, or let
@@ -314,8 +314,8 @@ func parseDuration(s string) (time.Duration, error) {
 }
 
 // Retention returns the retention the configuration sets.
-func (c Config) Retention() sqlitestore.Retention {
-	return sqlitestore.Retention{Finished: c.RetainFinished, Tombstones: c.RetainTombstones}
+func (c Config) Retention() conversation.Retention {
+	return conversation.Retention{Finished: c.RetainFinished, Tombstones: c.RetainTombstones}
 }
 
 func parseString(s string) (string, error) { return s, nil }

@@ -216,9 +216,8 @@ func (d *daemon) openSQLite() error {
 // durable as the server's settings make it.
 func (d *daemon) openPostgres() error {
 	cfg := d.cfg
-	r := cfg.Retention()
 	s, err := pgstore.Open(context.Background(), cfg.DB, pgstore.Options{Logger: d.log, MaxAttempts: cfg.MaxAttempts,
-		Retention: pgstore.Retention{Finished: r.Finished, Tombstones: r.Tombstones}})
+		Retention: cfg.Retention()})
 	if err != nil {
 		return err
 	}

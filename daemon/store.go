@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 
+	"liminald/conversation"
 	"liminald/ipc"
 	"liminald/pgstore"
 	"liminald/sqlitestore"
@@ -15,7 +16,7 @@ import (
 type runningStore interface {
 	ipc.Store
 	SetMaxAttempts(int64)
-	SetRetention(sqlitestore.Retention)
+	SetRetention(conversation.Retention)
 	QueueDepth() int
 	Close() error
 }
@@ -53,10 +54,6 @@ var _ runningStore = pgStore{}
 func ServedPostgres(s *pgstore.Store) ipc.Store { return pgStore{s} }
 
 func (s pgStore) Subscribe(capacity int) ipc.Subscription { return s.Store.Subscribe(capacity) }
-
-func (s pgStore) SetRetention(r sqlitestore.Retention) {
-	s.Store.SetRetention(pgstore.Retention{Finished: r.Finished, Tombstones: r.Tombstones})
-}
 
 func (s pgStore) Stats(ctx context.Context) (ipc.StoreStats, error) {
 	st, err := s.Store.Stats(ctx)

@@ -2,106 +2,29 @@ package pgstore
 
 import (
 	"context"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"liminald/conversation"
+	"liminald/internal/feed"
 )
 
 // notifyChannel is the channel every batch that appends notifies as it
 // commits.
 const notifyChannel = "liminald_events"
 
-// feed hands the batches of events the tailer read to the subscriptions,
-// without ever waiting on one.
-type feed struct {
-	mu     sync.Mutex
-	subs   map[*Subscription]struct{}
-	closed bool
-}
-
 // Subscription receives the committed events of every daemon on the
 // database, batch by batch in pos order, from the position the store's
 // feed had reached when it was made. It holds up to its capacity of
 // batches; one that falls further behind is ended with Lagged set, so
 // that nothing waits on it.
-type Subscription struct {
-	f      *feed
-	c      chan []conversation.Event
-	lagged atomic.Bool
-}
+type Subscription = feed.Subscription
 
 // Subscribe starts a subscription to the events committed from now on,
 // holding up to capacity batches not yet received. Its channel is closed
 // when it lags, when it is closed, or when the store closes.
-func (s *Store) Subscribe(capacity int) *Subscription {
-	sub := &Subscription{f: &s.feed, c: make(chan []conversation.Event, capacity)}
-	f := &s.feed
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		close(sub.c)
-		return sub
-	}
-	if f.subs == nil {
-		f.subs = make(map[*Subscription]struct{})
-	}
-	f.subs[sub] = struct{}{}
-	return sub
-}
-
-// Events returns the channel of committed batches. The batches are shared:
-// do not modify them.
-func (sub *Subscription) Events() <-chan []conversation.Event { return sub.c }
-
-// Lagged reports whether the subscription ended because it fell behind.
-func (sub *Subscription) Lagged() bool { return sub.lagged.Load() }
-
-// Close ends the subscription. It may be called more than once.
-func (sub *Subscription) Close() {
-	f := sub.f
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.subs[sub]; ok {
-		delete(f.subs, sub)
-		close(sub.c)
-	}
-}
-
-func (f *feed) len() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.subs)
-}
-
-// publish hands a batch to every subscription; one that has no room lags
-// and ends.
-func (f *feed) publish(events []conversation.Event) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for sub := range f.subs {
-		select {
-		case sub.c <- events:
-		default:
-			sub.lagged.Store(true)
-			delete(f.subs, sub)
-			close(sub.c)
-		}
-	}
-}
-
-func (f *feed) closeAll() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.closed = true
-	for sub := range f.subs {
-		delete(f.subs, sub)
-		close(sub.c)
-	}
-}
+func (s *Store) Subscribe(capacity int) *Subscription { return s.feed.Subscribe(capacity) }
 
 // tailerPage is how many events the tailer reads at a time.
 const tailerPage = 1000
@@ -154,14 +77,14 @@ func (t *tailer) run() {
 			switch {
 			case last < t.next: // read already
 				continue
-			case t.s.feed.len() == 0:
+			case t.s.feed.Len() == 0:
 				// Nobody to hand them to, and a subscription made from
 				// now on wants what commits later, after them.
 				t.next = last + 1
 				continue
 			case events[0].Pos == t.next:
 				// They follow on what was published: no need to read them.
-				t.s.feed.publish(events)
+				t.s.feed.Publish(events)
 				t.next = last + 1
 				continue
 			}
@@ -187,14 +110,14 @@ func (t *tailer) catchUp() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for {
-		if t.s.feed.len() == 0 {
+		if t.s.feed.Len() == 0 {
 			var end int64
 			if err := t.s.pool.QueryRow(ctx, `SELECT next FROM positions WHERE id = 1`).Scan(&end); err != nil {
 				return unavailable("read positions", err)
 			}
 			// Looked at after the read: a subscription made since may
 			// want events from before end, which the next look reads.
-			if t.s.feed.len() == 0 {
+			if t.s.feed.Len() == 0 {
 				t.next = max(t.next, end)
 				return nil
 			}
@@ -206,7 +129,7 @@ func (t *tailer) catchUp() error {
 		if len(events) == 0 {
 			return nil
 		}
-		t.s.feed.publish(events)
+		t.s.feed.Publish(events)
 		t.next = events[len(events)-1].Pos + 1
 		if len(events) < tailerPage {
 			return nil

@@ -93,44 +93,25 @@ func (s *Store) Horizon(ctx context.Context, conv string) (conversation.Horizon,
 	return sum.Horizon, err
 }
 
-// The filters of Messages beyond the stored statuses (1 to 4).
-const (
-	filterLeased      = 5
-	filterQuarantined = 6
-)
-
 // Messages returns up to limit messages of conversation conv whose ids
 // sort after after, by id, with their state. filter is "" for every
 // message, a stored status ("received", "in_progress", "errored",
 // "finished"), or "leased" or "quarantined", judged at mo. Returns a
 // *conversation.FieldError naming "status" for another filter.
 func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit int, mo conversation.Moment) ([]conversation.Message, error) {
-	var code int64
-	keep := func(*conversation.Message) bool { return true }
-	switch filter {
-	case "":
-	case "leased":
-		code = filterLeased
-		keep = func(m *conversation.Message) bool { return m.Leased(mo.Now) }
-	case "quarantined":
-		code = filterQuarantined
-		keep = func(m *conversation.Message) bool { return m.Quarantined(mo.Now, mo.MaxAttempts) }
-	default:
-		st, ok := conversation.ParseStatus(filter)
-		if !ok || st == conversation.StatusUnknown {
-			return nil, &conversation.FieldError{Field: "status", Problem: fmt.Sprintf("%q is not one of received, in_progress, leased, errored, finished, quarantined", filter)}
-		}
-		code = int64(st)
+	filt, err := conversation.ParseFilter(filter)
+	if err != nil {
+		return nil, err
 	}
 	// The query narrows leased and quarantined by their columns; the rules
-	// of package conversation have the last word on each row.
+	// of package conversation (Filter.Keep) have the last word on each row.
 	rows, err := s.pool.Query(ctx, fmt.Sprintf(`SELECT message_id, `+messageColumns+` FROM messages
 		WHERE conversation_id = (SELECT id FROM conversations WHERE name = $1) AND message_id > $2
 		AND CASE $3::bigint WHEN 0 THEN true
 			WHEN %d THEN status = 2 AND lease_until > $4::bigint
 			WHEN %d THEN $5::bigint > 0 AND status IN (1, 2, 3) AND attempts >= $5 AND NOT (status = 2 AND lease_until > $4)
 			ELSE status = $3 END
-		ORDER BY message_id LIMIT $6`, filterLeased, filterQuarantined), conv, after, code, mo.Now, mo.MaxAttempts, limit)
+		ORDER BY message_id LIMIT $6`, conversation.FilterLeased, conversation.FilterQuarantined), conv, after, int64(filt), mo.Now, mo.MaxAttempts, limit)
 	if err != nil {
 		return nil, unavailable("read messages", err)
 	}
@@ -142,7 +123,7 @@ func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit 
 		if err != nil {
 			return nil, unavailable("read messages", err)
 		}
-		if keep(m) {
+		if filt.Keep(m, mo) {
 			out = append(out, *m)
 		}
 	}

@@ -6,36 +6,12 @@ import (
 	"time"
 
 	"liminald/conversation"
+	"liminald/internal/compaction"
 )
 
-// Retention is how long the store keeps what it no longer needs (SPEC §8),
-// as in the SQLite store. Zero keeps it forever.
-type Retention struct {
-	// Finished: a message finished longer ago than this is compacted: its
-	// events and steps are deleted and a tombstone keeps what its
-	// redeliveries and writes need.
-	Finished time.Duration
-	// Tombstones: a tombstone whose message finished longer ago than this
-	// is dropped, and its conversation's horizon (forgotten_before) moves
-	// to its finished_at.
-	Tombstones time.Duration
-}
-
-// every returns how often compaction looks for work under r: often enough
-// that what became eligible goes within max(1 s, a tenth of its setting);
-// 0 when r keeps everything.
-func (r Retention) every() time.Duration {
-	var d time.Duration
-	for _, set := range []time.Duration{r.Finished, r.Tombstones} {
-		if set > 0 {
-			deadline := max(time.Second, set/10)
-			if d == 0 || deadline < d {
-				d = deadline
-			}
-		}
-	}
-	return d / 2
-}
+// Retention is how long the store keeps what it no longer needs (SPEC §8):
+// the rules' own type, as in the SQLite store. Zero keeps it forever.
+type Retention = conversation.Retention
 
 // SetRetention sets r from now on, and wakes compaction to apply it.
 func (s *Store) SetRetention(r Retention) {
@@ -95,41 +71,10 @@ func (b *batch) maintain(r *request, conv *convRow) error {
 }
 
 // CompactResult is what one compaction pass did.
-type CompactResult struct {
-	Compacted int64         // messages compacted into tombstones
-	Dropped   int64         // tombstones dropped
-	Took      time.Duration // the whole pass
-}
-
-// compactStats are compaction's figures since the store opened.
-type compactStats struct {
-	mu             sync.Mutex
-	passes         int64
-	total, longest time.Duration
-	failures       int64
-}
-
-func (c *compactStats) record(r CompactResult, err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.passes++
-	c.total += r.Took
-	c.longest = max(c.longest, r.Took)
-	if err != nil {
-		c.failures++
-	}
-}
-
-// sweepRows is how many candidates a pass reads at a time, and
-// sweepBudget how many seqs of the log one group of them may span: a group
-// goes to the writer as one run of requests, which it writes in one batch.
-const (
-	sweepRows   = 256
-	sweepBudget = 1024
-)
+type CompactResult = compaction.Result
 
 // The candidates of a pass, oldest first, with the seqs they span: $1 the
-// cutoff, $2 the limit. The partial indexes finished_messages and
+// cutoff, $2 the limit (compaction.Rows). The partial indexes finished_messages and
 // tombstones serve them.
 const (
 	finishedBeforeSQL = `SELECT c.name, m.message_id, m.last_seq - m.received_seq FROM messages m
@@ -163,57 +108,31 @@ func (s *Store) Compact(ctx context.Context) (CompactResult, error) {
 		}
 	}
 	res.Took = time.Since(start)
-	s.compacting.record(res, err)
+	s.compacting.Record(res, err)
 	return res, err
 }
 
-// sweep hands the writer every message that the query candidates finds, in
-// groups, and waits for each group to be done before it sends the next.
-// Returns how many of them the writer changed.
+// sweep hands the writer every message that the query candidates finds,
+// in groups (see compaction.Sweep). Returns how many of them the writer
+// changed.
 func (s *Store) sweep(ctx context.Context, candidates string, drop bool, cutoff int64) (int64, error) {
-	var done int64
-	for {
-		rows, err := s.pool.Query(ctx, candidates, cutoff, sweepRows)
+	page := func(ctx context.Context, limit int) ([]compaction.Candidate, error) {
+		rows, err := s.pool.Query(ctx, candidates, cutoff, limit)
 		if err != nil {
-			return done, unavailable("find what to compact", err)
+			return nil, unavailable("find what to compact", err)
 		}
-		var reqs []*request
-		var widths []int64
-		for rows.Next() {
-			r := &request{maint: &maintenance{drop: drop, cutoff: cutoff}}
-			var width int64
-			if err := rows.Scan(&r.cmd.Conversation, &r.cmd.MessageID, &width); err != nil {
-				rows.Close()
-				return done, unavailable("find what to compact", err)
-			}
-			reqs, widths = append(reqs, r), append(widths, width)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return done, unavailable("find what to compact", err)
-		}
-		var changed int64
-		page := len(reqs)
-		for len(reqs) > 0 {
-			n, span := 0, int64(0)
-			for n < len(reqs) && (n == 0 || span+widths[n] <= sweepBudget) {
-				span += widths[n] + 1
-				n++
-			}
-			c, err := s.maintainAll(ctx, reqs[:n])
-			changed += c
-			if err != nil {
-				return done + changed, err
-			}
-			reqs, widths = reqs[n:], widths[n:]
-		}
-		done += changed
-		// A short page was the last; a page of which nothing changed holds
-		// what the writer left for the next pass.
-		if page < sweepRows || changed == 0 {
-			return done, nil
-		}
+		defer rows.Close()
+		cands, err := compaction.ScanCandidates(rows)
+		return cands, unavailable("find what to compact", err)
 	}
+	return compaction.Sweep(ctx, page, func(ctx context.Context, group []compaction.Candidate) (int64, error) {
+		reqs := make([]*request, len(group))
+		for i, c := range group {
+			reqs[i] = &request{maint: &maintenance{drop: drop, cutoff: cutoff}}
+			reqs[i].cmd.Conversation, reqs[i].cmd.MessageID = c.Conversation, c.MessageID
+		}
+		return s.maintainAll(ctx, reqs)
+	})
 }
 
 // maintainAll hands reqs to the writer and waits for their answers.
@@ -236,37 +155,4 @@ func (s *Store) maintainAll(ctx context.Context, reqs []*request) (int64, error)
 		}
 	}
 	return n, nil
-}
-
-// compactLoop runs compaction passes while the retention in force keeps
-// less than everything, every Retention.every, and at once when it
-// changes.
-func (s *Store) compactLoop() {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	failing := false
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-s.retained:
-		case <-t.C:
-		}
-		every := s.Retention().every()
-		if every == 0 {
-			continue
-		}
-		res, err := s.Compact(context.Background())
-		switch {
-		case err != nil && !failing:
-			s.log.Warn("compaction stopped; it tries again", "err", err, "every", every)
-		case err == nil && failing:
-			s.log.Info("compaction works again")
-		}
-		failing = err != nil
-		if res.Compacted > 0 || res.Dropped > 0 {
-			s.log.Debug("compaction", "compacted", res.Compacted, "dropped", res.Dropped, "took", res.Took)
-		}
-		t.Reset(every)
-	}
 }

@@ -82,9 +82,6 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	st.Commits, st.FailedBatches, st.Requests, st.Appended = c.commits, c.failures, c.requests, c.appended
 	st.MaxBatch, st.CommitTotal, st.CommitMax = c.maxBatch, c.commitTotal, c.commitMax
 	c.mu.Unlock()
-	p := &s.compacting
-	p.mu.Lock()
-	st.CompactionPasses, st.CompactionFailures, st.CompactionTotal, st.CompactionMax = p.passes, p.failures, p.total, p.longest
-	p.mu.Unlock()
+	st.CompactionPasses, st.CompactionFailures, st.CompactionTotal, st.CompactionMax = s.compacting.Read()
 	return st, nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"liminald/conversation"
+	"liminald/internal/compaction"
+	"liminald/internal/feed"
 )
 
 // Options configure a Store. The zero value of each field picks its default.
@@ -84,14 +86,14 @@ type Store struct {
 	pool  *pgxpool.Pool
 	where string // the server and database, for logs
 	queue chan *request
-	feed  feed
+	feed  feed.Feed
 	tail  *tailer
 	stats commitStats
 
 	maxAttempts atomic.Int64
-	retention   atomic.Pointer[Retention]
-	retained    chan struct{} // wakes compactLoop
-	compacting  compactStats
+	retention   atomic.Pointer[conversation.Retention]
+	retained    chan struct{} // wakes compaction.Loop
+	compacting  compaction.Stats
 
 	// skew is the database's clock minus the local one (ms), measured by
 	// clockLoop, so that Moment need not ask the database.
@@ -157,7 +159,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	go func() { defer s.wg.Done(); s.clockLoop() }()
 	if !opts.manualCompaction {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.compactLoop() }()
+		go func() { defer s.wg.Done(); compaction.Loop(s.stop, s.retained, s.Retention, s.Compact, s.log) }()
 	}
 	s.log.Info("connected to PostgreSQL", "where", where)
 	return s, nil
@@ -200,7 +202,7 @@ func (s *Store) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	s.wg.Wait()
-	s.feed.closeAll()
+	s.feed.Close()
 	s.pool.Close()
 	return nil
 }

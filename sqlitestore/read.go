@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 
@@ -42,8 +41,8 @@ func prepareReads(db *sql.DB) (*readStmts, error) {
 		{&st.msgs, `SELECT message_id, ` + messageColumns + ` FROM messages
 			WHERE conversation_id = (SELECT id FROM conversations WHERE name = ?1) AND message_id > ?2
 			AND CASE ?3 WHEN 0 THEN 1
-				WHEN ` + strconv.Itoa(filterLeased) + ` THEN status = 2 AND lease_until > ?4
-				WHEN ` + strconv.Itoa(filterQuarantined) + ` THEN ?5 > 0 AND status IN (1, 2, 3) AND attempts >= ?5
+				WHEN ` + strconv.Itoa(int(conversation.FilterLeased)) + ` THEN status = 2 AND lease_until > ?4
+				WHEN ` + strconv.Itoa(int(conversation.FilterQuarantined)) + ` THEN ?5 > 0 AND status IN (1, 2, 3) AND attempts >= ?5
 					AND NOT (status = 2 AND lease_until > ?4)
 				ELSE status = ?3 END
 			ORDER BY message_id LIMIT ?6`},
@@ -151,12 +150,6 @@ func (s *Store) Moment() conversation.Moment {
 // quarantined (0, or less: no limit), from the next request on.
 func (s *Store) SetMaxAttempts(n int64) { s.maxAttempts.Store(max(n, 0)) }
 
-// The filters of Messages beyond the stored statuses (1 to 4).
-const (
-	filterLeased      = 5
-	filterQuarantined = 6
-)
-
 // Messages returns up to limit messages of conversation conv whose ids sort
 // after after, by id, with their state. filter is "" for every message, a
 // stored status ("received", "in_progress", "errored", "finished"), or
@@ -164,27 +157,13 @@ const (
 // *conversation.FieldError naming "status" for another filter.
 //
 // The query narrows leased and quarantined by their columns, and the rules
-// of package conversation (Message.Leased, Message.Quarantined) have the
-// last word on each row.
+// of package conversation (Filter.Keep) have the last word on each row.
 func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit int, mo conversation.Moment) ([]conversation.Message, error) {
-	var code int64
-	keep := func(*conversation.Message) bool { return true }
-	switch filter {
-	case "":
-	case "leased":
-		code = filterLeased
-		keep = func(m *conversation.Message) bool { return m.Leased(mo.Now) }
-	case "quarantined":
-		code = filterQuarantined
-		keep = func(m *conversation.Message) bool { return m.Quarantined(mo.Now, mo.MaxAttempts) }
-	default:
-		st, ok := conversation.ParseStatus(filter)
-		if !ok || st == conversation.StatusUnknown {
-			return nil, &conversation.FieldError{Field: "status", Problem: fmt.Sprintf("%q is not one of received, in_progress, leased, errored, finished, quarantined", filter)}
-		}
-		code = int64(st)
+	filt, err := conversation.ParseFilter(filter)
+	if err != nil {
+		return nil, err
 	}
-	rows, err := s.reads.msgs.QueryContext(ctx, conv, after, code, mo.Now, mo.MaxAttempts, limit)
+	rows, err := s.reads.msgs.QueryContext(ctx, conv, after, int64(filt), mo.Now, mo.MaxAttempts, limit)
 	if err != nil {
 		return nil, unavailable("read messages", err)
 	}
@@ -197,7 +176,7 @@ func (s *Store) Messages(ctx context.Context, conv, filter, after string, limit 
 			return nil, unavailable("read messages", err)
 		}
 		m.ID = id
-		if keep(m) {
+		if filt.Keep(m, mo) {
 			out = append(out, *m)
 		}
 	}

@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"liminald"
+	"liminald/conversation"
+	"liminald/internal/compaction"
+	"liminald/internal/feed"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -115,7 +118,7 @@ type Store struct {
 	rdb   *sql.DB // the readers' pool, query_only
 	cdb   *sql.DB // the checkpointer's connection
 	reads *readStmts
-	feed  feed
+	feed  feed.Feed
 	msgs  *msgCache // committed message states, put by the writer, read by all
 	// convIDs maps the names of the conversations the writer committed to
 	// lately (at most about CacheSize) to their ids, which never change.
@@ -127,9 +130,9 @@ type Store struct {
 
 	maxAttempts atomic.Int64 // see SetMaxAttempts
 
-	retention  atomic.Pointer[Retention] // see SetRetention
-	retained   chan struct{}             // wakes compactLoop
-	compacting compactStats
+	retention  atomic.Pointer[conversation.Retention] // see SetRetention
+	retained   chan struct{}                          // wakes compaction.Loop
+	compacting compaction.Stats
 
 	syncing atomic.Int64          // batches committed and not yet answered
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
@@ -194,7 +197,7 @@ func Open(path string, opts Options) (*Store, error) {
 	go func() { defer s.wg.Done(); s.checkpointLoop() }()
 	if !opts.manualCompaction {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.compactLoop() }()
+		go func() { defer s.wg.Done(); compaction.Loop(s.stop, s.retained, s.Retention, s.Compact, s.log) }()
 	}
 	return s, nil
 }
@@ -360,7 +363,7 @@ func (s *Store) Close() error {
 	close(s.stop)
 	s.mu.Unlock()
 	s.wg.Wait()
-	s.feed.closeAll()
+	s.feed.Close()
 	return s.closeDBs()
 }
 

@@ -102,7 +102,7 @@ func (s *Store) syncWAL() error {
 // finds it there.
 func (s *Store) answer(c *committed, err error) {
 	if len(c.events) > 0 {
-		s.feed.publish(c.events)
+		s.feed.Publish(c.events)
 	}
 	if err != nil {
 		s.stats.fail()
