@@ -34,6 +34,11 @@ type Config struct {
 	// DB that looks like a URL of another scheme is refused (see CheckDB).
 	DB string `toml:"db"`
 
+	// ConnectTimeout is how long the daemon waits at start for the
+	// PostgreSQL server of a postgres:// DB to accept a connection, trying
+	// again with a backoff, before it gives up. A SQLite DB ignores it.
+	ConnectTimeout time.Duration `toml:"connect_timeout"`
+
 	// Sync is "full" (every acknowledged write is fsynced: it survives power
 	// loss) or "normal" (it survives a crash of the process only).
 	Sync string `toml:"sync"`
@@ -100,6 +105,7 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		Sync:           "full",
+		ConnectTimeout: 30 * time.Second,
 		SocketMode:     0o600,
 		MaxLineBytes:   1 << 20,
 		MaxConnections: 1024,
@@ -213,6 +219,9 @@ func (c Config) Validate() error {
 	} else if err := CheckDB(c.DB); err != nil {
 		bad("db", err)
 	}
+	if c.ConnectTimeout < time.Millisecond {
+		bad("connect_timeout", fmt.Errorf("%v is out of range (at least 1ms)", c.ConnectTimeout))
+	}
 	if c.Sync != "full" && c.Sync != "normal" {
 		bad("sync", fmt.Errorf("%q is neither \"full\" nor \"normal\"", c.Sync))
 	}
@@ -289,6 +298,7 @@ const (
 var settings = []setting{
 	scalar("socket", "LIMINAL_SOCKET", needsRestart, func(c *Config) *string { return &c.Socket }, parseString),
 	scalar("db", "LIMINAL_DB", needsRestart, func(c *Config) *string { return &c.DB }, parseString),
+	scalar("connect_timeout", "LIMINAL_CONNECT_TIMEOUT", needsRestart, func(c *Config) *time.Duration { return &c.ConnectTimeout }, parseDuration),
 	scalar("sync", "LIMINAL_SYNC", needsRestart, func(c *Config) *string { return &c.Sync }, parseString),
 	scalar("socket_mode", "LIMINAL_SOCKET_MODE", needsRestart, func(c *Config) *os.FileMode { return &c.SocketMode }, ParseMode),
 	scalar("socket_group", "LIMINAL_SOCKET_GROUP", needsRestart, func(c *Config) *string { return &c.SocketGroup }, parseString),

@@ -38,6 +38,7 @@ func TestConfig_Parse(t *testing.T) {
 socket = "/s/l.sock"
 db = "/d/l.db"
 sync = "normal"
+connect_timeout = "45s"
 socket_mode = "0660"
 socket_group = "liminal"
 allow_uids = [1000, 1001]
@@ -52,7 +53,7 @@ retain_tombstones = "720h"
 `,
 			want: func(c *Config) {
 				*c = Config{
-					Socket: "/s/l.sock", DB: "/d/l.db", Sync: "normal",
+					Socket: "/s/l.sock", DB: "/d/l.db", ConnectTimeout: 45 * time.Second, Sync: "normal",
 					SocketMode: 0o660, SocketGroup: "liminal",
 					AllowUIDs: []uint32{1000, 1001}, AllowGIDs: []uint32{50},
 					MaxLineBytes: 4096, MaxConnections: 8,
@@ -178,6 +179,7 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "NegativeRetention", change: func(c *Config) { c.RetainFinished = -time.Second }, setting: "retain_finished"},
 		{name: "RetentionUnderAMillisecond", change: func(c *Config) { c.RetainTombstones = time.Microsecond }, setting: "retain_tombstones"},
 		{name: "RetentionOff", change: func(c *Config) { c.RetainFinished, c.RetainTombstones = 0, 0 }},
+		{name: "NoConnectTimeout", change: func(c *Config) { c.ConnectTimeout = 0 }, setting: "connect_timeout"},
 		{name: "LevelTrace", change: func(c *Config) { c.LogLevel = "trace" }, setting: "log_level"},
 		{name: "LevelUpperCase", change: func(c *Config) { c.LogLevel = "INFO" }, setting: "log_level"},
 		{name: "FormatXML", change: func(c *Config) { c.LogFormat = "xml" }, setting: "log_format"},
@@ -322,6 +324,7 @@ func TestLoad(t *testing.T) {
 			name: "RetentionFromEnvironment", env: with(base, "LIMINAL_RETAIN_FINISHED", "90s", "LIMINAL_RETAIN_TOMBSTONES", "168h"),
 			want: func(c *Config) { c.RetainFinished, c.RetainTombstones = 90*time.Second, 168*time.Hour },
 		},
+		{name: "ConnectTimeoutFromEnvironment", env: with(base, "LIMINAL_CONNECT_TIMEOUT", "2m"), want: func(c *Config) { c.ConnectTimeout = 2 * time.Minute }},
 		{name: "RetentionNotADuration", env: with(base, "LIMINAL_RETAIN_FINISHED", "a week"), errHas: "LIMINAL_RETAIN_FINISHED"},
 		{
 			name: "MetricsPublicFromEnvironment", env: with(base, "LIMINAL_METRICS", ":9464", "LIMINAL_METRICS_PUBLIC", "true"),
@@ -336,14 +339,14 @@ func TestLoad(t *testing.T) {
 		{
 			name: "EveryVariable",
 			env: with(base,
-				"LIMINAL_SOCKET", "/e/l.sock", "LIMINAL_DB", "/e/l.db", "LIMINAL_SYNC", "normal",
+				"LIMINAL_SOCKET", "/e/l.sock", "LIMINAL_DB", "/e/l.db", "LIMINAL_CONNECT_TIMEOUT", "1m", "LIMINAL_SYNC", "normal",
 				"LIMINAL_SOCKET_MODE", "0660", "LIMINAL_SOCKET_GROUP", "staff",
 				"LIMINAL_ALLOW_UIDS", "1000, 1001", "LIMINAL_ALLOW_GIDS", "20",
 				"LIMINAL_MAX_LINE_BYTES", "2048", "LIMINAL_MAX_CONNECTIONS", "3",
 				"LIMINAL_LOG_LEVEL", "error", "LIMINAL_LOG_FORMAT", "json"),
 			want: func(c *Config) {
 				*c = Config{
-					Socket: "/e/l.sock", DB: "/e/l.db", Sync: "normal", SocketMode: 0o660, SocketGroup: "staff",
+					Socket: "/e/l.sock", DB: "/e/l.db", ConnectTimeout: time.Minute, Sync: "normal", SocketMode: 0o660, SocketGroup: "staff",
 					AllowUIDs: []uint32{1000, 1001}, AllowGIDs: []uint32{20}, MaxLineBytes: 2048, MaxConnections: 3,
 					LogLevel: "error", LogFormat: "json",
 				}

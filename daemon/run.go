@@ -107,8 +107,11 @@ func Run(ctx context.Context, opts Options) error {
 	d.log, d.level = NewLogger(opts.Stderr, cfg.LogLevel, cfg.LogFormat)
 	allow := cfg.AllowList()
 	d.allow.Store(&allow)
-	if err := d.start(); err != nil {
+	if err := d.start(ctx, signals); err != nil {
 		d.abandon()
+		if errors.Is(err, errStopped) {
+			return nil
+		}
 		return err
 	}
 	defer d.releaseLocks()
@@ -118,7 +121,7 @@ func Run(ctx context.Context, opts Options) error {
 // start takes the locks, then opens the store and the sockets, and starts
 // serving. The database is made only once both locks are held: a daemon
 // refused for its socket has not touched it.
-func (d *daemon) start() error {
+func (d *daemon) start(ctx context.Context, signals chan os.Signal) error {
 	cfg := d.cfg
 	postgres := IsPostgres(cfg.DB)
 	// A PostgreSQL database is shared by design (SPEC §10): the lock of
@@ -156,7 +159,7 @@ func (d *daemon) start() error {
 		srvCfg.Observe = d.metrics.observe
 	}
 	if postgres {
-		err = d.openPostgres()
+		err = d.openPostgres(ctx, signals)
 	} else {
 		err = d.openSQLite()
 	}
@@ -211,18 +214,72 @@ func (d *daemon) openSQLite() error {
 }
 
 // openPostgres opens the PostgreSQL store of the db setting, waiting for
-// the server (pgstore.Open logs what it waits for): READY=1 follows only
-// once it is connected. The sync setting does not apply: a commit is as
-// durable as the server's settings make it.
-func (d *daemon) openPostgres() error {
+// the server up to the connect_timeout setting (pgstore.Open logs what it
+// waits for): READY=1 follows only once it is connected. A SIGTERM or
+// SIGINT, or the end of ctx, ends the wait at once, and the start with
+// errStopped; a SIGHUP is kept for serve. The sync setting does not apply:
+// a commit is as durable as the server's settings make it.
+func (d *daemon) openPostgres(ctx context.Context, signals chan os.Signal) error {
 	cfg := d.cfg
-	s, err := pgstore.Open(context.Background(), cfg.DB, pgstore.Options{Logger: d.log, MaxAttempts: cfg.MaxAttempts,
-		Retention: cfg.Retention()})
-	if err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stoppedBy os.Signal
+	waited := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		hup := false
+		defer func() {
+			if hup {
+				notifySignal(signals, syscall.SIGHUP)
+			}
+		}()
+		for {
+			select {
+			case <-waited:
+				return
+			case sig := <-signals:
+				if sig == syscall.SIGHUP {
+					hup = true
+					continue
+				}
+				stoppedBy = sig
+				cancel()
+				return
+			}
+		}
+	}()
+	s, err := pgstore.Open(ctx, cfg.DB, pgstore.Options{Logger: d.log, MaxAttempts: cfg.MaxAttempts,
+		ConnectTimeout: cfg.ConnectTimeout, Retention: cfg.Retention()})
+	close(waited)
+	<-watched
+	switch {
+	case stoppedBy != nil:
+		if err == nil {
+			s.Close()
+		}
+		d.log.Info("stopping before the store opened", "signal", stoppedBy.String())
+		return errStopped
+	case err != nil && ctx.Err() != nil:
+		d.log.Info("stopping before the store opened", "reason", ctx.Err())
+		return errStopped
+	case err != nil:
 		return err
 	}
 	d.store = pgStore{s}
 	return nil
+}
+
+// errStopped is a start that a signal, or the end of Run's context, ended
+// before the daemon served: not a failure.
+var errStopped = errors.New("stopped while starting")
+
+// notifySignal puts sig back on signals, unless it is full.
+func notifySignal(signals chan os.Signal, sig os.Signal) {
+	select {
+	case signals <- sig:
+	default:
+	}
 }
 
 // abandon undoes a start that failed, leaving nothing that was not there

@@ -24,6 +24,7 @@ func TestHelp_Defaults(t *testing.T) {
 	def := daemon.DefaultConfig()
 	serveDefaults := map[string]string{
 		"sync":            def.Sync,
+		"connect-timeout": def.ConnectTimeout.String(),
 		"socket-mode":     fmt.Sprintf("%04o", def.SocketMode),
 		"max-line-bytes":  strconv.Itoa(def.MaxLineBytes),
 		"max-connections": strconv.Itoa(def.MaxConnections),

@@ -53,6 +53,8 @@ func (cmd serveCommand) Command() *cli.Command {
 			&cli.BoolFlag{Name: "metrics-public", Usage: "let --metrics listen on an address that is not a loopback one, such as :9464 (every interface), for a scraper on another host"},
 			&cli.Int64Flag{Name: "max-attempts", Usage: "quarantine a message once it was started this many times since it was received or released (0 for no limit)",
 				DefaultText: "no limit"},
+			&cli.DurationFlag{Name: "connect-timeout", Usage: "with a postgres:// --db, how long to wait at start for the server to accept a connection",
+				DefaultText: def.ConnectTimeout.String()},
 			&cli.DurationFlag{Name: "retain-finished", Usage: "compact a message into a tombstone once it finished this long ago, such as 168h (0 keeps every event)",
 				DefaultText: "keep all"},
 			&cli.DurationFlag{Name: "retain-tombstones", Usage: "drop a tombstone once its message finished this long ago, moving its conversation's forgotten_before (0 keeps every tombstone)",
@@ -128,6 +130,9 @@ func serveOverrides(c *cli.Context) func(*daemon.Config) error {
 		}
 		if c.IsSet("max-attempts") {
 			cfg.MaxAttempts = c.Int64("max-attempts")
+		}
+		if c.IsSet("connect-timeout") {
+			cfg.ConnectTimeout = c.Duration("connect-timeout")
 		}
 		if c.IsSet("retain-finished") {
 			cfg.RetainFinished = c.Duration("retain-finished")
