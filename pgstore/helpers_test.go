@@ -25,7 +25,8 @@ func newTestDB(tb testing.TB) *testDB {
 }
 
 // mustOpen opens a store on db, closed and checked at cleanup: every
-// conversation's stored state equals the replay of its log.
+// conversation's stored state equals the replay of its log, and Check
+// finds no problem.
 func mustOpen(tb testing.TB, db *testDB, opts Options) *Store {
 	tb.Helper()
 	s, err := Open(context.Background(), db.url, opts)
@@ -34,6 +35,9 @@ func mustOpen(tb testing.TB, db *testDB, opts Options) *Store {
 	}
 	tb.Cleanup(func() {
 		mustCheck(tb, s)
+		if r, err := Check(context.Background(), db.url, nil); err != nil || len(r.Problems) > 0 {
+			tb.Errorf("Check: %v, %+v", err, r)
+		}
 		if err := s.Close(); err != nil {
 			tb.Errorf("Close: %v", err)
 		}

@@ -2,11 +2,13 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"liminald/conversation"
 	"liminald/internal/compaction"
+	"liminald/internal/offline"
 )
 
 // Retention is how long the store keeps what it no longer needs (SPEC §8):
@@ -27,18 +29,33 @@ func (s *Store) Retention() Retention { return *s.retention.Load() }
 
 // maintenance is a piece of retention's work that the writer does on one
 // message in a batch's transaction, with its conversation locked, so that
-// it never races a write to the message through any daemon.
+// it never races a write to the message through any daemon; or a piece of
+// an import's that is not an event: a conversation's header, or a
+// tombstone.
 type maintenance struct {
 	drop   bool  // drop a tombstone; else compact a finished message
 	cutoff int64 // only what finished before this (epoch ms)
+	// header, when set, restores what an export says of a conversation;
+	// tomb, an exported tombstone.
+	header *offline.Header
+	tomb   *conversation.Tombstone
 }
 
 // maintain does r's piece of retention on its message of conversation
 // conv, judged again on the state the lock gives. A message the batch
 // wrote is left for the next pass. Sets r.out.Append when it changed
-// something.
-func (b *batch) maintain(r *request, conv *convRow) error {
+// something. As in apply, a refusal is r's answer, and the error returned
+// fails the batch.
+func (b *batch) maintain(ctx context.Context, r *request, conv *convRow) error {
 	mt := r.maint
+	switch {
+	case mt.header != nil:
+		b.restoreHeader(*mt.header, conv)
+		r.out = conversation.Outcome{Append: true}
+		return nil
+	case mt.tomb != nil:
+		return b.restore(ctx, r, conv)
+	}
 	k := msgKey{conv.id, r.cmd.MessageID}
 	if b.changed[k] {
 		return nil
@@ -67,6 +84,57 @@ func (b *batch) maintain(r *request, conv *convRow) error {
 	}
 	conv.used, b.maintained = true, true
 	r.out = conversation.Outcome{Append: true}
+	return nil
+}
+
+// restoreHeader gives conversation conv what header h of an export says:
+// the messages it compacted (the database's count is the sum of its
+// conversations'), its horizon, and a next seq it never lowers.
+func (b *batch) restoreHeader(h offline.Header, conv *convRow) {
+	if more := h.Compacted - conv.compacted; more > 0 {
+		conv.compacted += more
+		b.totals.compacted += more
+	}
+	conv.next = max(conv.next, h.Next)
+	if h.Horizon.Set {
+		conv.horizon = conv.horizon.Advance(h.Horizon.Before)
+		b.totals.horizon = b.totals.horizon.Advance(h.Horizon.Before)
+	}
+	b.use(conv)
+	b.maintained = true
+}
+
+// restore adds the exported tombstone of r to conversation conv: its
+// message must be unknown, or be that very tombstone (a duplicate, so that
+// an import can run again), and no event may be stored at its seq.
+func (b *batch) restore(ctx context.Context, r *request, conv *convRow) error {
+	t := *r.maint.tomb
+	k := msgKey{conv.id, t.MessageID}
+	if m := b.msgs[k]; m != nil {
+		if m.Compacted && m.Tombstone() == t {
+			r.out = conversation.Outcome{Seq: t.Seq, Duplicate: true}
+			return nil
+		}
+		r.err = fmt.Errorf("a tombstone of message %q, which is already %v at seq %d", t.MessageID, m.Status, m.LastSeq)
+		return nil
+	}
+	e, err := b.eventAt(ctx, conv, t.Seq)
+	if err != nil {
+		return err
+	}
+	if e != nil {
+		r.err = fmt.Errorf("a tombstone of message %q at seq %d, where an event of %q is stored", t.MessageID, t.Seq, e.MessageID)
+		return nil
+	}
+	b.msgs[k] = t.Message()
+	b.changed[k] = true
+	conv.counts.Move(conversation.StatusUnknown, conversation.StatusFinished)
+	conv.next = max(conv.next, t.Seq+1)
+	b.use(conv)
+	b.maintained = true
+	b.totals.messages++
+	b.totals.tombstones++
+	r.out = conversation.Outcome{Append: true, Seq: t.Seq}
 	return nil
 }
 

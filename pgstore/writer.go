@@ -17,6 +17,10 @@ import (
 // then answers it: then is called exactly once.
 type request struct {
 	cmd conversation.Command
+	// imported is set for an event Import appends: it keeps its ts, and is
+	// judged as when it was logged.
+	imported bool
+	ts       int64
 	// maint, when set, makes the request a piece of retention's work on
 	// cmd's message instead of a write: see batch.maintain.
 	maint *maintenance
@@ -387,7 +391,13 @@ func (b *batch) apply(ctx context.Context, r *request) error {
 		return fmt.Errorf("conversation %q was not locked", c.Conversation)
 	}
 	if r.maint != nil {
-		return b.maintain(r, conv)
+		return b.maintain(ctx, r, conv)
+	}
+	// An imported log of a conversation that compacted messages skips
+	// their seqs.
+	if r.imported && conv.compacted > 0 && c.ExpectedSeq > conv.next {
+		conv.next = c.ExpectedSeq
+		b.use(conv)
 	}
 	key := msgKey{conv.id, c.MessageID}
 	k := conversation.Known{Now: b.now, MaxAttempts: b.s.maxAttempts.Load(), Next: conv.next, Horizon: conv.horizon}
@@ -403,11 +413,16 @@ func (b *batch) apply(ctx context.Context, r *request) error {
 			return err
 		}
 	}
+	ts := b.now
+	if r.imported {
+		ts = r.ts
+		k.Replaying(c, ts)
+	}
 	r.out, r.err = conversation.Evaluate(c, k)
 	if r.err != nil || !r.out.Append {
 		return nil
 	}
-	e := c.Event(conv.next, b.now)
+	e := c.Event(conv.next, ts)
 	if e.Type == conversation.StepCompleted {
 		sk := stepKey{conv.id, e.MessageID, e.StepIndex}
 		b.steps[sk] = conversation.StepRecord{Index: e.StepIndex, Seq: e.Seq, Output: e.Output}
@@ -419,10 +434,7 @@ func (b *batch) apply(ctx context.Context, r *request) error {
 		b.msgs[key] = m
 		b.totals.messages++
 	}
-	if conv.created && !conv.used {
-		b.totals.conversations++
-	}
-	conv.used = true
+	b.use(conv)
 	b.changed[key] = true
 	from := m.Status
 	m.Apply(&e)
@@ -432,6 +444,14 @@ func (b *batch) apply(ctx context.Context, r *request) error {
 	b.events = append(b.events, e)
 	b.eventConvs = append(b.eventConvs, conv.id)
 	return nil
+}
+
+// use marks conv as changed by the batch: it stays, and is written.
+func (b *batch) use(conv *convRow) {
+	if conv.created && !conv.used {
+		b.totals.conversations++
+	}
+	conv.used = true
 }
 
 const eventColumns = `seq, pos, ts, type, message_id, received_at, step_index, output, error, fingerprint, worker, lease_ms, token, reason`

@@ -8,29 +8,15 @@ import (
 
 	"liminald"
 	"liminald/conversation"
+	"liminald/internal/offline"
 )
 
 // Progress is told how far a long offline operation got: done of total
 // units (events). It may be nil.
-type Progress func(done, total int64)
+type Progress = offline.Progress
 
 // Report is what Check found.
-type Report struct {
-	Conversations int64
-	Messages      int64 // tombstones included
-	Events        int64
-	Tombstones    int64
-	Problems      []string // empty when the database is sound
-}
-
-// maxProblems bounds the problems a Report lists.
-const maxProblems = 100
-
-func (r *Report) problem(format string, args ...any) {
-	if len(r.Problems) < maxProblems {
-		r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
-	}
-}
+type Report = offline.Report
 
 // openExisting opens the database at path for reading: it must exist and be
 // of a schema version this liminald knows. It works beside a running daemon.
@@ -95,7 +81,7 @@ func Check(ctx context.Context, path string, progress Progress) (*Report, error)
 	}
 	want := totals{conversations: r.Conversations, messages: r.Messages, events: r.Events, tombstones: r.Tombstones, horizon: horizon.horizon}
 	if t != want {
-		r.problem("totals row is %+v, the log and the tombstones give %+v", t, want)
+		r.Problem("totals row is %+v, the log and the tombstones give %+v", t, want)
 	}
 	return r, nil
 }
@@ -112,86 +98,32 @@ func checkIntegrity(ctx context.Context, tx *sql.Tx, r *Report) error {
 			return err
 		}
 		if line != "ok" {
-			r.problem("integrity: %s", line)
+			r.Problem("integrity: %s", line)
 		}
 	}
 	return rows.Err()
 }
 
-// checkConversations replays each conversation's events, in one pass over
-// the log in (conversation, seq) order, and compares the replay with the
-// conversation's state rows.
+// checkConversations replays each conversation's events and compares the
+// replay with the conversation's state rows (see
+// offline.CheckConversations).
 func checkConversations(ctx context.Context, tx *sql.Tx, r *Report, progress Progress) error {
-	var total int64
-	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM events").Scan(&total); err != nil {
-		return err
-	}
-	var orphans int64
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE conversation_id NOT IN (SELECT id FROM conversations)`).Scan(&orphans); err != nil {
-		return err
-	}
-	if orphans > 0 {
-		r.problem("%d events belong to no conversation", orphans)
-	}
-	convs, err := tx.QueryContext(ctx, `SELECT id, name, next_seq, received, in_progress, errored, finished, compacted, forgotten_before
-		FROM conversations ORDER BY id`)
-	if err != nil {
-		return err
-	}
-	var list []struct {
-		id  int64
-		sum conversation.Summary
-	}
-	for convs.Next() {
-		var c struct {
-			id  int64
-			sum conversation.Summary
-		}
-		if err := convs.Scan(&c.id, &c.sum.Name, &c.sum.Next, &c.sum.Counts.Received, &c.sum.Counts.InProgress, &c.sum.Counts.Errored, &c.sum.Counts.Finished,
-			&c.sum.Compacted, scanHorizon{&c.sum.Horizon}); err != nil {
-			convs.Close()
-			return err
-		}
-		list = append(list, c)
-	}
-	convs.Close()
-	if err := convs.Err(); err != nil {
-		return err
-	}
-	for _, c := range list {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		s, err := replayConversation(ctx, tx, c.id, c.sum, r)
-		if err != nil {
-			return err
-		}
-		r.Conversations++
-		r.Messages += int64(len(s.Messages))
-		if progress != nil {
-			progress(r.Events, total)
-		}
-		// Seqs are never reused: a conversation whose latest messages were
-		// compacted keeps the next seq they left.
-		if c.sum.Next != s.Next && !(s.Gaps && c.sum.Next > s.Next) || c.sum.Counts != s.Counts {
-			r.problem("conversation %q: stored next_seq %d counts %+v, replay gives %d %+v", c.sum.Name, c.sum.Next, c.sum.Counts, s.Next, s.Counts)
-		}
-		if err := compareMessages(ctx, tx, c.id, s, r); err != nil {
-			return err
-		}
-		if err := compareSteps(ctx, tx, c.id, s, r); err != nil {
-			return err
-		}
-	}
-	return nil
+	k := checker{ctx, tx}
+	return offline.CheckConversations(ctx, offline.Tables{Snapshot: snapshotOf(ctx, tx), Replay: k.replay, Messages: k.messages,
+		StepsSQL: `SELECT message_id, step_index, seq FROM steps WHERE conversation_id = ?`}, progress, r)
 }
 
-// replayConversation replays the events that remain of conversation id
-// and its tombstones, merged in seq order (SPEC §8): a conversation that
-// compacted messages may skip their seqs, and keeps its horizon. A log the
-// rules refuse is a problem; the replay stops at the first refused event.
-func replayConversation(ctx context.Context, tx *sql.Tx, id int64, sum conversation.Summary, r *Report) (*conversation.State, error) {
-	name := sum.Name
+// checker reads one conversation's rows for a check, in the snapshot of
+// tx: its events and tombstones (replay), its messages.
+type checker struct {
+	ctx context.Context
+	tx  *sql.Tx
+}
+
+// replay replays the events that remain of conversation id
+// and its tombstones (see offline.Replay).
+func (k checker) replay(c offline.Conversation, r *Report) (*conversation.State, error) {
+	ctx, tx, id, sum := k.ctx, k.tx, c.ID, c.Sum
 	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM events WHERE conversation_id = ? ORDER BY seq`, id)
 	if err != nil {
 		return nil, err
@@ -203,6 +135,13 @@ func replayConversation(ctx context.Context, tx *sql.Tx, id int64, sum conversat
 		return nil, err
 	}
 	defer tombs.Close()
+	nextEvent := func() (*conversation.Event, error) {
+		if !rows.Next() {
+			return nil, rows.Err()
+		}
+		e, err := scanEvent(rows, sum.Name)
+		return &e, err
+	}
 	nextTomb := func() (*conversation.Tombstone, error) {
 		if !tombs.Next() {
 			return nil, tombs.Err()
@@ -213,45 +152,11 @@ func replayConversation(ctx context.Context, tx *sql.Tx, id int64, sum conversat
 		t.Fingerprint = fingerprint.String
 		return t, err
 	}
-	s := conversation.NewState(name)
-	s.Gaps, s.Horizon = sum.Compacted > 0, sum.Horizon
-	t, err := nextTomb()
-	if err != nil {
-		return nil, err
-	}
-	restore := func(before int64) error {
-		for ; t != nil && t.Seq < before; t, err = nextTomb() {
-			r.Tombstones++
-			if !s.Gaps {
-				r.problem("conversation %q: a tombstone of %q, but the conversation compacted nothing", name, t.MessageID)
-			}
-			if err := s.Restore(*t); err != nil {
-				r.problem("conversation %q: %v", name, err)
-			}
-		}
-		return err
-	}
-	for rows.Next() {
-		e, err := scanEvent(rows, name)
-		if err != nil {
-			return nil, err
-		}
-		if err := restore(e.Seq); err != nil {
-			return nil, err
-		}
-		if err := s.Apply(&e); err != nil {
-			r.problem("conversation %q: %v", name, err)
-			return s, nil
-		}
-		r.Events++
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return s, restore(1 << 62)
+	return offline.Replay(sum, nextEvent, nextTomb, r)
 }
 
-func compareMessages(ctx context.Context, tx *sql.Tx, conv int64, s *conversation.State, r *Report) error {
+func (k checker) messages(c offline.Conversation, s *conversation.State, r *Report) error {
+	ctx, tx, conv := k.ctx, k.tx, c.ID
 	rows, err := tx.QueryContext(ctx, `SELECT message_id FROM messages WHERE conversation_id = ?`, conv)
 	if err != nil {
 		return err
@@ -266,52 +171,12 @@ func compareMessages(ctx context.Context, tx *sql.Tx, conv int64, s *conversatio
 		ids = append(ids, id)
 	}
 	rows.Close()
-	if len(ids) != len(s.Messages) {
-		r.problem("conversation %q: %d message rows, replay gives %d messages", s.Name, len(ids), len(s.Messages))
-	}
 	sel, err := tx.PrepareContext(ctx, selMessageSQL)
 	if err != nil {
 		return err
 	}
 	defer sel.Close()
-	for _, id := range ids {
-		stored, err := scanMessage(sel.QueryRowContext(ctx, conv, id), id)
-		if err != nil {
-			return err
-		}
-		want := s.Messages[id]
-		if want == nil {
-			r.problem("conversation %q: message row %q has no message_received", s.Name, id)
-			continue
-		}
-		if *stored != *want {
-			r.problem("conversation %q: message %q stored as %+v, replay gives %+v", s.Name, id, *stored, *want)
-		}
-	}
-	return nil
-}
-
-func compareSteps(ctx context.Context, tx *sql.Tx, conv int64, s *conversation.State, r *Report) error {
-	rows, err := tx.QueryContext(ctx, `SELECT message_id, step_index, seq FROM steps WHERE conversation_id = ?`, conv)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	n := 0
-	for rows.Next() {
-		var k conversation.StepKey
-		var index, seq int64
-		if err := rows.Scan(&k.MessageID, &index, &seq); err != nil {
-			return err
-		}
-		k.Index = uint32(index)
-		n++
-		if want, ok := s.Steps[k]; !ok || want.Seq != seq {
-			r.problem("conversation %q: step %q/%d stored at seq %d, replay gives %+v", s.Name, k.MessageID, k.Index, seq, want)
-		}
-	}
-	if n != len(s.Steps) {
-		r.problem("conversation %q: %d step rows, replay gives %d steps", s.Name, n, len(s.Steps))
-	}
-	return rows.Err()
+	return offline.CompareMessages(s, ids, func(id string) (*conversation.Message, error) {
+		return scanMessage(sel.QueryRowContext(ctx, conv, id), id)
+	}, r)
 }

@@ -9,6 +9,7 @@ import (
 
 	"liminald/conversation"
 	"liminald/internal/compaction"
+	"liminald/internal/offline"
 )
 
 // Retention is how long the store keeps what it no longer needs (SPEC §8):
@@ -49,11 +50,7 @@ const (
 
 // convHeader is what an export says of a conversation that compacted
 // messages: its next seq, the messages it compacted and its horizon.
-type convHeader struct {
-	Next      int64
-	Compacted int64
-	Horizon   conversation.Horizon
-}
+type convHeader = offline.Header
 
 // maintain does r's piece of retention on conversation conv (nil if it
 // does not exist), with the batch's state. A message the batch wrote is

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/urfave/cli/v2"
 
+	"liminald/daemon"
 	"liminald/sqlitestore"
 )
 
@@ -30,6 +33,9 @@ func (backupCommand) Run(c *cli.Context) error {
 	db, err := offlineDB(c, 1)
 	if err != nil {
 		return err
+	}
+	if daemon.IsPostgres(db) {
+		return fmt.Errorf("backup: %s is a PostgreSQL database: back it up with PostgreSQL's tools, pg_dump (or pg_basebackup with WAL archiving, for point-in-time recovery); see docs/OPERATIONS.md", daemon.DisplayDB(db))
 	}
 	dest := c.Args().First()
 	if err := sqlitestore.Backup(c.Context, db, dest, progress(c, "backed up")); err != nil {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"liminald/daemon"
+	"liminald/pgstore"
 	"liminald/sqlitestore"
 )
 
@@ -31,10 +33,16 @@ func (checkCommand) Run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	r, err := sqlitestore.Check(c.Context, db, progress(c, "checked"))
+	var r *sqlitestore.Report
+	if daemon.IsPostgres(db) {
+		r, err = pgstore.Check(c.Context, db, progress(c, "checked"))
+	} else {
+		r, err = sqlitestore.Check(c.Context, db, progress(c, "checked"))
+	}
 	if err != nil {
 		return err
 	}
+	db = daemon.DisplayDB(db)
 	if c.Bool("json") {
 		problems := r.Problems
 		if problems == nil {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"liminald/daemon"
+	"liminald/pgstore"
 	"liminald/sqlitestore"
 )
 
@@ -56,7 +58,11 @@ func (exportCommand) Run(c *cli.Context) error {
 		}
 		w = f
 	}
-	n, err := sqlitestore.Export(c.Context, db, w, progress(c, "exported"))
+	export := sqlitestore.Export
+	if daemon.IsPostgres(db) {
+		export = pgstore.Export
+	}
+	n, err := export(c.Context, db, w, progress(c, "exported"))
 	if err != nil || f == nil {
 		return err
 	}

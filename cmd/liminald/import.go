@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"liminald/daemon"
+	"liminald/pgstore"
 	"liminald/sqlitestore"
 )
 
@@ -44,6 +45,9 @@ func (importCommand) Run(c *cli.Context) error {
 		}
 		defer f.Close()
 		r = f
+	}
+	if daemon.IsPostgres(db) {
+		return importPostgres(c, db, r)
 	}
 	lock, err := daemon.AcquireLock(db + ".lock")
 	if err != nil {
@@ -86,4 +90,29 @@ func importInto(c *cli.Context, db string, r io.Reader) (n int64, created bool, 
 		err = cerr
 	}
 	return n, created, err
+}
+
+// importPostgres imports the events read from r into the PostgreSQL
+// database at url, creating liminald's schema there if it has none. The
+// database lock is SQLite's: daemons may serve the database meanwhile, and
+// the write rules judge each imported event against what they wrote.
+func importPostgres(c *cli.Context, url string, r io.Reader) error {
+	cfg, err := resolve(c)
+	if err != nil {
+		return err
+	}
+	log, _ := daemon.NewLogger(c.App.ErrWriter, "warn", "text") // says what it waits for
+	s, err := pgstore.Open(c.Context, url, pgstore.Options{Logger: log, ConnectTimeout: cfg.ConnectTimeout})
+	if err != nil {
+		return err
+	}
+	n, err := s.Import(c.Context, r, progress(c, "imported"))
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("import: %w (%d events appended before it)", err, n)
+	}
+	report(c, map[string]any{"ok": true, "appended": n}, fmt.Sprintf("imported %d events", n))
+	return nil
 }
