@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"liminald/conversation"
 	"liminald/internal/offline"
@@ -32,7 +33,11 @@ type ImportError = offline.ImportError
 // transaction on one snapshot of it. what names the operation in errors.
 // Close the connection when done; the transaction ends with it.
 func snapshot(ctx context.Context, url, what string) (*pgx.Conn, pgx.Tx, error) {
-	conn, err := pgx.Connect(ctx, url)
+	cfg, err := pgxpool.ParseConfig(url) // as Open parses it: pool_max_conns and the like are the pool's
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", what, unavailable("connect", err))
 	}

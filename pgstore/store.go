@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,9 +21,13 @@ import (
 // Options configure a Store. The zero value of each field picks its default.
 type Options struct {
 	Logger    *slog.Logger
-	QueueSize int   // write requests waiting for the writer; 4096 by default
-	MaxBatch  int   // write requests in one transaction; 1024 by default
-	MaxConns  int32 // connections to PostgreSQL, the writer's, the readers' and the feed's; 8 by default
+	QueueSize int // write requests waiting for the writer; 4096 by default
+	MaxBatch  int // write requests in one transaction; 1024 by default
+	// MaxConns is how many connections to PostgreSQL the store's pool
+	// keeps, for the writer, the readers and the feed (the one that
+	// listens for notifications is one more): pool_max_conns in the URL,
+	// else 8 by default.
+	MaxConns int32
 	// ConnectTimeout is how long Open waits for PostgreSQL to accept a
 	// connection, trying again with a backoff; 30s by default.
 	ConnectTimeout time.Duration
@@ -53,6 +58,10 @@ type Options struct {
 	manualCompaction bool
 }
 
+// defaultMaxConns is the pool's size when neither Options.MaxConns nor the
+// URL's pool_max_conns sets it.
+const defaultMaxConns = 8
+
 func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -62,9 +71,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 1024
-	}
-	if o.MaxConns <= 0 {
-		o.MaxConns = 8
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 30 * time.Second
@@ -121,7 +127,12 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	cfg.MaxConns = opts.MaxConns
+	switch {
+	case opts.MaxConns > 0:
+		cfg.MaxConns = opts.MaxConns
+	case !strings.Contains(url, "pool_max_conns"):
+		cfg.MaxConns = defaultMaxConns
+	}
 	where := fmt.Sprintf("database %s on %s", cfg.ConnConfig.Database, cfg.ConnConfig.Host)
 	if cfg.ConnConfig.Port != 5432 {
 		where += fmt.Sprintf(" port %d", cfg.ConnConfig.Port)

@@ -178,8 +178,19 @@ func TestDeploy_KubernetesSidecar(t *testing.T) {
 	// group and a free port.
 	dir := t.TempDir()
 	d := newDaemonProc(t, dir, filepath.Join(dir, "s.sock"), filepath.Join(dir, "db"))
-	d.cmd.Args = []string{binary}
-	for _, arg := range sidecar.Args {
+	d.cmd.Args = sidecarCommand(sidecar.Args, d)
+	d.start()
+	if line, _ := dialRaw(t, d.socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
+		t.Errorf("ping the sidecar's daemon: %s", line)
+	}
+}
+
+// sidecarCommand is the command line of a manifest's sidecar arguments,
+// args, for daemon d: with its socket and database, this machine's group
+// and a free port.
+func sidecarCommand(args []string, d *daemonProc) []string {
+	cmd := []string{binary}
+	for _, arg := range args {
 		name, _, _ := strings.Cut(arg, "=")
 		switch name {
 		case "--socket":
@@ -191,10 +202,7 @@ func TestDeploy_KubernetesSidecar(t *testing.T) {
 		case "--metrics":
 			arg = name + "=:0"
 		}
-		d.cmd.Args = append(d.cmd.Args, arg)
+		cmd = append(cmd, arg)
 	}
-	d.start()
-	if line, _ := dialRaw(t, d.socket).do(`{"op":"ping"}`); !strings.Contains(line, `"ok":true`) {
-		t.Errorf("ping the sidecar's daemon: %s", line)
-	}
+	return cmd
 }

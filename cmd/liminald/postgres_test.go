@@ -21,7 +21,7 @@ import (
 // backup on a URL says to use pg_dump.
 func TestCLI_PostgresExportImportCheck(t *testing.T) {
 	srv := pgtest.Start(t)
-	url := srv.CreateDatabase("roundtrip")
+	url := srv.CreateDatabase("roundtrip") + "&pool_max_conns=4" // the pool's size, for serve and the offline tools alike
 	dir := t.TempDir()
 	input := filepath.Join(dir, "retained.jsonl")
 	if err := os.WriteFile(input, []byte(retainedExport), 0o600); err != nil {
