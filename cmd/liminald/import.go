@@ -21,7 +21,7 @@ type importCommand struct{}
 func (cmd importCommand) Command() *cli.Command {
 	return &cli.Command{
 		Name:      "import",
-		Usage:     "append events and tombstones (JSON lines, as export writes them) to a database; refuses while a daemon holds it",
+		Usage:     "append events and tombstones (JSON lines, as export writes them) to a database; a SQLite one only while no daemon holds it",
 		ArgsUsage: "[FILE]",
 		Flags:     offlineFlags(),
 		Action:    cmd.Run,

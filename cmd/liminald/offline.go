@@ -17,7 +17,7 @@ import (
 // What the offline commands (check, export, import, backup) share: they
 // work on a database file, found as serve finds it, with no daemon.
 
-var dbFlag = &cli.StringFlag{Name: "db", Usage: "database `PATH`", DefaultText: "as serve: $LIMINAL_DB, the config file, the default path"}
+var dbFlag = &cli.StringFlag{Name: "db", Usage: "database `PATH`, or postgres:// URL", DefaultText: "as serve: $LIMINAL_DB, the config file, the default path"}
 
 // offlineFlags returns the flags every offline command takes, then more.
 func offlineFlags(more ...cli.Flag) []cli.Flag {

@@ -28,7 +28,7 @@ func (cmd serveCommand) Command() *cli.Command {
 			configFlag,
 			&cli.StringFlag{Name: "socket", Usage: "unix socket `PATH`",
 				DefaultText: "$XDG_RUNTIME_DIR/liminald/liminald.sock, else /run/liminald/liminald.sock for root, else /tmp/liminald-UID/liminald.sock"},
-			&cli.StringFlag{Name: "db", Usage: "database `PATH`",
+			&cli.StringFlag{Name: "db", Usage: "SQLite database `PATH`, or the postgres:// URL of a database daemons on several hosts share",
 				DefaultText: "$XDG_STATE_HOME/liminald/liminald.db, else ~/.local/state/liminald/liminald.db"},
 			&cli.StringFlag{Name: "sync", Usage: "full (acknowledged writes survive power loss) or normal (they survive a crash of the process)",
 				DefaultText: def.Sync},
