@@ -13,13 +13,23 @@
 // and that of step i the output of step i-1 (on a resume, from the receive
 // reply, asked with_steps). With CRASH_AFTER_STEP=N it kills itself with
 // SIGKILL right after step N is recorded, to simulate a crash mid-message;
-// its lease then lapses after MS, and until then a redelivery is busy.
+// its lease then lapses after MS, and until then a redelivery is busy. With
+// PAUSE_AFTER_STEP=N it prints {"paused":N} right after step N is recorded
+// and waits for a line on its standard input before it goes on (the tests
+// restart the daemon there).
+//
+// The client (the package in clients/node, imported as 'liminald') dials
+// the daemon again by itself when it restarts: the worker's writes carry
+// its lease's token, so they are sent again safely, and the worker goes on.
+// A daemon away for longer than the client's reconnect timeout (10 s) makes
+// it exit 1 with an UnavailableError naming the socket.
 //
 // On busy (another worker holds a live lease) or quarantined it runs
 // nothing. Otherwise it starts the message under a lease, renewed every
 // third of its length, and records each step with the lease's token; if a
 // write or renewal is fenced (its lease lapsed and another worker took the
-// message over), it stops at once.
+// message over), or the lease expired while no renewal got through, it
+// stops at once.
 //
 // --sent-at MS is when the message was produced (epoch ms; a broker's
 // timestamp), passed to receive as sent_at. On a daemon that forgets
@@ -39,15 +49,17 @@
 //   {"leased":true,"worker":"w2","token":4,"leaseMs":30000}
 //   {"step":2,"seq":5,"duplicate":false,"output":"<hex>"}
 //   {"finished":true,"seq":6} / {"fenced":true,"token":1,"currentToken":4}
+//   {"leaseExpired":true,"token":1} (no renewal got through in time)
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
+import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import {
-  connect, AlreadyFinishedError, BusyError, FencedError, QuarantinedError,
-} from './liminald.js';
+  connect, AlreadyFinishedError, BusyError, FencedError, LeaseExpiredError, QuarantinedError,
+} from 'liminald';
 
 export const DEFAULT_LEASE_MS = 30_000;
 
@@ -71,15 +83,32 @@ function printReport(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
 }
 
+/** Resolves with the next line of standard input (or once it ends). */
+function nextLine() {
+  return new Promise((resolve) => {
+    const rl = createInterface({ input: process.stdin });
+    const done = () => {
+      rl.close();
+      resolve();
+    };
+    rl.once('line', done);
+    rl.once('close', resolve);
+  });
+}
+
 /**
  * Processes one delivery of messageId. Resolves with the decision ('start'
  * or 'resume') once the message is finished, or with why it ran nothing
  * more: 'skip', 'busy', 'quarantined', 'forgotten' (set aside, see below),
- * or 'fenced' (the lease was lost mid-message; another worker has it).
+ * 'fenced' (the lease was lost mid-message; another worker has it), or
+ * 'leaseExpired' (no renewal got through before the lease expired: another
+ * worker may have it).
  *
- * run(index, input, messageId) is a step's work (its side effects; it may
- * return a promise); report(obj) receives what the worker did;
- * renewEveryMs is passed to client.lease().
+ * run(index, input, messageId, { signal }) is a step's work (its side
+ * effects; it may return a promise); signal is the lease's, aborted once
+ * the lease is lost, for work that can stop midway. report(obj) receives
+ * what the worker did; renewEveryMs is passed to client.lease();
+ * pauseAfter(index) is awaited after step index is recorded.
  *
  * sentAt is when the message was produced (epoch ms, a broker's
  * timestamp). When the daemon answers forgotten (it does not know the
@@ -92,6 +121,7 @@ function printReport(obj) {
 export async function processMessage(client, conversation, messageId, {
   steps = 3, worker = defaultWorkerName(), leaseMs = DEFAULT_LEASE_MS, renewEveryMs,
   fingerprint, sentAt, onForgotten = 'skip', run = runStep, crashAfter = -1, report = printReport,
+  pauseAfter,
 } = {}) {
   if (!ON_FORGOTTEN.includes(onForgotten)) {
     throw new TypeError(`onForgotten must be one of ${ON_FORGOTTEN.join(', ')}, not ${JSON.stringify(onForgotten)}`);
@@ -164,8 +194,9 @@ export async function processMessage(client, conversation, messageId, {
       lease.check(); // a renewal may have found the lease lost
       let output;
       try {
-        output = await run(i, input, messageId);
+        output = await run(i, input, messageId, { signal: lease.signal });
       } catch (err) {
+        lease.check(); // stopped because the lease was lost: record nothing
         // The work failed: record it, so that a redelivery retries it.
         await lease.fail(`step ${i}: ${err.message}`);
         throw err;
@@ -173,6 +204,7 @@ export async function processMessage(client, conversation, messageId, {
       const { seq, duplicate } = await lease.step(i, output);
       report({ step: i, seq, duplicate, output: Buffer.from(output).toString('hex') });
       if (i === crashAfter) process.kill(process.pid, 'SIGKILL'); // the simulated crash
+      if (pauseAfter) await pauseAfter(i);
       input = output;
     }
 
@@ -180,9 +212,15 @@ export async function processMessage(client, conversation, messageId, {
     report({ finished: true, seq });
     return decision;
   } catch (err) {
-    if (!(err instanceof FencedError)) throw err;
-    report({ fenced: true, token: err.token, currentToken: err.currentToken });
-    return 'fenced';
+    if (err instanceof FencedError) {
+      report({ fenced: true, token: err.token, currentToken: err.currentToken });
+      return 'fenced';
+    }
+    if (err instanceof LeaseExpiredError) {
+      report({ leaseExpired: true, token: err.token });
+      return 'leaseExpired';
+    }
+    throw err;
   } finally {
     lease.stop();
   }
@@ -210,11 +248,18 @@ async function main() {
   }
   const crash = process.env.CRASH_AFTER_STEP;
   const crashAfter = crash === undefined || crash === '' ? -1 : Number(crash);
+  const pause = process.env.PAUSE_AFTER_STEP;
+  const pauseAt = pause === undefined || pause === '' ? -1 : Number(pause);
+  const pauseAfter = async (i) => {
+    if (i !== pauseAt) return;
+    printReport({ paused: i });
+    await nextLine();
+  };
 
   const client = await connect();
   try {
     await processMessage(client, conversation, messageId, {
-      steps, worker: values.worker ?? defaultWorkerName(), leaseMs, sentAt, onForgotten, crashAfter,
+      steps, worker: values.worker ?? defaultWorkerName(), leaseMs, sentAt, onForgotten, crashAfter, pauseAfter,
     });
   } finally {
     await client.close();
