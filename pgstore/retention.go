@@ -3,7 +3,6 @@ package pgstore
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"liminald/conversation"
@@ -16,16 +15,10 @@ import (
 type Retention = conversation.Retention
 
 // SetRetention sets r from now on, and wakes compaction to apply it.
-func (s *Store) SetRetention(r Retention) {
-	s.retention.Store(&r)
-	select {
-	case s.retained <- struct{}{}:
-	default:
-	}
-}
+func (s *Store) SetRetention(r Retention) { s.retention.Set(r) }
 
 // Retention returns the retention in force.
-func (s *Store) Retention() Retention { return *s.retention.Load() }
+func (s *Store) Retention() Retention { return s.retention.Get() }
 
 // maintenance is a piece of retention's work that the writer does on one
 // message in a batch's transaction, with its conversation locked, so that
@@ -194,33 +187,9 @@ func (s *Store) sweep(ctx context.Context, candidates string, drop bool, cutoff 
 		return cands, unavailable("find what to compact", err)
 	}
 	return compaction.Sweep(ctx, page, func(ctx context.Context, group []compaction.Candidate) (int64, error) {
-		reqs := make([]*request, len(group))
-		for i, c := range group {
-			reqs[i] = &request{maint: &maintenance{drop: drop, cutoff: cutoff}}
-			reqs[i].cmd.Conversation, reqs[i].cmd.MessageID = c.Conversation, c.MessageID
-		}
-		return s.maintainAll(ctx, reqs)
+		return compaction.Apply(ctx, group, func(c compaction.Candidate, then func(conversation.Outcome, error)) *request {
+			return &request{cmd: conversation.Command{Conversation: c.Conversation, MessageID: c.MessageID},
+				maint: &maintenance{drop: drop, cutoff: cutoff}, then: then}
+		}, s.enqueue)
 	})
-}
-
-// maintainAll hands reqs to the writer and waits for their answers.
-// Returns how many of them changed something, and the first error.
-func (s *Store) maintainAll(ctx context.Context, reqs []*request) (int64, error) {
-	var wg sync.WaitGroup
-	wg.Add(len(reqs))
-	for _, r := range reqs {
-		r.then = func(conversation.Outcome, error) { wg.Done() }
-	}
-	s.enqueue(ctx, reqs)
-	wg.Wait()
-	var n int64
-	for _, r := range reqs {
-		if r.err != nil {
-			return n, r.err
-		}
-		if r.out.Append {
-			n++
-		}
-	}
-	return n, nil
 }

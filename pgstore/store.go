@@ -97,8 +97,7 @@ type Store struct {
 	stats commitStats
 
 	maxAttempts atomic.Int64
-	retention   atomic.Pointer[conversation.Retention]
-	retained    chan struct{} // wakes compaction.Loop
+	retention   compaction.Setting // see SetRetention
 	compacting  compaction.Stats
 
 	// skew is the database's clock minus the local one (ms), measured by
@@ -142,7 +141,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
 	s := &Store{opts: opts, log: opts.Logger, pool: pool, where: where, queue: make(chan *request, opts.QueueSize),
-		retained: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
+		stop: make(chan struct{}), opened: time.Now()}
 	s.SetMaxAttempts(opts.MaxAttempts)
 	s.SetRetention(opts.Retention)
 	if err := s.wait(ctx); err != nil {
@@ -170,7 +169,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	go func() { defer s.wg.Done(); s.clockLoop() }()
 	if !opts.manualCompaction {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); compaction.Loop(s.stop, s.retained, s.Retention, s.Compact, s.log) }()
+		go func() { defer s.wg.Done(); compaction.Loop(s.stop, &s.retention, s.Compact, s.log) }()
 	}
 	s.log.Info("connected to PostgreSQL", "where", where)
 	return s, nil

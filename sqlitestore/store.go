@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"liminald"
-	"liminald/conversation"
 	"liminald/internal/compaction"
 	"liminald/internal/feed"
 
@@ -130,8 +129,7 @@ type Store struct {
 
 	maxAttempts atomic.Int64 // see SetMaxAttempts
 
-	retention  atomic.Pointer[conversation.Retention] // see SetRetention
-	retained   chan struct{}                          // wakes compaction.Loop
+	retention  compaction.Setting // see SetRetention
 	compacting compaction.Stats
 
 	syncing atomic.Int64          // batches committed and not yet answered
@@ -170,7 +168,6 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	s := &Store{path: abs, opts: opts, log: opts.Logger, queue: make(chan *request, opts.QueueSize), synced: make(chan *committed, 64), msgs: newMsgCache(), wake: make(chan struct{}, 1), stop: make(chan struct{}), opened: time.Now()}
 	s.SetMaxAttempts(opts.MaxAttempts)
-	s.retained = make(chan struct{}, 1)
 	s.SetRetention(opts.Retention)
 	if err := s.open(); err != nil {
 		s.closeDBs()
@@ -197,7 +194,7 @@ func Open(path string, opts Options) (*Store, error) {
 	go func() { defer s.wg.Done(); s.checkpointLoop() }()
 	if !opts.manualCompaction {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); compaction.Loop(s.stop, s.retained, s.Retention, s.Compact, s.log) }()
+		go func() { defer s.wg.Done(); compaction.Loop(s.stop, &s.retention, s.Compact, s.log) }()
 	}
 	return s, nil
 }

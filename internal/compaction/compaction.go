@@ -11,10 +11,41 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"liminald/conversation"
 )
+
+// Setting is the retention in force in a store, which may change while it
+// runs; the zero Setting keeps everything.
+type Setting struct {
+	r    atomic.Pointer[conversation.Retention]
+	wake chan struct{} // made on the first Set
+	once sync.Once
+}
+
+// Set sets r from now on, and wakes Loop to apply it.
+func (s *Setting) Set(r conversation.Retention) {
+	s.r.Store(&r)
+	select {
+	case s.changed() <- struct{}{}:
+	default:
+	}
+}
+
+// Get returns the retention in force.
+func (s *Setting) Get() conversation.Retention {
+	if r := s.r.Load(); r != nil {
+		return *r
+	}
+	return conversation.Retention{}
+}
+
+func (s *Setting) changed() chan struct{} {
+	s.once.Do(func() { s.wake = make(chan struct{}, 1) })
+	return s.wake
+}
 
 // Result is what one compaction pass did.
 type Result struct {
@@ -124,11 +155,42 @@ func Sweep(ctx context.Context, page func(ctx context.Context, limit int) ([]Can
 	}
 }
 
-// Loop runs pass while the retention in force (retention) keeps less than
-// everything, every Retention.Every, and at once when wake receives (the
-// retention changed), until stop is closed. It logs on log when passes
-// begin to fail and when they work again.
-func Loop(stop, wake <-chan struct{}, retention func() conversation.Retention, pass func(context.Context) (Result, error), log *slog.Logger) {
+// Apply has each candidate of group judged and changed by the request
+// that request makes of it (then answers it), hands the requests to
+// enqueue, which answers every one, and waits for their answers. Returns
+// how many of them changed something (appended, in the writer's terms),
+// and the first error.
+func Apply[R any](ctx context.Context, group []Candidate, request func(c Candidate, then func(conversation.Outcome, error)) R,
+	enqueue func(ctx context.Context, reqs []R)) (int64, error) {
+	outs, errs := make([]conversation.Outcome, len(group)), make([]error, len(group))
+	reqs := make([]R, len(group))
+	var wg sync.WaitGroup
+	wg.Add(len(group))
+	for i, c := range group {
+		reqs[i] = request(c, func(out conversation.Outcome, err error) {
+			outs[i], errs[i] = out, err
+			wg.Done()
+		})
+	}
+	enqueue(ctx, reqs)
+	wg.Wait()
+	var n int64
+	for i := range group {
+		if errs[i] != nil {
+			return n, errs[i]
+		}
+		if outs[i].Append {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Loop runs pass while the retention in force (set) keeps less than
+// everything, every Retention.Every, and at once when it changes, until
+// stop is closed. It logs on log when passes begin to fail and when they
+// work again.
+func Loop(stop <-chan struct{}, set *Setting, pass func(context.Context) (Result, error), log *slog.Logger) {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	failing := false
@@ -136,10 +198,10 @@ func Loop(stop, wake <-chan struct{}, retention func() conversation.Retention, p
 		select {
 		case <-stop:
 			return
-		case <-wake:
+		case <-set.changed():
 		case <-t.C:
 		}
-		every := retention().Every()
+		every := set.Get().Every()
 		if every == 0 {
 			continue
 		}
