@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"liminald/conversation"
+	"liminald/internal/storestats"
 	"liminald/ipc"
 	"liminald/pgstore"
 	"liminald/sqlitestore"
@@ -33,8 +34,10 @@ func Served(s *sqlitestore.Store) ipc.Store { return store{s} }
 
 func (s store) Subscribe(capacity int) ipc.Subscription { return s.Store.Subscribe(capacity) }
 
-func (s store) Stats(ctx context.Context) (ipc.StoreStats, error) {
-	st, err := s.Store.Stats(ctx)
+func (s store) Stats(ctx context.Context) (ipc.StoreStats, error) { return served(s.Store.Stats(ctx)) }
+
+// served is a store's figures as the server reports them.
+func served(st storestats.Stats, err error) (ipc.StoreStats, error) {
 	return ipc.StoreStats{
 		Conversations: st.Conversations, Messages: st.Messages, Events: st.Events, DBBytes: st.DBBytes,
 		Commits: st.Commits, FailedBatches: st.FailedBatches, Requests: st.Requests, Appended: st.Appended,
@@ -56,13 +59,5 @@ func ServedPostgres(s *pgstore.Store) ipc.Store { return pgStore{s} }
 func (s pgStore) Subscribe(capacity int) ipc.Subscription { return s.Store.Subscribe(capacity) }
 
 func (s pgStore) Stats(ctx context.Context) (ipc.StoreStats, error) {
-	st, err := s.Store.Stats(ctx)
-	return ipc.StoreStats{
-		Conversations: st.Conversations, Messages: st.Messages, Events: st.Events, DBBytes: st.DBBytes,
-		Commits: st.Commits, FailedBatches: st.FailedBatches, Requests: st.Requests, Appended: st.Appended,
-		MaxBatch: st.MaxBatch, CommitTotal: st.CommitTotal, CommitMax: st.CommitMax,
-		Compacted: st.Compacted, Tombstones: st.Tombstones, Dropped: st.Dropped, Horizon: st.Horizon,
-		CompactionPasses: st.CompactionPasses, CompactionFailures: st.CompactionFailures,
-		CompactionTotal: st.CompactionTotal, CompactionMax: st.CompactionMax,
-	}, err
+	return served(s.Store.Stats(ctx))
 }

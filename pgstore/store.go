@@ -16,6 +16,7 @@ import (
 	"liminald/conversation"
 	"liminald/internal/compaction"
 	"liminald/internal/feed"
+	"liminald/internal/storestats"
 )
 
 // Options configure a Store. The zero value of each field picks its default.
@@ -94,7 +95,7 @@ type Store struct {
 	queue chan *request
 	feed  feed.Feed
 	tail  *tailer
-	stats commitStats
+	stats storestats.Commits
 
 	maxAttempts atomic.Int64
 	retention   compaction.Setting // see SetRetention

@@ -139,7 +139,7 @@ func (w *writer) commit() {
 		s.log.Debug("write batch rolled back; writing it again", "requests", len(w.batch), "err", err)
 	}
 	if err != nil {
-		s.stats.fail()
+		s.stats.Fail()
 		s.log.Error("write batch failed", "requests", len(w.batch), "err", err)
 		err = unavailable("write batch", err)
 		for _, r := range w.batch {
@@ -148,7 +148,7 @@ func (w *writer) commit() {
 		}
 		return
 	}
-	s.stats.record(len(w.batch), len(b.events), time.Since(start))
+	s.stats.Record(len(w.batch), len(b.events), time.Since(start))
 	for _, r := range w.batch {
 		r.finish()
 	}

@@ -18,6 +18,7 @@ import (
 	"liminald"
 	"liminald/internal/compaction"
 	"liminald/internal/feed"
+	"liminald/internal/storestats"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -122,10 +123,12 @@ type Store struct {
 	// convIDs maps the names of the conversations the writer committed to
 	// lately (at most about CacheSize) to their ids, which never change.
 	convIDs sync.Map
-	stats   commitStats
-	queue   chan *request   // write requests, to the writer
-	synced  chan *committed // committed batches, to the syncer
-	reports chan Batch      // answered batches, to OnBatch; nil without it
+	stats   storestats.Commits
+	// unreported counts the batches OnBatch was not told of.
+	unreported atomic.Int64
+	queue      chan *request   // write requests, to the writer
+	synced     chan *committed // committed batches, to the syncer
+	reports    chan Batch      // answered batches, to OnBatch; nil without it
 
 	maxAttempts atomic.Int64 // see SetMaxAttempts
 
@@ -333,7 +336,7 @@ func (s *Store) report(b Batch) {
 	select {
 	case s.reports <- b:
 	default:
-		if s.stats.unreported.Add(1) == 1 {
+		if s.unreported.Add(1) == 1 {
 			s.log.Warn("batch observer is behind: batches go unreported", "backlog", reportBacklog)
 		}
 	}

@@ -105,7 +105,7 @@ func (s *Store) answer(c *committed, err error) {
 		s.feed.Publish(c.events)
 	}
 	if err != nil {
-		s.stats.fail()
+		s.stats.Fail()
 		if s.broken.CompareAndSwap(nil, &err) {
 			s.log.Error("sync of the WAL failed: refusing writes until liminald restarts", "err", err)
 		}
@@ -115,7 +115,7 @@ func (s *Store) answer(c *committed, err error) {
 		}
 		return
 	}
-	s.stats.record(len(c.reqs), len(c.events), time.Since(c.start))
+	s.stats.Record(len(c.reqs), len(c.events), time.Since(c.start))
 	for _, r := range c.reqs {
 		r.finish()
 	}

@@ -349,7 +349,7 @@ func (w *writer) commit() {
 // rule decisions of the batch were taken against state that was not
 // committed, so none of them stands.
 func (w *writer) abort(err error) {
-	w.s.stats.fail()
+	w.s.stats.Fail()
 	w.s.log.Error("write batch failed", "requests", len(w.batch), "err", err)
 	if w.conn != nil {
 		if _, rerr := w.conn.ExecContext(context.Background(), "ROLLBACK"); rerr != nil {
