@@ -211,6 +211,11 @@ func worker(ctx context.Context, d *daemon, l *ledger, w, convs int) error {
 		case err == nil:
 		case errors.Is(err, errStopped), ctx.Err() != nil:
 			return nil
+		case d.unavailable && unavailableReply(err):
+			// PostgreSQL is down under the daemon: the write may have
+			// committed. Go on through receive once it is back.
+			l.note(k, func(m *tried) { m.lastUnknown = err.Error() })
+			time.Sleep(10 * time.Millisecond)
 		case outcomeUnknown(err):
 			l.note(k, func(m *tried) { m.lastUnknown = err.Error() })
 			c.Close()
@@ -425,11 +430,17 @@ type load struct {
 // startLoad starts `workers` workers on d over convs conversations, which
 // record what they are told in l.
 func startLoad(d *daemon, l *ledger, workers, convs int) *load {
+	return startLoadOn([]*daemon{d}, l, workers, convs)
+}
+
+// startLoadOn is startLoad with the workers spread over the daemons ds in
+// turn, which share one database.
+func startLoadOn(ds []*daemon, l *ledger, workers, convs int) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	ld := &load{errs: make(chan error, workers), l: l, cancel: cancel}
 	for w := range workers {
 		ld.wg.Go(func() {
-			if err := worker(ctx, d, l, w, convs); err != nil {
+			if err := worker(ctx, ds[w%len(ds)], l, w, convs); err != nil {
 				ld.errs <- err
 			}
 		})

@@ -63,6 +63,15 @@ type daemon struct {
 	db     string
 	start  time.Time // the base of now()
 	args   []string  // more arguments of serve
+	// unavailable is set for a daemon on PostgreSQL: while the server
+	// restarts its writes answer unavailable, and one so answered may have
+	// committed (its COMMIT got no answer). The clients treat it as an
+	// unknown outcome on a connection that stays up.
+	unavailable bool
+	// drain, when set, is called once a stopped daemon exited and before
+	// the stop is dated: to wait until what the daemon left in flight
+	// elsewhere (its PostgreSQL backends' transactions) has ended.
+	drain func()
 
 	mu      sync.Mutex
 	p       *proc
@@ -74,11 +83,19 @@ type daemon struct {
 
 // newDaemon starts liminald serve with args besides its socket and
 // database, and stops it at cleanup.
-func newDaemon(t *testing.T, args ...string) *daemon {
+func newDaemon(t *testing.T, args ...string) *daemon { return newDaemonOn(t, "", time.Now(), args...) }
+
+// newDaemonOn is newDaemon on database db ("": a SQLite file of its own),
+// with start as the base of now(): daemons that share one database share
+// one clock.
+func newDaemonOn(t *testing.T, db string, start time.Time, args ...string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
-	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), db: filepath.Join(dir, "db.sqlite"),
-		start: time.Now(), args: args, ready: make(chan struct{}), changed: make(chan struct{})}
+	if db == "" {
+		db = filepath.Join(dir, "db.sqlite")
+	}
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), db: db,
+		start: start, args: args, ready: make(chan struct{}), changed: make(chan struct{})}
 	d.p = d.run()
 	close(d.ready)
 	t.Cleanup(func() {
@@ -159,6 +176,9 @@ func (d *daemon) restartWith(sig syscall.Signal, stopped func()) int64 {
 		t.Fatal(err)
 	}
 	code := p.exitCode(t)
+	if d.drain != nil {
+		d.drain()
+	}
 	stoppedAt := d.now()
 	if sig == syscall.SIGTERM && code != 0 {
 		t.Fatalf("SIGTERM: exit code %d, want 0\nstderr:\n%s", code, p.stderr.String())
@@ -270,6 +290,12 @@ func isReply(err error) (*ipc.Error, bool) {
 		return e, true
 	}
 	return nil, false
+}
+
+// unavailableReply reports whether err is the daemon's unavailable.
+func unavailableReply(err error) bool {
+	e, ok := isReply(err)
+	return ok && e.Code == ipc.CodeUnavailable
 }
 
 // outcomeUnknown reports whether a call that returned err may or may not

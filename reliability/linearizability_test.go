@@ -313,11 +313,20 @@ func linClient(ctx context.Context, d *daemon, rec *recorder, conv string, id, t
 		callAt := d.now()
 		out, err := call(ctx, c, conv, in)
 		returnAt := d.now()
+		unavailable := d.unavailable && out.Code == string(ipc.CodeUnavailable)
+		if unavailable {
+			out = lOutput{Unknown: true}
+		}
 		if err != nil && !out.Unknown {
 			return fmt.Errorf("client %d: %v", id, err)
 		}
 		mem.learn(in, out)
-		rec.add(porcupine.Operation{ClientId: id, Input: in, Output: out, Call: callAt, Return: returnAt, Metadata: gen})
+		rec.add(porcupine.Operation{ClientId: id, Input: in, Output: out, Call: callAt, Return: returnAt, Metadata: callMeta{gen, unavailable}})
+		if unavailable {
+			// The daemon is up, PostgreSQL is not: try again soon.
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
 		if out.Unknown {
 			c.Close()
 			c = nil
@@ -327,6 +336,14 @@ func linClient(ctx context.Context, d *daemon, rec *recorder, conv string, id, t
 		}
 	}
 	return nil
+}
+
+// callMeta is what a recorded call keeps for settling its outcome: the
+// generation of the daemon it ran on, and whether it was answered
+// unavailable (rather than broken with its connection).
+type callMeta struct {
+	gen         int
+	unavailable bool
 }
 
 // TestModelMatchesDaemon sends the model's own sequential histories to a
@@ -426,7 +443,7 @@ func settle(t *testing.T, d *daemon, rec *recorder) ([]porcupine.Operation, int)
 	drop := make(map[int]bool)
 	for _, i := range rec.unknown {
 		op := &rec.ops[i]
-		gen := op.Metadata.(int)
+		gen := op.Metadata.(callMeta).gen
 		if gen >= len(stopped) {
 			t.Fatalf("call %v of generation %d broke while that daemon ran", op.Input, gen)
 		}
