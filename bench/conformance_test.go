@@ -22,7 +22,8 @@ import (
 // concurrent receives, and that an acknowledged write survives a restart.
 // A peer whose server is not installed is skipped, and fails in CI.
 func TestConformance(t *testing.T) {
-	for _, sys := range []System{newLiminald(buildLiminald(t)), newSQLite(), newRedis(), newPostgres()} {
+	bin := buildLiminald(t)
+	for _, sys := range []System{newLiminald(bin), newSQLite(), newRedis(), newPostgres(), newLiminaldPG(bin, 2)} {
 		t.Run(sys.Name(), func(t *testing.T) {
 			needServer(t, sys)
 			t.Parallel()
@@ -41,7 +42,7 @@ func needServer(t *testing.T, sys System) {
 		if _, err := exec.LookPath("redis-server"); err != nil {
 			missing(t, "redis-server is not installed")
 		}
-	case *postgresSystem:
+	case *postgresSystem, *liminaldPGSystem:
 		if _, err := pgtest.BinDir(); err != nil {
 			missing(t, "%v", err)
 		}
@@ -223,6 +224,10 @@ func checkDurableSettings(ctx context.Context, t *testing.T, sys System) {
 		if err != nil || !strings.Contains(string(log), "sync=full") {
 			t.Fatalf("liminald's log does not say sync=full (%v):\n%s", err, log)
 		}
+		return
+	case *liminaldPGSystem:
+		// A reply follows COMMIT: the server's settings make it durable.
+		checkDurableSettings(ctx, t, s.pg)
 		return
 	default:
 		t.Fatalf("no durable settings to check for %s", sys.Name())

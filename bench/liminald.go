@@ -18,6 +18,7 @@ type liminaldSystem struct {
 	args   []string // more flags of serve
 	dir    string   // of the socket and the database
 	socket string
+	db     string // a PostgreSQL URL; "": a SQLite file in dir
 	running
 }
 
@@ -37,7 +38,11 @@ func (s *liminaldSystem) Start(ctx context.Context, dir string) error {
 	if err := checkSocketPath(s.socket); err != nil {
 		return err
 	}
-	cmd := exec.Command(s.bin, append([]string{"serve", "--socket", s.socket, "--db", s.dbPath()}, s.args...)...)
+	db := s.db
+	if db == "" {
+		db = s.dbPath()
+	}
+	cmd := exec.Command(s.bin, append([]string{"serve", "--socket", s.socket, "--db", db}, s.args...)...)
 	// HOME in dir, and no LIMINAL_* or XDG_* variables: no configuration
 	// file or setting of the user's reaches the daemon.
 	cmd.Env = append(cleanEnv(), "HOME="+dir)

@@ -1,7 +1,8 @@
 // Command bench runs the same work against liminald and against what users
 // would pick instead (SQLite opened by every client, Redis with
-// appendfsync always, PostgreSQL), one system after another on this
-// machine, measures the floors of the machine in the same run, and writes
+// appendfsync always, PostgreSQL), and against liminald on PostgreSQL with
+// 1, 2 and 4 daemons sharing one database (liminaldpg.go), one system
+// after another on this machine, measures the floors of the machine in the same run, and writes
 // results.json, BENCHMARKS.md and benchmarks.png. bench/run builds it and
 // liminald and runs it; see docs/BENCHMARKS.md. Two runs of their own
 // measure liminald alone: --scale, after many events, and --soak, with
@@ -44,7 +45,7 @@ type config struct {
 	command     string     // the bench/run command line, for the report
 }
 
-var allSystems = []string{"liminald", "sqlite", "redis", "postgres"}
+var allSystems = append([]string{"liminald", "sqlite", "redis", "postgres"}, pgSystemNames()...)
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == workerCommand {
@@ -147,7 +148,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if cfg.duration <= 0 || cfg.repetitions < 1 {
 		return config{}, errors.New("--duration and --repetitions must be positive")
 	}
-	if !cfg.render && (cfg.scale > 0 || cfg.soak.duration > 0 || slices.Contains(cfg.systems, "liminald")) && cfg.liminald == "" {
+	if !cfg.render && (cfg.scale > 0 || cfg.soak.duration > 0 || slices.ContainsFunc(cfg.systems, func(s string) bool { return strings.HasPrefix(s, "liminald") })) && cfg.liminald == "" {
 		return config{}, errors.New("--liminald: the path of the liminald binary is needed (bench/run builds it)")
 	}
 	// The command that reproduces the run, without the flags bench/run
@@ -202,8 +203,11 @@ func newSystem(name string, cfg config) System {
 		return newSQLite()
 	case "redis":
 		return newRedis()
-	default:
+	case "postgres":
 		return newPostgres()
+	default:
+		n, _ := strconv.Atoi(strings.TrimPrefix(name, pgSystemPrefix))
+		return newLiminaldPG(cfg.liminald, n)
 	}
 }
 

@@ -220,6 +220,7 @@ var postgresSettings = []string{
 // socket, as the postgres user when run as root (the server refuses root).
 type postgresSystem struct {
 	socketDir string
+	bare      bool // the server alone, without the peer's schema (for liminald on it)
 	running
 }
 
@@ -234,7 +235,7 @@ func (s *postgresSystem) Name() string { return "postgres" }
 
 // Start makes a cluster in dir/pg (initdb, on the first start only), runs
 // postgres on it, waits until it accepts connections and creates the
-// schema. The postgres user must be able to reach dir: Start makes dir
+// schema (unless bare). The postgres user must be able to reach dir: Start makes dir
 // itself searchable, its parents must already be.
 func (s *postgresSystem) Start(ctx context.Context, dir string) error {
 	s.socketDir = filepath.Join(dir, "pg")
@@ -255,6 +256,10 @@ func (s *postgresSystem) Start(ctx context.Context, dir string) error {
 	}
 	if err := srv.waitReady(ctx, ping); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
+	}
+	if s.bare {
+		s.srv = srv
+		return nil
 	}
 	if err := s.createSchema(ctx); err != nil {
 		srv.kill()
@@ -310,6 +315,11 @@ func postgresMkdir(dir, base string, owner *syscall.Credential) error {
 
 func (s *postgresSystem) connString() string {
 	return "host=" + s.socketDir + " user=postgres dbname=postgres"
+}
+
+// url is the database's URL, as liminald serve --db takes it.
+func (s *postgresSystem) url() string {
+	return "postgres:///postgres?host=" + s.socketDir + "&user=postgres"
 }
 
 // createSchema creates the tables and functions; it is a no-op on a

@@ -34,8 +34,12 @@ const (
 	soakBoundedGrowth = 0.01
 )
 
-// peerOrder is the order of the systems in tables.
-var peerOrder = []string{"liminald", "sqlite", "redis", "postgres"}
+// peers are liminald on SQLite and the systems users would pick instead.
+var peers = []string{"liminald", "sqlite", "redis", "postgres"}
+
+// peerOrder is the order of the systems in tables: the peers, then
+// liminald on PostgreSQL with more and more daemons.
+var peerOrder = append(slices.Clone(peers), pgSystemNames()...)
 
 // modeTitles are the headings of the workloads' tables.
 var modeTitles = map[string]string{
@@ -64,6 +68,7 @@ func renderReport(r *Results) string {
 	at := compareClients(r)
 	writeRatios(&b, r, at)
 	writeGoals(&b, r, at)
+	writePostgresStore(&b, r, at)
 	for _, mode := range allModes {
 		if slices.Contains(r.Settings.Modes, mode) {
 			writeMode(&b, r, mode)
@@ -163,7 +168,7 @@ func writeRatios(b *strings.Builder, r *Results, at int) {
 		fmt.Fprintf(b, " %s |", m)
 	}
 	fmt.Fprintf(b, "\n|---|%s\n", strings.Repeat("---:|", len(modes)))
-	for _, peer := range peerOrder[1:] {
+	for _, peer := range peers[1:] {
 		if !slices.ContainsFunc(r.Systems, func(s SystemInfo) bool { return s.Name == peer }) {
 			continue
 		}
@@ -507,4 +512,57 @@ func writeSoakCompare(b *strings.Builder, s *SoakResult) {
 	line(fmt.Sprintf("pooled (p99 %s ms off, %s ms on; p99.9 %s ms off, %s ms on)", num(s.Pooled.Off.P99Ms), num(s.Pooled.On.P99Ms),
 		num(s.Pooled.Off.P999Ms), num(s.Pooled.On.P999Ms)), s.Pooled.Off, s.Pooled.On)
 	p("\n")
+}
+
+// goalPGVsPostgres is the goal of one daemon on PostgreSQL: events/s at
+// ratioClients, times the PL/pgSQL peer on the same server settings.
+const goalPGVsPostgres = 3.0
+
+// writePostgresStore writes the section on liminald on PostgreSQL (SPEC
+// §10): for 1, 2 and 4 daemons on one database, the lifecycle's events/s,
+// p99 and the PostgreSQL server's CPU per event at every number of
+// clients, against the PL/pgSQL peer and liminald on SQLite, and the goal
+// of one daemon at at clients.
+func writePostgresStore(b *strings.Builder, r *Results, at int) {
+	names := pgSystemNames()
+	if !slices.ContainsFunc(r.Points, func(p Point) bool { return slices.Contains(names, p.System) && p.Mode == modeLifecycle }) {
+		return
+	}
+	fmt.Fprintf(b, "## liminald on PostgreSQL\n\n")
+	fmt.Fprintf(b, "This run: `%s`, on %s. liminald-pgN is N daemons, each on its own socket (N hosts' sidecars),\n", r.Command, r.Machine.Date)
+	fmt.Fprintf(b, "sharing one database of one PostgreSQL server with the postgres peer's settings; the clients are\n")
+	fmt.Fprintf(b, "spread over the daemons in turn. Lifecycle load. CPU is the PostgreSQL server's alone (for postgres,\n")
+	fmt.Fprintf(b, "the peer's server), per event appended; the daemons and the clients share the machine's %d cores\n", r.Machine.Cores)
+	fmt.Fprintf(b, "with it. The ratios divide by postgres (the PL/pgSQL peer) and by liminald (on SQLite) at the same\n")
+	fmt.Fprintf(b, "number of clients.\n\n")
+	fmt.Fprintf(b, "| system | clients | events/s | p99 ms | PostgreSQL CPU µs / event | ÷ postgres | ÷ liminald |\n")
+	fmt.Fprintf(b, "|---|---:|---:|---:|---:|---:|---:|\n")
+	perEvent := func(p Point) string {
+		if p.Events <= 0 {
+			return "–"
+		}
+		return num(p.CPUSeconds / float64(p.Events) * 1e6)
+	}
+	for _, name := range append([]string{"postgres"}, names...) {
+		for _, c := range r.Settings.Clients {
+			p, ok := r.point(name, modeLifecycle, c)
+			if !ok {
+				continue
+			}
+			pg, pok := r.point("postgres", modeLifecycle, c)
+			lite, lok := r.point("liminald", modeLifecycle, c)
+			fmt.Fprintf(b, "| %s | %d | %s | %s | %s | %s | %s |\n", p.System, c, rate(p.EventsPerSec), num(p.P99Ms), perEvent(p),
+				ratio(p.EventsPerSec, pg.EventsPerSec, pok), ratio(p.EventsPerSec, lite.EventsPerSec, lok))
+		}
+	}
+	fmt.Fprintf(b, "\n")
+	one, ook := r.point(names[0], modeLifecycle, at)
+	pg, pok := r.point("postgres", modeLifecycle, at)
+	measured, met := "–", "not measured"
+	if ook && pok && pg.EventsPerSec > 0 {
+		x := one.EventsPerSec / pg.EventsPerSec
+		measured, met = fmt.Sprintf("%.2fx (%s vs %s events/s)", x, rate(one.EventsPerSec), rate(pg.EventsPerSec)), metText(x >= goalPGVsPostgres)
+	}
+	fmt.Fprintf(b, "| goal | measured | |\n|---|---|---|\n")
+	fmt.Fprintf(b, "| one daemon on PostgreSQL ≥ %.0fx the PL/pgSQL peer's events/s at %d clients | %s | %s |\n\n", goalPGVsPostgres, at, measured, met)
 }

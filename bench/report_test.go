@@ -273,3 +273,31 @@ func TestRenderReport_Soak(t *testing.T) {
 		t.Errorf("soak section of a growing file lacks %q:\n%s", want, s)
 	}
 }
+
+// TestReportPostgresStore checks the section on liminald on PostgreSQL:
+// a row per number of daemons with its ratio to the PL/pgSQL peer and
+// the PostgreSQL server's CPU per event, the goal of one daemon, and no
+// row of them among the peers liminald on SQLite is divided by.
+func TestReportPostgresStore(t *testing.T) {
+	r := fixedResults()
+	for i, name := range pgSystemNames() {
+		perSec := 48000 + 4000*float64(i) // pg1: 3x postgres's 16,000
+		r.Systems = append(r.Systems, SystemInfo{Name: name, Version: "dev; 15.4", Settings: "daemons on PostgreSQL"})
+		r.Points = append(r.Points, Point{System: name, Mode: modeLifecycle, Clients: 64, Seconds: 2, Ops: int64(perSec * 2),
+			Events: int64(perSec * 2), OpsPerSec: perSec, EventsPerSec: perSec, P99Ms: 9, CPUSeconds: 1.92})
+	}
+	report := renderReport(r)
+	s := section(t, report, "liminald on PostgreSQL")
+	if got, want := row(t, s, "liminald-pg1"), "| liminald-pg1 | 64 | 48,000 | 9.00 | 20.0 | 3.00x | 1.20x |"; got != want {
+		t.Errorf("row of liminald-pg1 = %q, want %q", got, want)
+	}
+	if got := row(t, s, "liminald-pg4"); !strings.Contains(got, "| 3.50x |") {
+		t.Errorf("row of liminald-pg4 = %q, want 3.50x the PL/pgSQL peer", got)
+	}
+	if got := row(t, s, "one daemon on PostgreSQL ≥ 3x the PL/pgSQL peer's events/s at 64 clients"); !strings.HasSuffix(got, "| met |") {
+		t.Errorf("goal row = %q, want met", got)
+	}
+	if strings.Contains(section(t, report, "liminald against the others"), "liminald-pg") {
+		t.Error("liminald on SQLite is divided by liminald on PostgreSQL among the peers")
+	}
+}

@@ -11,7 +11,7 @@ import (
 // commit (group commit allowed), and a decision atomic with its append.
 type System interface {
 	// Name is the short name used in tables and plots: "liminald",
-	// "sqlite", "redis", "postgres".
+	// "sqlite", "redis", "postgres", "liminald-pg1" (2, 4).
 	Name() string
 	// Start starts the server (if the system has one) with its files in
 	// dir, an empty temporary directory the harness owns and removes.
