@@ -69,4 +69,14 @@
 // PostgreSQL's settings make a commit: fsync on and synchronous_commit on
 // (the defaults) for an acknowledged write to survive a crash of the
 // server's machine.
+//
+// # Offline tools
+//
+// Check and Export read one snapshot (a read-only REPEATABLE READ
+// transaction) beside the daemons serving the database; Import writes
+// through a Store's writer, judged by the rules as each event was when it
+// was logged, so it may run while daemons write. The line format, the
+// import's batching and the check's replay are package offline's, shared
+// with the SQLite store: an export of either store imports into the other.
+// Backups are pg_dump's.
 package pgstore
