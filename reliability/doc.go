@@ -97,8 +97,8 @@
 //     PostgreSQL serves none of its connections (a backend may commit what
 //     it was given after its daemon died). At the end the history must be
 //     linearizable across the daemons, every acknowledged write be in the
-//     log (as in the crash test), and the database hold for every
-//     conversation the state its log replays to, its events' positions
+//     log (as in the crash test), pgstore.Check pass on the database
+//     (the state its log replays to), and its events' positions be
 //     contiguous and in seq order. Short: one history of 800 calls; long: 4
 //     of 1500.
 //
