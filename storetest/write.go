@@ -72,6 +72,8 @@ func testWrite(t *testing.T, f Factory) {
 		{"StepOfOtherMessageIsNoDuplicate", []conversation.Command{receive, start, Step("m", 0, "a"), Cmd(conversation.OpReceive, "n")}, Step("n", 0, "a"), want{seq: 4, append: true}},
 		{"FailSameTextIsDuplicate", []conversation.Command{receive, start, fail("m", "boom")}, fail("m", "boom"), want{seq: 2, duplicate: true}},
 		{"FailOtherTextAppends", []conversation.Command{receive, start, fail("m", "boom")}, fail("m", "bang"), want{seq: 3, append: true}},
+		// Text is bytes to the log: a NUL in it is kept and compared as any other.
+		{"FailTextWithNUL", []conversation.Command{receive, start, fail("m", "a\x00b")}, fail("m", "a\x00b"), want{seq: 2, duplicate: true}},
 		{"FailAfterStepAppends", []conversation.Command{receive, start, fail("m", "boom"), Step("m", 0, "a")}, fail("m", "boom"), want{seq: 4, append: true}},
 		{"StartAfterErrorIsRetry", []conversation.Command{receive, start, fail("m", "boom")}, start, want{seq: 3, append: true}},
 		{"FinishWithoutStart", []conversation.Command{receive}, finish, want{seq: 1, append: true}},
