@@ -155,22 +155,22 @@ test('a Lease renews through work lasting several lease lengths, then stops on f
   const c = await client(t);
   const conv = 'p2-lease-renews';
   await c.receive(conv, 'm');
-  const lease = await c.lease(conv, 'm', { worker: 'a', leaseMs: 300 });
+  const lease = await c.lease(conv, 'm', { worker: 'a', leaseMs: 600 });
   t.after(() => lease.stop());
   // Wait, by the daemon's log, for renewals covering three lease lengths.
   const started = (await c.read(conv)).events[1];
   const renewed = [];
   const sub = await c.subscribe(conv, { fromSeq: 2 });
   for await (const e of sub) {
-    assert.deepEqual([e.type, e.token, e.leaseMs], ['lease_renewed', lease.token, 300]);
+    assert.deepEqual([e.type, e.token, e.leaseMs], ['lease_renewed', lease.token, 600]);
     renewed.push(e);
-    if (e.ts >= started.ts + 900) break;
+    if (e.ts >= started.ts + 1800) break;
   }
   // Each renewal came before the lease it extended expired.
-  let expires = started.ts + 300;
+  let expires = started.ts + 600;
   for (const e of renewed) {
     assert.ok(e.ts < expires, `a renewal at ${e.ts} came after the lease lapsed at ${expires}`);
-    expires = e.ts + 300;
+    expires = e.ts + 600;
   }
   assert.ok(lease.renewals >= renewed.length);
   assert.equal((await c.decide(conv, 'm')).decision, 'busy');
@@ -184,7 +184,7 @@ test('a Lease renews through work lasting several lease lengths, then stops on f
   // No event can say that none came: a window in which the timer would
   // have renewed three times, then a marker, which must come next.
   const more = after.next();
-  await delay(350);
+  await delay(700);
   await c.receive(conv, 'marker');
   assert.deepEqual([(await more).value.type, (await more).value.messageId], ['message_received', 'marker']);
   await after.close();

@@ -169,7 +169,10 @@ test('a daemon crash with calls in flight: safe ones are sent again, an unsafe w
   assert.deepEqual(await read, { decision: 'start' }); // here it had not: the daemon never read it
   assert.deepEqual(await step, { seq: 2, duplicate: false });
   assert.deepEqual(await expected, { decision: 'start', seq: 3 });
-  assert.equal(c.connects, 2);
+  // At least one connection more. The first dial after the crash may still
+  // reach the dying daemon's listening socket, whose backlog the kernel
+  // resets an instant later: the calls are then sent again on a third.
+  assert.ok(c.connects >= 2, `${c.connects} connections`);
   // Each landed once.
   const { events } = await c.read(conv);
   assert.deepEqual(events.map((e) => [e.seq, e.type, e.messageId]), [
