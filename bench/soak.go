@@ -292,8 +292,12 @@ func soakOnce(ctx context.Context, c soakConfig, bin, base string, retain bool, 
 	if err := load.drive(ctx, clients, c.every, sample); err != nil {
 		return run, nil, err
 	}
-	if err := sample(); err != nil { // the end, the last interval maybe short
-		return run, nil, err
+	// The end, unless the last tick came with it: an interval of a few
+	// stragglers would say nothing.
+	if time.Since(smp.last) >= c.every/2 {
+		if err := sample(); err != nil {
+			return run, nil, err
+		}
 	}
 	if first < 0 {
 		return run, nil, fmt.Errorf("%s: the load ended (%s) before the warm-up did (%s)", label, length, c.warmup())
