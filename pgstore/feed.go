@@ -24,7 +24,21 @@ type Subscription = feed.Subscription
 // Subscribe starts a subscription to the events committed from now on,
 // holding up to capacity batches not yet received. Its channel is closed
 // when it lags, when it is closed, or when the store closes.
-func (s *Store) Subscribe(capacity int) *Subscription { return s.feed.Subscribe(capacity) }
+//
+// The tailer publishes what it reads of the log, which may be behind the
+// commits: the subscription starts at the end of the log as committed
+// when it is made, so that it never gets an event committed before it.
+// If the end cannot be read, it starts where the tailer is.
+func (s *Store) Subscribe(capacity int) *Subscription {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var end int64
+	if err := s.pool.QueryRow(ctx, `SELECT next FROM positions WHERE id = 1`).Scan(&end); err != nil {
+		s.log.Warn("subscribe: cannot read the end of the log; starting where the feed is", "err", err)
+		end = 0
+	}
+	return s.feed.SubscribeFrom(capacity, end)
+}
 
 // tailerPage is how many events the tailer reads at a time.
 const tailerPage = 1000

@@ -26,13 +26,21 @@ type Subscription struct {
 	f      *Feed
 	c      chan []conversation.Event
 	lagged atomic.Bool
+	from   int64 // the first position it wants (see SubscribeFrom)
 }
 
 // Subscribe starts a subscription to the batches published from now on,
 // holding up to capacity batches not yet received. Its channel is closed
 // when it lags, when it is closed, or when the feed closes.
-func (f *Feed) Subscribe(capacity int) *Subscription {
-	sub := &Subscription{f: f, c: make(chan []conversation.Event, capacity)}
+func (f *Feed) Subscribe(capacity int) *Subscription { return f.SubscribeFrom(capacity, 0) }
+
+// SubscribeFrom is Subscribe for a subscription that wants only the
+// events at position from and after: of a batch published later that
+// starts before from, it gets the rest, or nothing. A feed that may publish
+// batches committed before a subscription was made (one that reads the
+// log behind the commits) gives it the end of the log as from.
+func (f *Feed) SubscribeFrom(capacity int, from int64) *Subscription {
+	sub := &Subscription{f: f, c: make(chan []conversation.Event, capacity), from: from}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -77,8 +85,18 @@ func (f *Feed) Publish(events []conversation.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for sub := range f.subs {
+		batch := events
+		if sub.from > 0 && len(batch) > 0 && batch[0].Pos < sub.from {
+			i := 0
+			for i < len(batch) && batch[i].Pos < sub.from {
+				i++
+			}
+			if batch = batch[i:]; len(batch) == 0 {
+				continue
+			}
+		}
 		select {
-		case sub.c <- events:
+		case sub.c <- batch:
 		default:
 			sub.lagged.Store(true)
 			delete(f.subs, sub)
