@@ -7,9 +7,14 @@
 //
 // # Writes
 //
-// One writer goroutine per store takes the requests waiting and writes
-// them in one transaction with one COMMIT (group commit), and answers them
-// once COMMIT returned. A batch locks the rows of the conversations it
+// A writer goroutine takes the requests waiting and writes them in one
+// transaction with one COMMIT (group commit), and answers them once COMMIT
+// returned. A store runs two writers (Options.Writers), each on its own
+// connection, so that while one batch waits for its COMMIT the next is
+// already locking and reading: within a daemon they are two batches as
+// two daemons' batches are, and the same locks order them. A run of
+// requests that must be written in order (an import's, compaction's) goes
+// to one writer whole. A batch locks the rows of the conversations it
 // writes to (SELECT ... FOR UPDATE, in name order, after inserting the
 // ones that do not exist yet), then reads the database's clock once, then
 // the messages and steps its requests name, all in one round trip. The

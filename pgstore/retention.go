@@ -140,10 +140,10 @@ type CompactResult = compaction.Result
 const (
 	finishedBeforeSQL = `SELECT c.name, m.message_id, m.last_seq - m.received_seq FROM messages m
 		JOIN conversations c ON c.id = m.conversation_id
-		WHERE m.status = 4 AND NOT m.compacted AND m.last_ts < $1 ORDER BY m.last_ts LIMIT $2`
+		WHERE m.finished_ts IS NOT NULL AND NOT m.compacted AND m.finished_ts < $1 ORDER BY m.finished_ts LIMIT $2`
 	tombstonesBeforeSQL = `SELECT c.name, m.message_id, 0 FROM messages m
 		JOIN conversations c ON c.id = m.conversation_id
-		WHERE m.compacted AND m.last_ts < $1 ORDER BY m.last_ts LIMIT $2`
+		WHERE m.compacted AND m.finished_ts < $1 ORDER BY m.finished_ts LIMIT $2`
 )
 
 // Compact runs one compaction pass under the retention in force, at the

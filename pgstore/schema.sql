@@ -1,4 +1,4 @@
--- liminald's PostgreSQL schema, version 1 (liminald_schema.version). The
+-- liminald's PostgreSQL schema, version 2 (liminald_schema.version). The
 -- tables are those of the SQLite schema (schema.sql at the repository's
 -- root), in PostgreSQL's types, and one more, positions. Names and message
 -- ids sort by their bytes (COLLATE "C"), as SQLite sorts them. Error texts,
@@ -45,7 +45,12 @@ CREATE TABLE events (
 );
 
 -- One row per received message, and tombstones (compacted = true): as in
--- SQLite.
+-- SQLite, and finished_ts, the time of a finished message's finish, which
+-- retention's indexes order by. A message's row is rewritten by every
+-- event of it; no index covers a column that changes before its finish
+-- (last_ts, status), so that those updates are HOT: PostgreSQL writes the
+-- new row beside the old one in its page, with no new index entries, and
+-- prunes the old one there. fillfactor leaves each page room for them.
 CREATE TABLE messages (
     conversation_id bigint NOT NULL,
     message_id      text COLLATE "C" NOT NULL,
@@ -63,10 +68,11 @@ CREATE TABLE messages (
     lease_until     bigint NOT NULL DEFAULT 0,
     attempts        bigint NOT NULL DEFAULT 0,
     compacted       boolean NOT NULL DEFAULT false,
+    finished_ts     bigint GENERATED ALWAYS AS (CASE WHEN status = 4 THEN last_ts END) STORED,
     PRIMARY KEY (conversation_id, message_id)
-);
-CREATE INDEX finished_messages ON messages (last_ts) WHERE status = 4 AND NOT compacted;
-CREATE INDEX tombstones ON messages (last_ts) WHERE compacted;
+) WITH (fillfactor = 80);
+CREATE INDEX finished_messages ON messages (finished_ts) WHERE finished_ts IS NOT NULL AND NOT compacted;
+CREATE INDEX tombstones ON messages (finished_ts) WHERE compacted;
 
 -- One row per completed step; its output is in the event at seq.
 CREATE TABLE steps (

@@ -2,7 +2,7 @@ package pgstore
 
 import (
 	"context"
-	_ "embed"
+	"embed"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -22,10 +22,15 @@ import (
 // Options configure a Store. The zero value of each field picks its default.
 type Options struct {
 	Logger    *slog.Logger
-	QueueSize int // write requests waiting for the writer; 4096 by default
-	MaxBatch  int // write requests in one transaction; 1024 by default
+	QueueSize int // writes (or runs of them, from Import and compaction) waiting for the writers; 4096 by default
+	MaxBatch  int // write requests in one transaction (a batch takes no more runs past it); 1024 by default
+	// Writers is how many batches the store writes at once, each on its
+	// own connection: while one waits for its COMMIT, the next takes the
+	// requests that arrived meanwhile, as the batches of several daemons
+	// do (see the package's documentation); 2 by default.
+	Writers int
 	// MaxConns is how many connections to PostgreSQL the store's pool
-	// keeps, for the writer, the readers and the feed (the one that
+	// keeps, for the writers, the readers and the feed (the one that
 	// listens for notifications is one more): pool_max_conns in the URL,
 	// else 8 by default.
 	MaxConns int32
@@ -59,6 +64,11 @@ type Options struct {
 	manualCompaction bool
 }
 
+// defaultWriters is Options.Writers' default: two batches at once keep the
+// batch cycle's round trips and COMMIT's WAL flush overlapping; more only
+// make each batch smaller (docs/PERFORMANCE.md).
+const defaultWriters = 2
+
 // defaultMaxConns is the pool's size when neither Options.MaxConns nor the
 // URL's pool_max_conns sets it.
 const defaultMaxConns = 8
@@ -72,6 +82,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 1024
+	}
+	if o.Writers <= 0 {
+		o.Writers = defaultWriters
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 30 * time.Second
@@ -91,8 +104,8 @@ type Store struct {
 	opts  Options
 	log   *slog.Logger
 	pool  *pgxpool.Pool
-	where string // the server and database, for logs
-	queue chan *request
+	where string          // the server and database, for logs
+	queue chan []*request // runs of requests, each taken whole by one writer
 	feed  feed.Feed
 	tail  *tailer
 	stats storestats.Commits
@@ -116,7 +129,7 @@ type Store struct {
 // Open connects to the PostgreSQL database at url (a postgres:// or
 // postgresql:// URL, or a key=value connection string), waiting for it up
 // to Options.ConnectTimeout (or until ctx ends), creates or migrates the
-// schema, and starts the writer. Returns an error wrapping ErrNewerSchema
+// schema, and starts the writers. Returns an error wrapping ErrNewerSchema
 // if the database is from a newer version of liminald, ErrNotLiminal if it
 // holds tables of liminald's names that are not liminald's, and one
 // wrapping conversation.ErrUnavailable if PostgreSQL could not be reached
@@ -133,6 +146,13 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	case !strings.Contains(url, "pool_max_conns"):
 		cfg.MaxConns = defaultMaxConns
 	}
+	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
+		// The statements are prepared once per connection. A generic
+		// plan, made after five runs from the statistics of the moment,
+		// stays until the next ANALYZE: one made while the tables were
+		// small scans them whole as they grow (docs/PERFORMANCE.md).
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	}
 	where := fmt.Sprintf("database %s on %s", cfg.ConnConfig.Database, cfg.ConnConfig.Host)
 	if cfg.ConnConfig.Port != 5432 {
 		where += fmt.Sprintf(" port %d", cfg.ConnConfig.Port)
@@ -141,7 +161,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
-	s := &Store{opts: opts, log: opts.Logger, pool: pool, where: where, queue: make(chan *request, opts.QueueSize),
+	s := &Store{opts: opts, log: opts.Logger, pool: pool, where: where, queue: make(chan []*request, opts.QueueSize),
 		stop: make(chan struct{}), opened: time.Now()}
 	s.SetMaxAttempts(opts.MaxAttempts)
 	s.SetRetention(opts.Retention)
@@ -162,9 +182,11 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
-	w := &writer{s: s}
-	s.wg.Add(4)
-	go func() { defer s.wg.Done(); w.run() }()
+	s.wg.Add(3 + opts.Writers)
+	for range opts.Writers {
+		w := &writer{s: s}
+		go func() { defer s.wg.Done(); w.run() }()
+	}
 	go func() { defer s.wg.Done(); s.tail.run() }()
 	go func() { defer s.wg.Done(); s.tail.listen() }()
 	go func() { defer s.wg.Done(); s.clockLoop() }()
@@ -295,8 +317,14 @@ func (s *Store) clockLoop() {
 //go:embed schema.sql
 var schema string
 
+// migrations holds N.sql for each version N after the first: what brings
+// a database of version N-1 to version N.
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
+
 // SchemaVersion is the version of the schema this liminald creates.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // schemaLock is the key of the advisory lock that daemons opening one
 // database at once take to create or migrate its schema one at a time.
@@ -306,10 +334,10 @@ const schemaLock = 0x6c696d696e616c // "liminal"
 // without liminald_schema means the database is not liminald's.
 var ourTables = []string{"conversations", "events", "messages", "steps", "positions"}
 
-// migrate creates the schema in a database that has none, and refuses one
-// from a newer version. Versions move forward in liminald_schema.version:
-// a version 2 will bring version 1 forward here, in the same transaction
-// as its version's update.
+// migrate creates the schema in a database that has none, brings one of an
+// older version forward, one version at a time (migrations), in the same
+// transaction as its version's update, and refuses one from a newer
+// version.
 func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(schemaLock)); err != nil {
@@ -327,7 +355,17 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 			if version > SchemaVersion {
 				return fmt.Errorf("%w: its schema is version %d, this liminald knows up to version %d; upgrade liminald", ErrNewerSchema, version, SchemaVersion)
 			}
-			return nil
+			for v := version + 1; v <= SchemaVersion; v++ {
+				sql, err := migrations.ReadFile(fmt.Sprintf("migrations/%d.sql", v))
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, string(sql)); err != nil {
+					return unavailable(fmt.Sprintf("migrate the schema from version %d to %d", v-1, v), err)
+				}
+			}
+			_, err := tx.Exec(ctx, `UPDATE liminald_schema SET version = $1 WHERE id = 1`, SchemaVersion)
+			return unavailable("migrate the schema", err)
 		}
 		var found []string
 		if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(t), '{}') FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL`, ourTables).Scan(&found); err != nil {
@@ -344,5 +382,6 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	})
 }
 
-// QueueDepth returns the number of write requests waiting for the writer.
+// QueueDepth returns the number of writes (or runs of them) waiting for
+// the writers.
 func (s *Store) QueueDepth() int { return len(s.queue) }

@@ -65,49 +65,44 @@ func (s *Store) WriteAsync(ctx context.Context, cmd conversation.Command, then f
 	s.enqueue(ctx, []*request{{cmd: cmd, then: then}})
 }
 
-// enqueue hands reqs to the writer, in order; those it cannot queue are
-// answered at once: conversation.ErrClosed after Close, or ctx's error.
+// enqueue hands reqs to the writers as one run, which one writer takes
+// whole and writes in order; if it cannot be queued, every request of it
+// is answered at once: conversation.ErrClosed after Close, or ctx's error.
 func (s *Store) enqueue(ctx context.Context, reqs []*request) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var err error
-	if s.closed {
-		err = conversation.ErrClosed
+	err := conversation.ErrClosed
+	if !s.closed {
+		select {
+		case s.queue <- reqs:
+			return
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
 	}
-	for i, r := range reqs {
-		if err == nil {
-			select {
-			case s.queue <- r:
-				continue
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
-		}
-		for _, r := range reqs[i:] {
-			r.out, r.err = conversation.Outcome{}, err
-			r.finish()
-		}
-		return
+	for _, r := range reqs {
+		r.out, r.err = conversation.Outcome{}, err
+		r.finish()
 	}
 }
 
-// writer is the store's one writer goroutine.
+// writer is one of the store's writer goroutines (Options.Writers).
 type writer struct {
 	s     *Store
 	batch []*request
 }
 
 func (w *writer) run() {
-	for r := range w.s.queue {
-		w.batch = append(w.batch[:0], r)
+	for run := range w.s.queue {
+		w.batch = append(w.batch[:0], run...)
 	take:
 		for len(w.batch) < w.s.opts.MaxBatch {
 			select {
-			case r, ok := <-w.s.queue:
+			case run, ok := <-w.s.queue:
 				if !ok {
 					break take
 				}
-				w.batch = append(w.batch, r)
+				w.batch = append(w.batch, run...)
 			default:
 				break take
 			}
