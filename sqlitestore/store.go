@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -74,6 +73,9 @@ type Options struct {
 	// walRestartBytes is the WAL size that makes the checkpointer restart
 	// the WAL (defaultWALRestartBytes).
 	walRestartBytes int64
+	// checkpointed, when set, is called after each checkpoint with its
+	// mode and the WAL's frames it found.
+	checkpointed func(mode string, frames int64)
 	// manualCompaction, when set, leaves compaction to the test's calls of
 	// Compact.
 	manualCompaction bool
@@ -407,28 +409,56 @@ const defaultWALRestartBytes = 16 << 20
 // checkpoint takes no lock the writer needs. Under a steady load a passive
 // checkpoint never catches up with the writer, so the WAL would only grow,
 // and growing a file costs the writer several times what overwriting it
-// does; once the WAL passes Options.walRestartBytes, a RESTART checkpoint
-// holds the writer off for the few frames the passive one left, and the
-// writer then writes the WAL from its beginning again. A reader on an old
-// snapshot (a long check or export) makes the RESTART give up at once: the
-// checkpointer never waits for a lock.
+// does; once a passive checkpoint finds more than Options.walRestartBytes
+// of frames in the WAL, a RESTART checkpoint follows it at once: it holds
+// the writer off for the few frames the passive one left, and the writer
+// then writes the WAL from its beginning again. The frames decide, not the
+// file's size: the file keeps its size after a restart (up to
+// journal_size_limit), and a RESTART at every tick would hold the writer
+// off at every tick. A reader on an old snapshot (a long check or export)
+// makes the RESTART give up at once: the checkpointer never waits for a
+// lock.
 func (s *Store) checkpointLoop() {
 	t := time.NewTicker(s.opts.Checkpoint)
 	defer t.Stop()
+	var frameBytes int64
+	if err := s.cdb.QueryRow("PRAGMA page_size").Scan(&frameBytes); err != nil {
+		frameBytes = 4096
+	}
+	frameBytes += 24 // each frame's header
+	// restarted is the WAL's frames when the last RESTART completed: they
+	// stay in it, all copied, until the writer starts it over.
+	restarted := int64(-1)
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
 		}
-		mode := "PASSIVE"
-		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > s.opts.walRestartBytes {
-			mode = "RESTART"
-		}
-		// The checkpoint runs with synchronous=FULL: it syncs the database
-		// file before the WAL is reused. Busy is normal under load.
-		if _, err := s.cdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")"); err != nil && !isBusy(err) {
-			s.log.Warn("wal checkpoint", "mode", mode, "err", err)
+		frames, _ := s.checkpoint("PASSIVE")
+		if frames*frameBytes > s.opts.walRestartBytes && frames != restarted {
+			if frames, done := s.checkpoint("RESTART"); done {
+				restarted = frames
+			}
 		}
 	}
+}
+
+// checkpoint runs a checkpoint of mode, and returns the frames it found in
+// the WAL (0 if it failed) and whether it completed. It runs with
+// synchronous=FULL: it syncs the database file before the WAL is reused.
+// Busy is normal under load.
+func (s *Store) checkpoint(mode string) (frames int64, done bool) {
+	var busy, copied int64
+	err := s.cdb.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &copied)
+	if err != nil {
+		if !isBusy(err) {
+			s.log.Warn("wal checkpoint", "mode", mode, "err", err)
+		}
+		frames, busy = 0, 1
+	}
+	if s.opts.checkpointed != nil {
+		s.opts.checkpointed(mode, frames)
+	}
+	return frames, busy == 0
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -356,5 +357,76 @@ func TestStore_SlowBatchObserver(t *testing.T) {
 	}
 	if st, err := s.Stats(context.Background()); err != nil || st.UnreportedBatches != 0 {
 		t.Errorf("Stats: %d unreported batches, %v; want 0", st.UnreportedBatches, err)
+	}
+}
+
+// TestStore_RestartsOnlyAFullWAL: the checkpointer restarts the WAL (a
+// RESTART checkpoint, which holds the writer off) only when a passive
+// checkpoint found more than walRestartBytes of frames in it, not each
+// time the file, which keeps its size after a restart, is that large.
+func TestStore_RestartsOnlyAFullWAL(t *testing.T) {
+	type run struct {
+		mode   string
+		frames int64
+	}
+	const limit = 256 << 10
+	runs := make(chan run, 1024)
+	s := mustOpenStore(t, Options{walRestartBytes: limit, Checkpoint: time.Millisecond,
+		checkpointed: func(mode string, frames int64) {
+			select {
+			case runs <- run{mode, frames}:
+			default:
+			}
+		}})
+	next := func() run {
+		select {
+		case r := <-runs:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatal("no checkpoint in 10s")
+			return run{}
+		}
+	}
+	// Past the limit: the file grows larger than it, and the WAL is
+	// restarted.
+	big := bytes.Repeat([]byte("x"), 4096)
+	mustWrite(t, s, cmd(conversation.OpReceive, "m"))
+	mustWrite(t, s, cmd(conversation.OpStart, "m"))
+	for i := range 100 {
+		c := step("m", uint32(i), "")
+		c.Output = big
+		mustWrite(t, s, c)
+	}
+	for len(runs) > 0 {
+		<-runs
+	}
+	// Small writes until a passive checkpoint finds the WAL started over.
+	small := 0
+	for settled := false; !settled; {
+		mustWrite(t, s, cmd(conversation.OpReceive, fmt.Sprintf("small-%d", small)))
+		small++
+		for range 3 {
+			if r := next(); r.mode == "PASSIVE" && r.frames*4120 <= limit/4 {
+				settled = true
+			}
+		}
+		if small > 100 {
+			t.Fatal("the WAL was never started over")
+		}
+	}
+	fi, err := os.Stat(s.Path() + "-wal")
+	if err != nil || fi.Size() <= limit {
+		t.Fatalf("the WAL file: %v, %v; want it larger than the limit, as the test assumes", fi, err)
+	}
+	// Now the file is over the limit, but what the WAL holds is not:
+	// a few small writes, each followed by a few checkpoints, are never
+	// restarted for.
+	for i := range 8 {
+		mustWrite(t, s, cmd(conversation.OpReceive, fmt.Sprintf("after-%d", i)))
+		for range 3 {
+			if r := next(); r.mode != "PASSIVE" {
+				t.Fatalf("after small write %d: a %s checkpoint with %d frames in the WAL; want only passive ones below the limit", i, r.mode, r.frames)
+			}
+		}
 	}
 }
