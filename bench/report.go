@@ -474,7 +474,7 @@ func writeSoak(b *strings.Builder, s *SoakResult) {
 		rate(float64(w.Compacted)), rate(float64(w.Dropped)), bytesText(rssMin), bytesText(rssMax))
 	p("WAL at most %s. Compaction ran %s passes, the longest %s ms from its first query to its last run\n",
 		bytesText(walMax), rate(float64(end.CompactionPasses)), num(end.CompactionMsMax))
-	p("written (a pass hands the writer runs of at most 1,024 seqs, each written in one of its batches);\n")
+	p("written (a pass hands the writer its work in short runs, each written in one of its batches);\n")
 	p("the writer's longest batch, of any kind, took %s ms.\n\n", num(end.CommitMsMax))
 
 	writeSoakVacuum(b, s)
@@ -566,6 +566,7 @@ func writePostgresStore(b *strings.Builder, r *Results, at int) {
 	}
 	fmt.Fprintf(b, "| goal | measured | |\n|---|---|---|\n")
 	fmt.Fprintf(b, "| one daemon on PostgreSQL ≥ %.0fx the PL/pgSQL peer's events/s at %d clients | %s | %s |\n\n", goalPGVsPostgres, at, measured, met)
+	fmt.Fprintf(b, "Where the time goes on PostgreSQL, and what was changed for it: [PERFORMANCE.md](PERFORMANCE.md#liminald-on-postgresql).\n\n")
 }
 
 // writeSoakVacuum writes what the soak says of auto_vacuum: whether the
