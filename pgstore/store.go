@@ -151,7 +151,12 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		// plan, made after five runs from the statistics of the moment,
 		// stays until the next ANALYZE: one made while the tables were
 		// small scans them whole as they grow (docs/PERFORMANCE.md).
-		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+		// Set once connected, not as a startup parameter, which a
+		// pooler such as PgBouncer refuses.
+		cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, `SET plan_cache_mode = force_custom_plan`)
+			return err
+		}
 	}
 	where := fmt.Sprintf("database %s on %s", cfg.ConnConfig.Database, cfg.ConnConfig.Host)
 	if cfg.ConnConfig.Port != 5432 {
