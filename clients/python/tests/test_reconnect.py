@@ -37,15 +37,19 @@ worker = load_worker()
 
 class Found:
     """An on_reconnect callback that records each Reconnect and sets an
-    event once the client found the daemon away."""
+    event once the client found the daemon away, and another once a try to
+    connect again was refused."""
 
     def __init__(self) -> None:
         self.away = threading.Event()
+        self.refused = threading.Event()
         self.seen: List[Reconnect] = []
 
     def __call__(self, r: Reconnect) -> None:
         self.seen.append(r)
         self.away.set()
+        if isinstance(r.error, ConnectionRefusedError):
+            self.refused.set()
 
 
 def signal_sends(client: Client) -> threading.Event:
@@ -179,7 +183,9 @@ class ReconnectTest(OwnDaemonTestCase):
         call = InThread(lambda: c.receive(conv, "m", expected_seq=0))
         self.assertTrue(sent.wait(IO_TIMEOUT))
         self.daemon.kill()  # the socket file stays: connecting is refused
-        self.assertTrue(found.away.wait(IO_TIMEOUT))
+        # The lost connection is found first; wait for a refused try too,
+        # so that the daemon comes back only once the client redials.
+        self.assertTrue(found.refused.wait(IO_TIMEOUT))
         self.daemon.start()
         self.assertEqual(call.result(), Decision("start", 0, seq=0))
         errors = {type(r.error) for r in found.seen}
