@@ -8,7 +8,7 @@ import (
 )
 
 // Store is the event log the server serves. The daemon implements it with
-// a small adapter around *sqlitestore.Store.
+// a small adapter around *sqlitestore.Store or *pgstore.Store.
 //
 // WriteAsync, Decide and the reads give the errors of the domain
 // (*conversation.FieldError, ErrUnknownMessage, ErrAlreadyFinished,

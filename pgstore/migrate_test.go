@@ -67,11 +67,7 @@ func TestOpen_MigratesVersion1(t *testing.T) {
 	s = mustOpen(t, db, Options{ClockOffset: clock.offset, manualCompaction: true})
 	var version int
 	finished := make(map[string]*int64)
-	conn, err := pgx.Connect(ctx, db.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := s.pool
 	if err := conn.QueryRow(ctx, `SELECT version FROM liminald_schema`).Scan(&version); err != nil || version != SchemaVersion {
 		t.Fatalf("schema version %d, %v after Open; want %d", version, err, SchemaVersion)
 	}
@@ -117,17 +113,14 @@ func TestStore_MessageUpdatesAreHOT(t *testing.T) {
 	s := mustOpen(t, db, Options{manualCompaction: true})
 	mustLifecycle(t, s, "c", "m", 3)
 
-	mustExec(t, db.url, `CREATE EXTENSION IF NOT EXISTS pageinspect`)
-	conn, err := pgx.Connect(ctx, db.url)
-	if err != nil {
+	if _, err := s.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pageinspect`); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
 	// t_infomask2's HEAP_ONLY_TUPLE bit (0x8000) marks a HOT update's new
 	// row; a line pointer of flag 2 redirects to one, once pruning
 	// removed the row it replaced.
 	var hot, rows int
-	err = conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE t_infomask2 & 32768 <> 0), count(*)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE t_infomask2 & 32768 <> 0), count(*)
 		FROM heap_page_items(get_raw_page('messages', 0))`).Scan(&hot, &rows)
 	if err != nil {
 		t.Fatal(err)

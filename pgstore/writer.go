@@ -54,9 +54,12 @@ func (s *Store) Write(ctx context.Context, cmd conversation.Command) (conversati
 }
 
 // WriteAsync queues cmd and returns; then is called once with what Write
-// returns, from the writer's goroutine once the batch of cmd committed (or
+// returns, from a writer's goroutine once the batch of cmd committed (or
 // from the caller's, when cmd is refused before it is queued). then must
-// not block.
+// not block. Two writes queued one after the other may go to different
+// writers and land in either order: a caller that needs the first before
+// the second waits for its answer, as the server does for the requests of
+// one connection on one conversation.
 func (s *Store) WriteAsync(ctx context.Context, cmd conversation.Command, then func(conversation.Outcome, error)) {
 	if err := cmd.Validate(); err != nil {
 		then(conversation.Outcome{}, err)
