@@ -48,9 +48,7 @@ type config struct {
 var allSystems = append([]string{"liminald", "sqlite", "redis", "postgres"}, pgSystemNames()...)
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == workerCommand {
-		os.Exit(workerMain())
-	}
+	hiddenModes()
 	cfg, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -65,6 +63,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)
+	}
+}
+
+// hiddenModes runs the mode the harness re-executes itself in, if the
+// command line or the environment names one, and exits; else it returns.
+// main and TestMain call it first, before any flag is parsed.
+func hiddenModes() {
+	if path := os.Getenv(echoEnv); path != "" {
+		os.Exit(echoMain(path))
+	}
+	if len(os.Args) > 1 && os.Args[1] == workerCommand {
+		os.Exit(workerMain())
 	}
 }
 

@@ -17,8 +17,8 @@ import (
 )
 
 // writePlot draws the lifecycle load of r into a PNG at path: events/s
-// against clients (with the single-commit floor) beside p99 latency
-// against clients, a line per system.
+// against clients (with the single-commit and group-commit floors) beside
+// p99 latency against clients, a line per system.
 func writePlot(r *Results, path string) error {
 	clients := slices.Clone(r.Settings.Clients)
 	slices.Sort(clients)
@@ -91,13 +91,23 @@ func writePlot(r *Results, path string) error {
 	} else {
 		lp.Y.Min, lp.Y.Max = 0.1, 10
 	}
-	if f, ok := r.floor(floorSQLiteCommit); ok {
+	for _, fl := range []struct {
+		name, legend string
+		dashes       []vg.Length
+	}{
+		{floorSQLiteCommit, "single-commit floor", []vg.Length{vg.Points(6), vg.Points(3)}},
+		{floorGroupCommit, fmt.Sprintf("group-commit floor (%d goroutines)", ratioClients), []vg.Length{vg.Points(2), vg.Points(2)}},
+	} {
+		f, ok := r.floor(fl.name)
+		if !ok {
+			continue
+		}
 		floor := plotter.NewFunction(func(float64) float64 { return f.OpsPerSec })
 		floor.Color = color.Gray{Y: 90}
-		floor.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
+		floor.Dashes = fl.dashes
 		floor.Width = vg.Points(1.5)
 		tp.Add(floor)
-		tp.Legend.Add("single-commit floor", floor)
+		tp.Legend.Add(fl.legend, floor)
 		tp.Y.Max = max(tp.Y.Max, f.OpsPerSec)
 	}
 	tp.Y.Max *= 1.4 // room for the legend above the lines

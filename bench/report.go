@@ -13,13 +13,22 @@ import (
 // at.
 const ratioClients = 64
 
-// The goals: for the lifecycle load at ratioClients clients, sync=full, and
-// for the scale run.
+// The goals of liminald with sync=full, each at the number of clients it
+// names, and the goals of the scale run.
 const (
-	goalVsRedis    = 1.0  // events/s, times Redis with appendfsync always
-	goalVsPostgres = 3.0  // events/s, times PostgreSQL
-	goalVsFloor    = 20.0 // events/s, times the single-commit floor
-	goalP99Ms      = 10.0 // p99 latency
+	goalVsCommitFloor = 0.7  // lifecycle events/s at 1 client, times the sqlite_commit floor's ops/s
+	goalVsRoundTrip   = 2.0  // decide p50 at 1 client at most, times the socket_round_trip_process floor's p50
+	goalVsGroupCommit = 0.7  // lifecycle events/s at ratioClients, times the sqlite_group_commit floor's rows/s
+	goalVsRedisOne    = 1.0  // lifecycle events/s at 1 client, times Redis with appendfsync always
+	goalVsRedis       = 1.2  // lifecycle events/s at ratioClients and goalManyClients, times Redis
+	goalRedeliveryVs  = 1.0  // redelivery ops/s at 1 client and ratioClients, times Redis
+	goalVsPostgres    = 3.0  // lifecycle events/s at ratioClients, times PostgreSQL
+	goalP99Ms         = 10.0 // lifecycle p99 latency at ratioClients
+	// goalCPUMicros is the most CPU time of the daemon per lifecycle op at
+	// ratioClients, in µs: half the 124 µs measured when it was set.
+	goalCPUMicros = 62.0
+
+	goalManyClients = 256 // the most clients a goal names
 
 	goalScaleEvents    = 10_000_000 // events stored for the two goals below
 	goalRSSBytes       = 100 << 20  // the daemon's RSS after storing them
@@ -124,9 +133,9 @@ func writeSystems(b *strings.Builder, r *Results) {
 func writeFloors(b *strings.Builder, r *Results) {
 	fmt.Fprintf(b, "## Floors\n\n")
 	fmt.Fprintf(b, "What one op costs at least on this machine, measured in the same run, in the same temporary directory.\n\n")
-	fmt.Fprintf(b, "| floor | ops/s | p50 ms | p99 ms |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| floor | what | ops/s | p50 ms | p99 ms |\n|---|---|---:|---:|---:|\n")
 	for _, f := range r.Floors {
-		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", f.What, rate(f.OpsPerSec), num(f.P50Ms), num(f.P99Ms))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", f.Name, f.What, rate(f.OpsPerSec), num(f.P50Ms), num(f.P99Ms))
 	}
 	fmt.Fprintf(b, "\n")
 }
@@ -160,7 +169,8 @@ func throughput(p Point) float64 {
 func writeRatios(b *strings.Builder, r *Results, at int) {
 	fmt.Fprintf(b, "## liminald against the others at %d clients\n\n", at)
 	fmt.Fprintf(b, "liminald's events/s (lifecycle) and ops/s (decide, redelivery) divided by each peer's at the same\n")
-	fmt.Fprintf(b, "number of clients, and by each floor's rate (one goroutine: the floors do not scale with clients).\n\n")
+	fmt.Fprintf(b, "number of clients, and by each floor's rate, measured once and not at each number of clients: each\n")
+	fmt.Fprintf(b, "floor in one goroutine but %s, whose %d goroutines submit to one writer.\n\n", floorGroupCommit, ratioClients)
 	modes := presentModes(r)
 	fmt.Fprintf(b, "| liminald ÷ |")
 	for _, m := range modes {
@@ -197,29 +207,101 @@ type goal struct {
 	met      string // "met", "not met" or "not measured"
 }
 
-// goals are the goals for the lifecycle load at at clients.
+// figure is one side of a goal: a value measured, with its unit.
+type figure struct {
+	v    float64
+	text string // v as shown, without the unit
+	unit string
+	ok   bool // measured
+}
+
+// pointRate is the throughput of system under mode at clients: events/s
+// for the lifecycle, ops/s for the others.
+func pointRate(r *Results, system, mode string, clients int) figure {
+	p, ok := r.point(system, mode, clients)
+	unit := "ops/s"
+	if mode == modeLifecycle {
+		unit = "events/s"
+	}
+	return figure{throughput(p), rate(throughput(p)), unit, ok}
+}
+
+// floorRate is the rate of the floor called name, in unit.
+func floorRate(r *Results, name, unit string) figure {
+	f, ok := r.floor(name)
+	return figure{f.OpsPerSec, rate(f.OpsPerSec), unit, ok}
+}
+
+// msFigure is a latency in ms.
+func msFigure(v float64, ok bool) figure { return figure{v, num(v), "ms", ok} }
+
+// ratioGoal is the goal name that a be at least want times b, or at most
+// when atMost; not measured when either is missing.
+func ratioGoal(name string, a, b figure, want float64, atMost bool) goal {
+	if !a.ok || !b.ok || b.v <= 0 {
+		return goal{name, "–", "not measured"}
+	}
+	x := a.v / b.v
+	both := a.text + " " + a.unit + " vs " + b.text + " " + b.unit
+	if a.unit == b.unit {
+		both = a.text + " vs " + b.text + " " + b.unit
+	}
+	met := x >= want
+	if atMost {
+		met = x <= want
+	}
+	return goal{name, fmt.Sprintf("%.2fx (%s)", x, both), metText(met)}
+}
+
+// limitGoal is the goal name that a be below limit, or at most limit
+// when !strict.
+func limitGoal(name string, a figure, limit float64, strict bool) goal {
+	if !a.ok {
+		return goal{name, "–", "not measured"}
+	}
+	return goal{name, a.text + " " + a.unit, metText(a.v < limit || !strict && a.v == limit)}
+}
+
+// clientsText is "1 client" or "n clients".
+func clientsText(n int) string {
+	if n == 1 {
+		return "1 client"
+	}
+	return fmt.Sprintf("%d clients", n)
+}
+
+// goals are liminald's goals, those named at ratioClients measured at at
+// clients, then the scale run's.
 func goals(r *Results, at int) []goal {
+	const redis = "Redis (appendfsync always)"
+	lifecycle := func(c int) figure { return pointRate(r, "liminald", modeLifecycle, c) }
+	vsRedis := func(mode string, c int, want float64) goal {
+		return ratioGoal(fmt.Sprintf("%s at %s ≥ %.1fx %s", mode, clientsText(c), want, redis),
+			pointRate(r, "liminald", mode, c), pointRate(r, "redis", mode, c), want, false)
+	}
+	decide, dok := r.point("liminald", modeDecide, 1)
+	echo, eok := r.floor(floorRoundTripProcess)
 	l, lok := r.point("liminald", modeLifecycle, at)
-	versus := func(name string, want float64, other float64, ok bool) goal {
-		if !lok || !ok || other <= 0 {
-			return goal{name, "–", "not measured"}
-		}
-		x := l.EventsPerSec / other
-		return goal{name, fmt.Sprintf("%.2fx (%s vs %s events/s)", x, rate(l.EventsPerSec), rate(other)), metText(x >= want)}
-	}
-	redis, rok := r.point("redis", modeLifecycle, at)
-	pg, pok := r.point("postgres", modeLifecycle, at)
-	floor, fok := r.floor(floorSQLiteCommit)
 	gs := []goal{
-		versus(fmt.Sprintf("≥ %.1fx Redis (appendfsync always) events/s", goalVsRedis), goalVsRedis, redis.EventsPerSec, rok),
-		versus(fmt.Sprintf("≥ %.0fx PostgreSQL events/s", goalVsPostgres), goalVsPostgres, pg.EventsPerSec, pok),
-		versus(fmt.Sprintf("≥ %.0fx the single-commit floor", goalVsFloor), goalVsFloor, floor.OpsPerSec, fok),
+		ratioGoal(fmt.Sprintf("lifecycle at 1 client ≥ %.1fx the %s floor", goalVsCommitFloor, floorSQLiteCommit),
+			lifecycle(1), floorRate(r, floorSQLiteCommit, "ops/s"), goalVsCommitFloor, false),
+		ratioGoal(fmt.Sprintf("decide at 1 client: p50 ≤ %.0fx the %s floor's p50", goalVsRoundTrip, floorRoundTripProcess),
+			msFigure(decide.P50Ms, dok), msFigure(echo.P50Ms, eok), goalVsRoundTrip, true),
+		ratioGoal(fmt.Sprintf("lifecycle at %s ≥ %.1fx the %s floor", clientsText(at), goalVsGroupCommit, floorGroupCommit),
+			lifecycle(at), floorRate(r, floorGroupCommit, "rows/s"), goalVsGroupCommit, false),
+		vsRedis(modeLifecycle, 1, goalVsRedisOne),
+		vsRedis(modeLifecycle, at, goalVsRedis),
+		vsRedis(modeLifecycle, goalManyClients, goalVsRedis),
+		vsRedis(modeRedelivery, 1, goalRedeliveryVs),
+		vsRedis(modeRedelivery, at, goalRedeliveryVs),
+		ratioGoal(fmt.Sprintf("lifecycle at %s ≥ %.0fx PostgreSQL", clientsText(at), goalVsPostgres),
+			lifecycle(at), pointRate(r, "postgres", modeLifecycle, at), goalVsPostgres, false),
+		limitGoal(fmt.Sprintf("lifecycle at %s: p99 < %.0f ms", clientsText(at), goalP99Ms), msFigure(l.P99Ms, lok), goalP99Ms, true),
+		// CPU seconds per 1k ops, times 1000, are µs per op.
+		limitGoal(fmt.Sprintf("lifecycle at %s: the daemon's CPU ≤ %.0f µs per op", clientsText(at), goalCPUMicros),
+			figure{l.CPUPer1kOps * 1e3, num(l.CPUPer1kOps * 1e3), "µs per op", lok && l.Ops > 0}, goalCPUMicros, false),
 	}
-	p99 := goal{fmt.Sprintf("p99 < %.0f ms", goalP99Ms), "–", "not measured"}
-	if lok {
-		p99 = goal{p99.name, num(l.P99Ms) + " ms", metText(l.P99Ms < goalP99Ms)}
-	}
-	return append(append(gs, p99), scaleGoals(r.Scale)...)
+	return append(gs, scaleGoals(r.Scale)...)
 }
 
 // scaleGoals are the goals the scale run measures: met only when it stored
@@ -253,7 +335,8 @@ func metText(ok bool) string {
 
 func writeGoals(b *strings.Builder, r *Results, at int) {
 	fmt.Fprintf(b, "## Goals\n\n")
-	fmt.Fprintf(b, "liminald with sync=full: the first four under the lifecycle load at %d clients, the last two from the scale run (below).\n\n", at)
+	fmt.Fprintf(b, "liminald with sync=full, each goal under the load and at the number of clients it names, against this\n")
+	fmt.Fprintf(b, "run's floors (above) or the peer's point at the same number of clients; the last two from the scale run (below).\n\n")
 	fmt.Fprintf(b, "| goal | measured | |\n|---|---|---|\n")
 	for _, g := range goals(r, at) {
 		fmt.Fprintf(b, "| %s | %s | %s |\n", g.name, g.measured, g.met)
@@ -557,15 +640,10 @@ func writePostgresStore(b *strings.Builder, r *Results, at int) {
 		}
 	}
 	fmt.Fprintf(b, "\n")
-	one, ook := r.point(names[0], modeLifecycle, at)
-	pg, pok := r.point("postgres", modeLifecycle, at)
-	measured, met := "–", "not measured"
-	if ook && pok && pg.EventsPerSec > 0 {
-		x := one.EventsPerSec / pg.EventsPerSec
-		measured, met = fmt.Sprintf("%.2fx (%s vs %s events/s)", x, rate(one.EventsPerSec), rate(pg.EventsPerSec)), metText(x >= goalPGVsPostgres)
-	}
+	g := ratioGoal(fmt.Sprintf("one daemon on PostgreSQL ≥ %.0fx the PL/pgSQL peer's events/s at %d clients", goalPGVsPostgres, at),
+		pointRate(r, names[0], modeLifecycle, at), pointRate(r, "postgres", modeLifecycle, at), goalPGVsPostgres, false)
 	fmt.Fprintf(b, "| goal | measured | |\n|---|---|---|\n")
-	fmt.Fprintf(b, "| one daemon on PostgreSQL ≥ %.0fx the PL/pgSQL peer's events/s at %d clients | %s | %s |\n\n", goalPGVsPostgres, at, measured, met)
+	fmt.Fprintf(b, "| %s | %s | %s |\n\n", g.name, g.measured, g.met)
 	fmt.Fprintf(b, "Where the time goes on PostgreSQL, and what was changed for it: [PERFORMANCE.md](PERFORMANCE.md#liminald-on-postgresql).\n\n")
 }
 

@@ -11,8 +11,9 @@ import (
 )
 
 // fixedResults is a run with round figures: at 64 clients liminald does
-// 40,000 lifecycle events/s, redis 20,000, postgres 16,000 and the
-// single-commit floor 1,000/s.
+// 40,000 lifecycle events/s, redis 20,000, postgres 16,000, the
+// single-commit floor 1,000/s and the group-commit floor 50,000 rows/s;
+// at 1 client each does a 64th of it.
 func fixedResults() *Results {
 	r := &Results{
 		Command: "bench/run",
@@ -27,8 +28,10 @@ func fixedResults() *Results {
 		},
 		Floors: []Floor{
 			{Name: floorSQLiteCommit, What: "single commit", OpsPerSec: 1000, P50Ms: 1, P99Ms: 2},
+			{Name: floorGroupCommit, What: "group commit", OpsPerSec: 50000, P50Ms: 1.5, P99Ms: 3},
 			{Name: floorFdatasync, What: "fdatasync", OpsPerSec: 4000, P50Ms: 0.25, P99Ms: 0.5},
 			{Name: floorRoundTrip, What: "round trip", OpsPerSec: 80000, P50Ms: 0.012, P99Ms: 0.02},
+			{Name: floorRoundTripProcess, What: "round trip to a process", OpsPerSec: 40000, P50Ms: 0.02, P99Ms: 0.04},
 		},
 	}
 	add := func(system, mode string, clients int, perSec, p99 float64) {
@@ -99,29 +102,96 @@ func TestRenderReport(t *testing.T) {
 	t.Run("Ratios", func(t *testing.T) {
 		s := section(t, report, "liminald against the others at 64 clients")
 		for first, want := range map[string]string{
-			"redis":                       "| redis | 2.00x | 2.00x | 2.00x |",
-			"postgres":                    "| postgres | 2.50x | 3.00x | 5.00x |",
-			"sqlite":                      "| sqlite | 50.00x | 0.50x | 10.00x |",
-			"floor: " + floorSQLiteCommit: "| floor: sqlite_commit | 40.00x | 60.00x | 50.00x |",
-			"floor: " + floorFdatasync:    "| floor: fdatasync | 10.00x | 15.00x | 12.50x |",
+			"redis":                           "| redis | 2.00x | 2.00x | 2.00x |",
+			"postgres":                        "| postgres | 2.50x | 3.00x | 5.00x |",
+			"sqlite":                          "| sqlite | 50.00x | 0.50x | 10.00x |",
+			"floor: " + floorSQLiteCommit:     "| floor: sqlite_commit | 40.00x | 60.00x | 50.00x |",
+			"floor: " + floorFdatasync:        "| floor: fdatasync | 10.00x | 15.00x | 12.50x |",
+			"floor: " + floorGroupCommit:      "| floor: sqlite_group_commit | 0.80x | 1.20x | 1.00x |",
+			"floor: " + floorRoundTripProcess: "| floor: socket_round_trip_process | 1.00x | 1.50x | 1.25x |",
 		} {
 			if got := row(t, s, first); got != want {
 				t.Errorf("ratio row %s = %q, want %q", first, got, want)
 			}
 		}
 	})
-	t.Run("Goals", func(t *testing.T) {
-		s := section(t, report, "Goals")
-		for first, want := range map[string]string{
-			"≥ 1.0x Redis (appendfsync always) events/s": "2.00x (40,000 vs 20,000 events/s) | met |",
-			"≥ 3x PostgreSQL events/s":                   "2.50x (40,000 vs 16,000 events/s) | not met |",
-			"≥ 20x the single-commit floor":              "40.00x (40,000 vs 1,000 events/s) | met |",
-			"p99 < 10 ms":                                "| 8.00 ms | met |",
+	t.Run("Floors", func(t *testing.T) {
+		s := section(t, report, "Floors")
+		for _, want := range []string{
+			"| sqlite_group_commit | group commit | 50,000 | 1.50 | 3.00 |",
+			"| socket_round_trip_process | round trip to a process | 40,000 | 0.020 | 0.040 |",
 		} {
-			if got := row(t, s, first); !strings.HasSuffix(got, want) {
-				t.Errorf("goal row = %q, want it to end with %q", got, want)
+			if !strings.Contains(s, want) {
+				t.Errorf("floors lack %q:\n%s", want, s)
 			}
 		}
+	})
+	t.Run("Goals", func(t *testing.T) {
+		// Each goal's row in the report of fixedResults, and in that of
+		// turned, where the goals met there are not and the other way
+		// round, each at its threshold where that is exact.
+		rows := []struct{ name, fixed, turned string }{
+			{"lifecycle at 1 client ≥ 0.7x the sqlite_commit floor",
+				"0.62x (625 events/s vs 1,000 ops/s) | not met |", "0.78x (625 events/s vs 800 ops/s) | met |"},
+			{"decide at 1 client: p50 ≤ 2x the socket_round_trip_process floor's p50",
+				"25.00x (0.500 vs 0.020 ms) | not met |", "2.00x (0.500 vs 0.250 ms) | met |"},
+			{"lifecycle at 64 clients ≥ 0.7x the sqlite_group_commit floor",
+				"0.80x (40,000 events/s vs 50,000 rows/s) | met |", "0.50x (40,000 events/s vs 80,000 rows/s) | not met |"},
+			{"lifecycle at 1 client ≥ 1.0x Redis (appendfsync always)",
+				"2.00x (625 vs 313 events/s) | met |", "0.62x (625 vs 1,000 events/s) | not met |"},
+			{"lifecycle at 64 clients ≥ 1.2x Redis (appendfsync always)",
+				"2.00x (40,000 vs 20,000 events/s) | met |", "1.14x (40,000 vs 35,000 events/s) | not met |"},
+			{"lifecycle at 256 clients ≥ 1.2x Redis (appendfsync always)",
+				"| – | not measured |", "1.20x (60,000 vs 50,000 events/s) | met |"},
+			{"redelivery at 1 client ≥ 1.0x Redis (appendfsync always)",
+				"2.00x (781 vs 391 ops/s) | met |", "0.78x (781 vs 1,000 ops/s) | not met |"},
+			{"redelivery at 64 clients ≥ 1.0x Redis (appendfsync always)",
+				"2.00x (50,000 vs 25,000 ops/s) | met |", "1.00x (50,000 vs 50,000 ops/s) | met |"},
+			{"lifecycle at 64 clients ≥ 3x PostgreSQL",
+				"2.50x (40,000 vs 16,000 events/s) | not met |", "3.20x (40,000 vs 12,500 events/s) | met |"},
+			{"lifecycle at 64 clients: p99 < 10 ms", "| 8.00 ms | met |", "| 10.0 ms | not met |"},
+			{"lifecycle at 64 clients: the daemon's CPU ≤ 62 µs per op", "| 25.0 µs per op | met |", "| 124 µs per op | not met |"},
+		}
+		turned := fixedResults()
+		floor := func(name string) *Floor {
+			return &turned.Floors[slices.IndexFunc(turned.Floors, func(f Floor) bool { return f.Name == name })]
+		}
+		floor(floorSQLiteCommit).OpsPerSec = 800
+		floor(floorGroupCommit).OpsPerSec = 80000
+		floor(floorRoundTripProcess).P50Ms = 0.25
+		point := func(system, mode string, clients int) *Point {
+			return &turned.Points[slices.IndexFunc(turned.Points, func(p Point) bool {
+				return p.System == system && p.Mode == mode && p.Clients == clients
+			})]
+		}
+		point("redis", modeLifecycle, 1).EventsPerSec = 1000
+		point("redis", modeLifecycle, 64).EventsPerSec = 35000
+		point("redis", modeRedelivery, 1).OpsPerSec = 1000
+		point("redis", modeRedelivery, 64).OpsPerSec = 50000
+		point("postgres", modeLifecycle, 64).EventsPerSec = 12500
+		point("liminald", modeLifecycle, 64).CPUPer1kOps = 0.124
+		point("liminald", modeLifecycle, 64).P99Ms = 10
+		turned.Points = append(turned.Points,
+			Point{System: "liminald", Mode: modeLifecycle, Clients: 256, EventsPerSec: 60000},
+			Point{System: "redis", Mode: modeLifecycle, Clients: 256, EventsPerSec: 50000})
+		if n := len(goals(turned, 64)); n != len(rows)+2 { // the scale run's two, tested below
+			t.Errorf("%d goals, %d of them tested here", n, len(rows))
+		}
+		fixedWant, turnedWant := map[string]string{}, map[string]string{}
+		for _, g := range rows {
+			fixedWant[g.name], turnedWant[g.name] = g.fixed, g.turned
+		}
+		checkGoals(t, report, fixedWant)
+		checkGoals(t, renderReport(turned), turnedWant)
+	})
+	t.Run("GoalsWithoutFloors", func(t *testing.T) {
+		r := fixedResults()
+		r.Floors = nil
+		checkGoals(t, renderReport(r), map[string]string{
+			"lifecycle at 1 client ≥ 0.7x the sqlite_commit floor":                   "| – | not measured |",
+			"decide at 1 client: p50 ≤ 2x the socket_round_trip_process floor's p50": "| – | not measured |",
+			"lifecycle at 64 clients ≥ 0.7x the sqlite_group_commit floor":           "| – | not measured |",
+		})
 	})
 	t.Run("ModeTables", func(t *testing.T) {
 		s := section(t, report, "Lifecycle")
@@ -181,10 +251,24 @@ func TestRenderReport(t *testing.T) {
 		r.Systems = r.Systems[1:2] // liminald only
 		r.Points = slices.DeleteFunc(r.Points, func(p Point) bool { return p.System != "liminald" })
 		report := renderReport(r)
-		if got := row(t, section(t, report, "Goals"), "≥ 1.0x Redis (appendfsync always) events/s"); !strings.HasSuffix(got, "| not measured |") {
-			t.Errorf("goal without redis = %q, want not measured", got)
-		}
+		checkGoals(t, report, map[string]string{
+			"lifecycle at 64 clients ≥ 1.2x Redis (appendfsync always)": "| – | not measured |",
+			"redelivery at 1 client ≥ 1.0x Redis (appendfsync always)":  "| – | not measured |",
+			"lifecycle at 64 clients ≥ 3x PostgreSQL":                   "| – | not measured |",
+		})
 	})
+}
+
+// checkGoals checks that the row of each goal of report's Goals section
+// ends as want says.
+func checkGoals(t *testing.T, report string, want map[string]string) {
+	t.Helper()
+	s := section(t, report, "Goals")
+	for first, end := range want {
+		if got := row(t, s, first); !strings.HasSuffix(got, end) {
+			t.Errorf("goal row = %q, want it to end with %q", got, end)
+		}
+	}
 }
 
 func TestWritePlot(t *testing.T) {

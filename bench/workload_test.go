@@ -11,10 +11,9 @@ import (
 
 func TestMain(m *testing.M) {
 	// runPoint of the sqlite system runs its clients as worker processes
-	// of the running binary: here, the test binary.
-	if len(os.Args) > 1 && os.Args[1] == workerCommand {
-		os.Exit(workerMain())
-	}
+	// of the running binary, and the floor socket_round_trip_process its
+	// echo server: here, the test binary.
+	hiddenModes()
 	os.Exit(m.Run())
 }
 
@@ -118,7 +117,7 @@ func TestFloors(t *testing.T) {
 			t.Errorf("floor %s: %+v", f.Name, f)
 		}
 	}
-	if want := []string{floorSQLiteCommit, floorFdatasync, floorRoundTrip}; !slices.Equal(names, want) {
+	if want := []string{floorSQLiteCommit, floorGroupCommit, floorFdatasync, floorRoundTrip, floorRoundTripProcess}; !slices.Equal(names, want) {
 		t.Errorf("floors %v, want %v", names, want)
 	}
 }
