@@ -271,6 +271,22 @@ type Outcome struct {
 	LeaseExpiresAt int64
 }
 
+// Settled answers, without a writer, a command that the committed state m
+// of its message settles without appending: a receive that gives no
+// expected_seq and whose decision at mo is not to start the message (a
+// skip, a resume, a busy or a quarantined message). ok is false for any
+// other command, for a message never received (m nil), and when the rules
+// refuse the command: those are the writer's to answer, in order with the
+// writes.
+func Settled(c *Command, m *Message, mo Moment) (o Outcome, ok bool) {
+	if c.Op != OpReceive || c.ExpectedSeq != NoExpectedSeq || m == nil || m.Status == StatusUnknown {
+		return Outcome{}, false
+	}
+	cp := *m
+	o, err := Evaluate(c, Known{Message: &cp, Now: mo.Now, MaxAttempts: mo.MaxAttempts})
+	return o, err == nil && !o.Append
+}
+
 // Evaluate applies the write rules of SPEC §2 and §7, in order, to c given
 // k.
 //

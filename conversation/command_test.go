@@ -993,3 +993,47 @@ func TestCommand_Validate(t *testing.T) {
 		})
 	}
 }
+
+// TestSettled: Settled answers exactly the commands that Evaluate answers
+// without appending and without an error, for a message received, with
+// the same outcome: a receive without expected_seq, of a message in any
+// state, at moments within a lease and after it, with and without an
+// attempts limit reached, and with another fingerprint.
+func TestSettled(t *testing.T) {
+	msgs := map[string]func() *Message{
+		"received": receivedMsg, "in progress": inProgressMsg, "errored": erroredMsg, "finished": finishedMsg,
+		"leased": leasedMsg, "renewed": renewedMsg, "errored leased": erroredLeasedMsg, "fingerprinted": fingerprintedMsg,
+		"attempted": func() *Message { return attempted(erroredMsg(), 3) },
+	}
+	cmds := map[string]Command{
+		"receive": receiveCmd(), "receive by fingerprint": fingerprintCmd("sha256:b"), "receive at seq": at(receiveCmd(), 5),
+		"start": startCmd(), "finish": finishCmd(), "renew": renewCmd(1, 1000),
+	}
+	settled := 0
+	for mname, mk := range msgs {
+		for cname, c := range cmds {
+			for _, mo := range []Moment{{Now: leaseNow}, {Now: leaseUntil + 1}, {Now: leaseNow, MaxAttempts: 3}} {
+				k := Known{Next: 5, Message: mk(), Now: mo.Now, MaxAttempts: mo.MaxAttempts}
+				want, err := Evaluate(&c, k)
+				wantOK := c.Op == OpReceive && c.ExpectedSeq == NoExpectedSeq && err == nil && !want.Append
+				m := mk()
+				got, ok := Settled(&c, m, mo)
+				if ok != wantOK || (ok && !reflect.DeepEqual(got, want)) {
+					t.Errorf("%s of a message %s at %+v: Settled = %+v, %v; Evaluate = %+v, %v", cname, mname, mo, got, ok, want, err)
+				}
+				if !reflect.DeepEqual(m, mk()) {
+					t.Errorf("%s of a message %s: Settled changed the message to %+v", cname, mname, m)
+				}
+				if ok {
+					settled++
+				}
+			}
+		}
+		if _, ok := Settled(&[]Command{receiveCmd()}[0], nil, Moment{Now: leaseNow}); ok {
+			t.Errorf("Settled a receive of a message never received")
+		}
+	}
+	if settled == 0 {
+		t.Fatal("no command was settled")
+	}
+}

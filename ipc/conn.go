@@ -23,6 +23,12 @@ import (
 // while others are in flight, has its own goroutine. A write needs none:
 // the store answers it through a callback. serve owns them all and
 // returns once they ended.
+//
+// A request read while no other is in flight, and answered without a
+// write to the store (a ping, a read, a receive the store settles at once:
+// see settler), is answered by the reader itself, straight into the
+// socket's buffer: every earlier reply is in that buffer already, so the
+// order holds, and the reply costs no hand-off to another goroutine.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -61,7 +67,9 @@ type conn struct {
 	mu     sync.Mutex
 	active map[int64]*subscription // guarded by mu
 
-	// The writer's own:
+	// The writer's, and the reader's when it answers a request itself
+	// (direct), guarded by wmu:
+	wmu  sync.Mutex
 	bw   *bufio.Writer
 	werr error
 }
@@ -186,33 +194,64 @@ func (c *conn) readLoop() error {
 			continue
 		}
 		sl := <-c.free // with MaxInflight unanswered, wait for a reply to go out
-		c.pending <- sl
 		c.requests++
+		// With no other request in flight, every earlier reply is in the
+		// socket's buffer.
+		direct := len(c.free) == MaxInflight-1
 		if tooLong {
-			c.reply(sl, appendFailure(sl.buf, nil, &Error{Code: CodeLineTooLong,
+			c.answer(sl, direct, appendFailure(sl.buf, nil, &Error{Code: CodeLineTooLong,
 				Message: fmt.Sprintf("line is over the limit of %d bytes", lr.limit)}))
 			continue
 		}
-		c.dispatch(sl, line)
+		c.dispatch(sl, line, direct)
 	}
 }
 
-// reply hands the finished reply buf of sl to the writer.
+// reply hands the finished reply buf of sl, queued for the writer, to it.
 func (c *conn) reply(sl *slot, buf []byte) {
 	sl.buf = buf
 	sl.ready <- struct{}{}
 }
 
-// dispatch decodes the request on line into sl and answers it, inline when
-// that is immediate, in a goroutine of its own when it calls the store.
-func (c *conn) dispatch(sl *slot, line []byte) {
+// answer answers the request of sl, not yet queued for the writer, with
+// its reply buf: when direct (no other request in flight), the reader
+// writes it itself, flushing unless another whole request is waiting to
+// be read; otherwise it queues sl for the writer with its reply.
+func (c *conn) answer(sl *slot, direct bool, buf []byte) {
+	if !direct {
+		c.pending <- sl
+		c.reply(sl, buf)
+		return
+	}
+	c.wmu.Lock()
+	c.write(buf)
+	if !c.lr.hasLine() {
+		c.flush()
+	}
+	c.wmu.Unlock()
+	sl.buf = buf
+	c.release(sl)
+}
+
+// settler is a Store that can answer a write its durable state already
+// settles, without queueing it: see sqlitestore.Store.Settle.
+type settler interface {
+	Settle(cmd *conversation.Command) (conversation.Outcome, bool)
+}
+
+// dispatch decodes the request on line into sl and answers it: inline when
+// that is immediate, or when direct (no other request in flight) and it
+// needs no write to the store; through the store's callback for a write;
+// in a goroutine of its own for a read that must wait, or runs beside
+// others.
+func (c *conn) dispatch(sl *slot, line []byte, direct bool) {
 	r := &sl.req
 	if err := r.parse(line); err != nil {
-		c.reply(sl, c.srv.appendError(sl.buf, r, err))
+		c.answer(sl, direct, c.srv.appendError(sl.buf, r, err))
 		return
 	}
 	if c.draining.Load() {
-		c.reply(sl, appendFailure(sl.buf, r.id, &Error{Code: CodeShuttingDown, Message: "the daemon is shutting down"}))
+		c.answer(sl, direct, appendFailure(sl.buf, r.id, &Error{Code: CodeShuttingDown, Message: "the daemon is shutting down"}))
 		return
 	}
 	switch r.op {
@@ -220,24 +259,36 @@ func (c *conn) dispatch(sl *slot, line []byte) {
 		if r.op == opHello {
 			c.log.Debug("hello", "client", r.client)
 		}
-		c.reply(sl, c.srv.exec(c.ctx, r, sl.buf))
+		c.answer(sl, direct, c.srv.exec(c.ctx, r, sl.buf))
 		return
 	case opUnsubscribe:
-		c.reply(sl, c.unsubscribe(sl.buf, r))
+		c.answer(sl, direct, c.unsubscribe(sl.buf, r))
 		return
 	}
+	if direct && c.lr.r.Buffered() == 0 {
+		// A client waiting for each reply: a read runs here, as does a
+		// receive the store settles without its writer.
+		if !r.op.isWrite() && r.op != opSubscribe {
+			c.answer(sl, true, c.srv.exec(c.ctx, r, sl.buf))
+			return
+		}
+		if st, ok := c.srv.store.(settler); ok && r.op == opReceive {
+			began := time.Now()
+			if o, ok := st.Settle(&r.cmd); ok {
+				var steps []conversation.StepRecord
+				var err error
+				if r.withSteps {
+					steps, err = c.srv.resumeSteps(c.ctx, r.cmd.Conversation, r.cmd.MessageID, o.Decision)
+				}
+				c.answer(sl, true, c.srv.appendWrite(sl.buf, r, o, steps, err, began))
+				return
+			}
+		}
+	}
+	c.pending <- sl
 	after, done := c.order(r)
 	if r.op == opSubscribe {
 		c.subscribe(sl, after, done)
-		return
-	}
-	if !r.op.isWrite() && len(after) == 0 && c.idle() {
-		// A read on an idle connection (a client waiting for each reply)
-		// runs here: a new goroutine would cost more than the read.
-		c.reply(sl, c.srv.exec(c.ctx, r, sl.buf))
-		if done != nil {
-			close(done)
-		}
 		return
 	}
 	if r.op.isWrite() {
@@ -304,12 +355,6 @@ func (c *conn) submit(sl *slot, after []chan struct{}, done chan struct{}) {
 		}
 		send()
 	}()
-}
-
-// idle reports whether the request just taken is the connection's only
-// one and no further request has been read yet.
-func (c *conn) idle() bool {
-	return len(c.free) == MaxInflight-1 && c.lr.r.Buffered() == 0
 }
 
 // order returns the requests r must wait for, and for a request on one
@@ -407,7 +452,9 @@ func (c *conn) writeLoop() {
 			continue
 		default:
 		}
+		c.wmu.Lock()
 		c.flush()
+		c.wmu.Unlock()
 		select {
 		case <-ready:
 			c.writeReply(head)
@@ -422,7 +469,9 @@ func (c *conn) writeLoop() {
 			}
 		}
 	}
+	c.wmu.Lock()
 	c.flush()
+	c.wmu.Unlock()
 }
 
 func keepIf[T any](ok bool, ch chan T) chan T {
@@ -437,11 +486,18 @@ func (c *conn) writeReply(sl *slot) {
 		sl.buf = c.srv.appendWrite(sl.buf, &sl.req, sl.out, sl.steps, sl.err, sl.began)
 		sl.out, sl.steps, sl.err, sl.encode = conversation.Outcome{}, nil, nil, false
 	}
+	c.wmu.Lock()
 	c.write(sl.buf)
+	c.wmu.Unlock()
 	if sl.written != nil {
 		close(sl.written)
 		sl.written = nil
 	}
+	c.release(sl)
+}
+
+// release gives back the slot of a request answered.
+func (c *conn) release(sl *slot) {
 	if cap(sl.buf) > 16<<10 { // do not keep a big reply's buffer
 		sl.buf = nil
 	} else {
@@ -454,13 +510,16 @@ func (c *conn) writeReply(sl *slot) {
 // whoever waits that it is written.
 func (c *conn) writePush(p push) {
 	if !p.sub.unsubscribed.Load() {
+		c.wmu.Lock()
 		c.write(p.buf)
+		c.wmu.Unlock()
 	}
 	if p.written != nil {
 		close(p.written)
 	}
 }
 
+// write and flush write to the socket's buffer; wmu must be held.
 func (c *conn) write(b []byte) {
 	if c.werr != nil {
 		return

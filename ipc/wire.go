@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 )
 
@@ -40,6 +41,12 @@ type lineReader struct {
 
 func newLineReader(r io.Reader, size int) *lineReader {
 	return &lineReader{r: bufio.NewReaderSize(r, size)}
+}
+
+// hasLine reports whether a whole line is buffered and waits for next.
+func (lr *lineReader) hasLine() bool {
+	b, _ := lr.r.Peek(lr.r.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 // next returns the next line without its "\n" or "\r\n", or tooLong set

@@ -13,6 +13,10 @@ import (
 // a reader may copy one without a lock held. Readers that miss go to the
 // database; they never fill the cache, so it cannot go stale behind the
 // writer's back.
+//
+// Each state carries the batch after whose sync it is durable (see
+// Store.durable): a state the writer put is the latest committed, and once
+// that batch is synced, no newer state of the message is committed.
 type msgCache struct {
 	seed   maphash.Seed
 	shards [64]cacheShard
@@ -20,13 +24,19 @@ type msgCache struct {
 
 type cacheShard struct {
 	mu sync.RWMutex
-	m  map[msgKey]*conversation.Message
+	m  map[msgKey]cached
+}
+
+// cached is a message's committed state, durable once batch is synced.
+type cached struct {
+	m     *conversation.Message
+	batch int64
 }
 
 func newMsgCache() *msgCache {
 	c := &msgCache{seed: maphash.MakeSeed()}
 	for i := range c.shards {
-		c.shards[i].m = make(map[msgKey]*conversation.Message)
+		c.shards[i].m = make(map[msgKey]cached)
 	}
 	return c
 }
@@ -36,19 +46,24 @@ func (c *msgCache) shard(k msgKey) *cacheShard {
 }
 
 // get returns the committed state of message k, or nil if it is not cached.
-func (c *msgCache) get(k msgKey) *conversation.Message {
+func (c *msgCache) get(k msgKey) *conversation.Message { return c.entry(k).m }
+
+// entry returns the committed state of message k and the batch after whose
+// sync it is durable; its m is nil if it is not cached.
+func (c *msgCache) entry(k msgKey) cached {
 	s := c.shard(k)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.m[k]
 }
 
-// put caches m, committed, as the state of message k. Writer only.
-func (c *msgCache) put(k msgKey, m *conversation.Message) {
+// put caches m, committed, as the state of message k, durable once batch
+// is synced. Writer only.
+func (c *msgCache) put(k msgKey, m *conversation.Message, batch int64) {
 	s := c.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.m[k] = m
+	s.m[k] = cached{m, batch}
 }
 
 // len returns the number of messages cached.

@@ -133,6 +133,34 @@ func (s *Store) Decide(ctx context.Context, conv, id string, d conversation.Deli
 	return conversation.Deliver(m, d, h, s.Moment())
 }
 
+// Settle answers a write that the durable state of its message settles
+// without appending (conversation.Settled: the redelivery of a message
+// already received), at once and without the writer; ok is false for any
+// other write, which goes through WriteAsync. A state the writer committed
+// and has not yet made durable settles nothing, so that no answer rests on
+// a write a power loss could still undo; nor does any state once a sync
+// failed, or after Close.
+func (s *Store) Settle(cmd *conversation.Command) (conversation.Outcome, bool) {
+	if cmd.Op != conversation.OpReceive || s.broken.Load() != nil || cmd.Validate() != nil {
+		return conversation.Outcome{}, false
+	}
+	cid, ok := s.convIDs.Load(cmd.Conversation)
+	if !ok {
+		return conversation.Outcome{}, false
+	}
+	e := s.msgs.entry(msgKey{cid.(int64), cmd.MessageID})
+	if e.m == nil || e.batch > s.durable.Load() {
+		return conversation.Outcome{}, false
+	}
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return conversation.Outcome{}, false
+	}
+	return conversation.Settled(cmd, e.m, s.Moment())
+}
+
 // Horizon returns the forgotten_before of conversation conv (SPEC §8): not
 // set when it never dropped a tombstone, or does not exist.
 func (s *Store) Horizon(ctx context.Context, conv string) (conversation.Horizon, error) {

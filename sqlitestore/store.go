@@ -138,6 +138,7 @@ type Store struct {
 	compacting compaction.Stats
 
 	syncing atomic.Int64          // batches committed and not yet answered
+	durable atomic.Int64          // the last batch synced: the states cached with it or before are durable
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
 	// wake tells a writer waiting out a sync to look again: the sync
 	// ended, the queue closed, or enough requests for a stage (stageMin)

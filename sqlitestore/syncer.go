@@ -33,6 +33,7 @@ type committed struct {
 	maintained bool
 	start      time.Time
 	commit     time.Duration // from start to COMMIT
+	seq        int64         // the writer's number of the batch
 }
 
 func (s *Store) syncLoop() {
@@ -57,6 +58,9 @@ func (s *Store) syncLoop() {
 			t := time.Now()
 			err = s.syncWAL()
 			took = time.Since(t)
+		}
+		if err == nil {
+			s.durable.Store(pending[len(pending)-1].seq)
 		}
 		for _, c := range pending {
 			s.answer(c, err)

@@ -139,8 +139,11 @@ type writer struct {
 
 	nextPos, nextConvID int64
 	lastTS              int64 // the time of the last stage written
-	totals              totals
-	convs               map[string]*convRow
+	// seq numbers the batches: the one being written, which the states it
+	// caches are durable after (see msgCache).
+	seq    int64
+	totals totals
+	convs  map[string]*convRow
 
 	// the batch being written
 	batch      []*request
@@ -163,6 +166,7 @@ type stepKey struct {
 func newWriter(s *Store) (*writer, error) {
 	w := &writer{
 		s:          s,
+		seq:        1,
 		convs:      make(map[string]*convRow),
 		dirtyConvs: make(map[string]*convRow),
 		dirtyMsgs:  make(map[msgKey]*conversation.Message),
@@ -326,7 +330,7 @@ func (w *writer) commit() {
 			w.s.msgs.del(k)
 			continue
 		}
-		w.s.msgs.put(k, m)
+		w.s.msgs.put(k, m, w.seq)
 	}
 	if len(w.convs) > w.s.opts.CacheSize {
 		w.convs = make(map[string]*convRow)
@@ -342,7 +346,8 @@ func (w *writer) commit() {
 	w.events = nil // the syncer and then the feed hold the slice now
 	w.clearDirty()
 	w.s.syncing.Add(1)
-	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, maintained: maintained, start: start, commit: time.Since(start)}
+	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, maintained: maintained, start: start, commit: time.Since(start), seq: w.seq}
+	w.seq++
 }
 
 // abort rolls the batch back and answers every request in it with err: the
@@ -613,7 +618,7 @@ func (w *writer) prefetch(ctx context.Context, reqs []*request) error {
 		if err != nil {
 			return unavailable("read messages", err)
 		}
-		w.s.msgs.put(msgKey{conv, id}, m)
+		w.s.msgs.put(msgKey{conv, id}, m, w.seq)
 	}
 	return unavailable("read messages", rows.Err())
 }
