@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -188,17 +189,38 @@ func Activated() ([]net.Listener, error) {
 // then looked at once more; if it cannot be watched the watcher stops and
 // Wait returns the error.
 //
+// db is the database file, or "" for none (PostgreSQL). When it shares
+// the socket's directory, the socket file itself is watched instead of the
+// directory, which would be told of every write to the database and its
+// WAL: then removing the socket, renaming it away and removing the
+// directory are seen as above, but not renaming the directory away.
+//
 // Stop the watcher (end ctx and Wait) before removing the socket on
-// shutdown. WatchSocket returns an error naming the directory when it cannot
-// be watched.
-func WatchSocket(ctx context.Context, path string, onGone func()) (*Watcher, error) {
-	return watch(ctx, socketSpec(path, onGone))
+// shutdown. WatchSocket returns an error naming the directory (or the
+// socket file) when it cannot be watched.
+func WatchSocket(ctx context.Context, path, db string, onGone func()) (*Watcher, error) {
+	return watch(ctx, socketSpec(path, sameDir(path, db), onGone))
 }
 
-func socketSpec(path string, onGone func()) watchSpec {
+// sameDir reports whether the files at a and b are in one directory; false
+// when either is "" or its directory cannot be read.
+func sameDir(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	da, err := os.Stat(filepath.Dir(a))
+	if err != nil {
+		return false
+	}
+	db, err := os.Stat(filepath.Dir(b))
+	return err == nil && os.SameFile(da, db)
+}
+
+func socketSpec(path string, self bool, onGone func()) watchSpec {
 	return watchSpec{
 		path:        path,
 		ops:         fsnotify.Remove | fsnotify.Rename,
+		self:        self,
 		fireAtStart: true,
 		callback: func() {
 			if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {

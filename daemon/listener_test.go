@@ -308,15 +308,16 @@ func activatedChild() int {
 }
 
 func TestWatchSocket(t *testing.T) {
-	// watchTest listens at path and watches it; each time the socket goes,
-	// the callback makes the directory and listens again, as the daemon
-	// does, and reports the new listener.
-	watchTest := func(t *testing.T, path string) <-chan net.Listener {
+	// watchTest listens at path and watches it, with the database db
+	// ("" for none); each time the socket goes, the callback makes the
+	// directory and listens again, as the daemon does, and reports the new
+	// listener. trace, when not nil, gets each decision of the watcher.
+	watchTest := func(t *testing.T, path, db string, trace func(string)) <-chan net.Listener {
 		t.Helper()
 		mustListen(t, path, 0o600, "")
 		relisten := make(chan net.Listener, 10)
 		ctx, cancel := context.WithCancel(context.Background())
-		w, err := WatchSocket(ctx, path, func() {
+		spec := socketSpec(path, sameDir(path, db), func() {
 			if err := PrepareDir(filepath.Dir(path)); err != nil {
 				t.Errorf("PrepareDir: %v", err)
 				return
@@ -328,8 +329,10 @@ func TestWatchSocket(t *testing.T) {
 			}
 			relisten <- ln
 		})
+		spec.trace = trace
+		w, err := watch(ctx, spec)
 		if err != nil {
-			t.Fatalf("WatchSocket: %v", err)
+			t.Fatalf("watch the socket: %v", err)
 		}
 		t.Cleanup(func() {
 			cancel()
@@ -354,28 +357,88 @@ func TestWatchSocket(t *testing.T) {
 		}
 	}
 
-	t.Run("Removed", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "l.sock")
-		relisten := watchTest(t, path)
-		for range 2 {
-			if err := os.Remove(path); err != nil {
+	// Each case runs with the database elsewhere (the directory watched)
+	// and beside the socket (the socket file watched).
+	for _, beside := range []bool{false, true} {
+		name := "DatabaseElsewhere"
+		if beside {
+			name = "DatabaseBeside"
+		}
+		db := func(dir string) string {
+			if beside {
+				return filepath.Join(dir, "liminald.db")
+			}
+			return filepath.Join(t.TempDir(), "liminald.db")
+		}
+		t.Run(name+"/Removed", func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "l.sock")
+			relisten := watchTest(t, path, db(dir), nil)
+			for range 2 {
+				if err := os.Remove(path); err != nil {
+					t.Fatal(err)
+				}
+				ln := next(t, relisten)
+				roundTrip(t, ln, path)
+				ln.Close()
+			}
+		})
+		t.Run(name+"/RenamedAway", func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "l.sock")
+			relisten := watchTest(t, path, db(dir), nil)
+			for i := range 2 {
+				if err := os.Rename(path, filepath.Join(dir, fmt.Sprintf("moved%d.sock", i))); err != nil {
+					t.Fatal(err)
+				}
+				ln := next(t, relisten)
+				roundTrip(t, ln, path)
+				ln.Close()
+			}
+		})
+		t.Run(name+"/DirectoryRemoved", func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "run")
+			if err := PrepareDir(dir); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "l.sock")
+			relisten := watchTest(t, path, db(dir), nil)
+			if err := os.RemoveAll(dir); err != nil {
 				t.Fatal(err)
 			}
 			ln := next(t, relisten)
 			roundTrip(t, ln, path)
 			ln.Close()
-		}
-	})
-	t.Run("RenamedAway", func(t *testing.T) {
+		})
+	}
+	t.Run("DatabaseBeside/ItsWritesCostNothing", func(t *testing.T) {
 		dir := t.TempDir()
-		path := filepath.Join(dir, "l.sock")
-		relisten := watchTest(t, path)
-		if err := os.Rename(path, filepath.Join(dir, "moved.sock")); err != nil {
+		path, db := filepath.Join(dir, "l.sock"), filepath.Join(dir, "liminald.db")
+		traces := make(chan string, 1000)
+		relisten := watchTest(t, path, db, func(s string) { traces <- s })
+		f, err := os.Create(db + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		for range 200 {
+			if _, err := f.Write([]byte("frame")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
 		ln := next(t, relisten)
 		roundTrip(t, ln, path)
 		ln.Close()
+		// The writes came before the removal that the watcher answered:
+		// whatever it was told of them is traced by now.
+		for len(traces) > 0 {
+			if s := <-traces; strings.Contains(s, "liminald.db") {
+				t.Fatalf("the watcher was told of a write to the database: %q", s)
+			}
+		}
 	})
 	t.Run("DirectoryRenamedAway", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "run")
@@ -383,7 +446,7 @@ func TestWatchSocket(t *testing.T) {
 			t.Fatal(err)
 		}
 		path := filepath.Join(dir, "l.sock")
-		relisten := watchTest(t, path)
+		relisten := watchTest(t, path, "", nil)
 		if err := os.Rename(dir, dir+".old"); err != nil {
 			t.Fatal(err)
 		}
@@ -400,7 +463,7 @@ func TestWatchSocket(t *testing.T) {
 	})
 	t.Run("MissingDirectory", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "no", "l.sock")
-		if _, err := WatchSocket(context.Background(), path, func() {}); err == nil {
+		if _, err := WatchSocket(context.Background(), path, "", func() {}); err == nil {
 			t.Error("WatchSocket in a missing directory succeeded, want an error")
 		}
 	})

@@ -409,7 +409,11 @@ func (d *daemon) serve(ctx context.Context, signals <-chan os.Signal) error {
 		}
 	}
 	if d.socket != "" {
-		w, err := WatchSocket(ctx, d.socket, d.recreateSocket)
+		db := d.cfg.DB
+		if IsPostgres(db) {
+			db = ""
+		}
+		w, err := WatchSocket(ctx, d.socket, db, d.recreateSocket)
 		if err != nil {
 			d.log.Warn("cannot watch the socket file", "path", d.socket, "err", err)
 		} else {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -10,10 +11,11 @@ import (
 )
 
 // Watcher watches one file through the directory that holds it, so that it
-// sees the file replaced by a rename as well as written or removed. It is
-// made by WatchConfig or WatchSocket and runs one goroutine, which holds all
-// its state, calls its callback, and stops when the context it was made
-// with ends.
+// sees the file replaced by a rename as well as written or removed; or, for
+// a file nobody writes, the file itself (see watchSpec.self). It is made by
+// WatchConfig or WatchSocket and runs one goroutine, which holds all its
+// state, calls its callback, and stops when the context it was made with
+// ends.
 type Watcher struct {
 	done chan struct{}
 	err  error
@@ -40,7 +42,15 @@ type watchSpec struct {
 	// fireAtStart fires once as soon as the watch is in place, for what
 	// happened before it was.
 	fireAtStart bool
-	trace       func(string) // tests only: each decision of the loop, in order
+	// self watches the file itself instead of its directory: a watch on a
+	// directory is told of every write to any file in it, which a database
+	// beside the file makes thousands a second. The file's own watch sees
+	// it removed or renamed away (and its directory removed, which removes
+	// it first), not its directory renamed; after each callback it follows
+	// the file at path, should the callback have made it anew. ops does not
+	// apply: any event on the file counts.
+	self  bool
+	trace func(string) // tests only: each decision of the loop, in order
 }
 
 // watch starts a Watcher. It returns an error naming the directory when the
@@ -51,13 +61,24 @@ func watch(ctx context.Context, spec watchSpec) (*Watcher, error) {
 		return nil, fmt.Errorf("watch %s: %w", spec.path, err)
 	}
 	dir, name := filepath.Dir(path), filepath.Base(path)
+	target := dir
+	if spec.self {
+		target = path
+	}
 	fsw, err := fsnotify.NewWatcher()
 	if err != nil {
-		return nil, fmt.Errorf("watch %s: %w", dir, err)
+		return nil, fmt.Errorf("watch %s: %w", target, err)
 	}
-	if err := fsw.Add(dir); err != nil {
+	if err := fsw.Add(target); err != nil {
 		fsw.Close()
-		return nil, fmt.Errorf("watch %s: %w", dir, err)
+		return nil, fmt.Errorf("watch %s: %w", target, err)
+	}
+	var watched os.FileInfo // self: the file watched
+	if spec.self {
+		if watched, err = os.Stat(path); err != nil {
+			fsw.Close()
+			return nil, fmt.Errorf("watch %s: %w", target, err)
+		}
 	}
 	if spec.trace == nil {
 		spec.trace = func(string) {}
@@ -65,7 +86,7 @@ func watch(ctx context.Context, spec watchSpec) (*Watcher, error) {
 	w := &Watcher{done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
-		w.err = spec.run(ctx, fsw, dir, name)
+		w.err = spec.run(ctx, fsw, dir, name, watched)
 		fsw.Close()
 	}()
 	return w, nil
@@ -79,14 +100,15 @@ type loop struct {
 	timer     *time.Timer
 	expiry    <-chan time.Time // the timer's channel while it is armed
 	lost      bool             // the directory went, and its watch with it
+	watched   os.FileInfo      // self: the file watched now
 }
 
 // run is the watcher's goroutine. A file event that counts, a removal or
 // rename of the directory itself, and a lost event queue (after which any
 // event may have been missed) all arm the debounce timer; fire runs when it
 // expires.
-func (s *watchSpec) run(ctx context.Context, fsw *fsnotify.Watcher, dir, name string) error {
-	l := &loop{watchSpec: s, fsw: fsw, dir: dir, name: name}
+func (s *watchSpec) run(ctx context.Context, fsw *fsnotify.Watcher, dir, name string, watched os.FileInfo) error {
+	l := &loop{watchSpec: s, fsw: fsw, dir: dir, name: name, watched: watched}
 	defer func() {
 		if l.timer != nil {
 			l.timer.Stop()
@@ -107,6 +129,9 @@ func (s *watchSpec) run(ctx context.Context, fsw *fsnotify.Watcher, dir, name st
 				return fmt.Errorf("watch %s: fsnotify stopped", dir)
 			}
 			switch {
+			case s.self:
+				s.trace("match " + ev.String())
+				err = l.arm()
 			case ev.Name == dir && ev.Has(fsnotify.Remove|fsnotify.Rename):
 				s.trace("lost " + ev.String())
 				l.lost = true
@@ -156,6 +181,9 @@ func (l *loop) arm() error {
 func (l *loop) fire() error {
 	l.trace("fire")
 	l.callback()
+	if l.self {
+		return l.follow()
+	}
 	if !l.lost {
 		return nil
 	}
@@ -164,6 +192,28 @@ func (l *loop) fire() error {
 		return fmt.Errorf("watch %s again after it was removed: %w", l.dir, err)
 	}
 	l.lost = false
+	l.trace("watching again")
+	return l.arm()
+}
+
+// follow watches the file at the watcher's path when it is no longer the
+// one watched (the callback made it anew), then arms once more for what
+// happened to it before its watch was in place. It returns an error when
+// there is no file to watch.
+func (l *loop) follow() error {
+	path := filepath.Join(l.dir, l.name)
+	fi, err := os.Stat(path)
+	if err == nil && os.SameFile(fi, l.watched) {
+		return nil
+	}
+	_ = l.fsw.Remove(path)
+	if err == nil {
+		err = l.fsw.Add(path)
+	}
+	if err != nil {
+		return fmt.Errorf("watch %s again after it was replaced: %w", path, err)
+	}
+	l.watched = fi
 	l.trace("watching again")
 	return l.arm()
 }
