@@ -59,10 +59,11 @@ type conn struct {
 	writerDone chan struct{}
 
 	// The reader's own:
-	lr       *lineReader
-	chains   map[string]chan struct{} // per conversation, the latest request on it
-	lastSub  int64
-	requests int64
+	lr        *lineReader
+	unflushed bool                     // it wrote replies itself since it last flushed
+	chains    map[string]chan struct{} // per conversation, the latest request on it
+	lastSub   int64
+	requests  int64
 
 	mu     sync.Mutex
 	active map[int64]*subscription // guarded by mu
@@ -186,6 +187,13 @@ func (c *conn) serve() {
 func (c *conn) readLoop() error {
 	lr := c.lr
 	for {
+		if c.unflushed && !lr.hasLine() {
+			// The replies written here go out before the reader waits.
+			c.wmu.Lock()
+			c.flush()
+			c.wmu.Unlock()
+			c.unflushed = false
+		}
 		line, tooLong, err := lr.next(c.srv.maxLineBytes)
 		if err != nil {
 			return err
@@ -215,8 +223,8 @@ func (c *conn) reply(sl *slot, buf []byte) {
 
 // answer answers the request of sl, not yet queued for the writer, with
 // its reply buf: when direct (no other request in flight), the reader
-// writes it itself, flushing unless another whole request is waiting to
-// be read; otherwise it queues sl for the writer with its reply.
+// writes it itself, to be flushed before it next waits to read (readLoop);
+// otherwise it queues sl for the writer with its reply.
 func (c *conn) answer(sl *slot, direct bool, buf []byte) {
 	if !direct {
 		c.pending <- sl
@@ -225,10 +233,8 @@ func (c *conn) answer(sl *slot, direct bool, buf []byte) {
 	}
 	c.wmu.Lock()
 	c.write(buf)
-	if !c.lr.hasLine() {
-		c.flush()
-	}
 	c.wmu.Unlock()
+	c.unflushed = true
 	sl.buf = buf
 	c.release(sl)
 }
@@ -236,7 +242,7 @@ func (c *conn) answer(sl *slot, direct bool, buf []byte) {
 // settler is a Store that can answer a write its durable state already
 // settles, without queueing it: see sqlitestore.Store.Settle.
 type settler interface {
-	Settle(cmd *conversation.Command) (conversation.Outcome, bool)
+	Settle(ctx context.Context, cmd *conversation.Command) (conversation.Outcome, bool)
 }
 
 // dispatch decodes the request on line into sl and answers it: inline when
@@ -274,7 +280,7 @@ func (c *conn) dispatch(sl *slot, line []byte, direct bool) {
 		}
 		if st, ok := c.srv.store.(settler); ok && r.op == opReceive {
 			began := time.Now()
-			if o, ok := st.Settle(&r.cmd); ok {
+			if o, ok := st.Settle(c.ctx, &r.cmd); ok {
 				var steps []conversation.StepRecord
 				var err error
 				if r.withSteps {

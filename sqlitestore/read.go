@@ -82,13 +82,37 @@ func (st *readStmts) close() error {
 // was never received. A message the writer touched lately is served from
 // its cache of committed states, without a query.
 func (s *Store) Message(ctx context.Context, conv, id string) (*conversation.Message, error) {
-	if cid, ok := s.convIDs.Load(conv); ok {
-		if m := s.msgs.get(msgKey{cid.(int64), id}); m != nil {
-			cp := *m
-			return &cp, nil
+	e, err := s.state(ctx, conv, id)
+	if err != nil || e.m == nil {
+		return nil, err
+	}
+	cp := *e.m
+	return &cp, nil
+}
+
+// state returns the committed state of message id of conversation conv
+// from the cache, or else from the database, caching it when the cache
+// knows the conversation (see msgCache); its m is nil if the message was
+// never received.
+func (s *Store) state(ctx context.Context, conv, id string) (cached, error) {
+	cid, known := s.convIDs.Load(conv)
+	var k msgKey
+	if known {
+		k = msgKey{cid.(int64), id}
+		if e := s.msgs.entry(k); e.m != nil {
+			return e, nil
 		}
 	}
-	return scanMessage(s.reads.msg.QueryRowContext(ctx, conv, id), id)
+	epoch := s.msgs.epoch.Load()
+	m, err := scanMessage(s.reads.msg.QueryRowContext(ctx, conv, id), id)
+	if err != nil || m == nil {
+		return cached{}, err
+	}
+	e := cached{m, s.writing.Load()}
+	if known {
+		s.msgs.add(k, m, e.batch, epoch, s.opts.CacheSize)
+	}
+	return e, nil
 }
 
 // Steps returns the completed steps of message id of conversation conv, by
@@ -140,16 +164,12 @@ func (s *Store) Decide(ctx context.Context, conv, id string, d conversation.Deli
 // and has not yet made durable settles nothing, so that no answer rests on
 // a write a power loss could still undo; nor does any state once a sync
 // failed, or after Close.
-func (s *Store) Settle(cmd *conversation.Command) (conversation.Outcome, bool) {
+func (s *Store) Settle(ctx context.Context, cmd *conversation.Command) (conversation.Outcome, bool) {
 	if cmd.Op != conversation.OpReceive || s.broken.Load() != nil || cmd.Validate() != nil {
 		return conversation.Outcome{}, false
 	}
-	cid, ok := s.convIDs.Load(cmd.Conversation)
-	if !ok {
-		return conversation.Outcome{}, false
-	}
-	e := s.msgs.entry(msgKey{cid.(int64), cmd.MessageID})
-	if e.m == nil || e.batch > s.durable.Load() {
+	e, err := s.state(ctx, cmd.Conversation, cmd.MessageID)
+	if err != nil || e.m == nil || e.batch > s.durable.Load() {
 		return conversation.Outcome{}, false
 	}
 	s.mu.RLock()

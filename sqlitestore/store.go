@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"path/filepath"
@@ -139,6 +140,7 @@ type Store struct {
 
 	syncing atomic.Int64          // batches committed and not yet answered
 	durable atomic.Int64          // the last batch synced: the states cached with it or before are durable
+	writing atomic.Int64          // the batch the writer is writing or wrote last (see msgCache)
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
 	// wake tells a writer waiting out a sync to look again: the sync
 	// ended, the queue closed, or enough requests for a stage (stageMin)
@@ -183,6 +185,15 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		s.closeDBs()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	// What the WAL holds at open (a crashed process's commits, which the
+	// page cache may still hold alone) counts as durable only once synced:
+	// until then, and until a batch's sync if this one fails, no state
+	// settles a redelivery (see Settle).
+	if s.opts.Sync == SyncFull {
+		if err := s.fsyncWAL(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.durable.Store(-1)
+		}
 	}
 	if opts.OnBatch != nil {
 		s.reports = make(chan Batch, reportBacklog) // before the syncer, which sends on it

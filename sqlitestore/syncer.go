@@ -83,6 +83,11 @@ func (s *Store) syncWAL() error {
 			return fmt.Errorf("sync wal: %w: %w", conversation.ErrUnavailable, err)
 		}
 	}
+	return s.fsyncWAL()
+}
+
+// fsyncWAL is syncWAL without its test hook.
+func (s *Store) fsyncWAL() error {
 	f, err := os.OpenFile(s.path+"-wal", os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("sync wal: %w: %w", conversation.ErrUnavailable, err)

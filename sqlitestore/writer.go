@@ -313,6 +313,7 @@ func (w *writer) take() (closed bool) {
 // which answers its requests once the commit is durable.
 func (w *writer) commit() {
 	start := time.Now()
+	w.s.writing.Store(w.seq)
 	err := w.build()
 	if err == nil {
 		err = w.end()
