@@ -242,7 +242,7 @@ func (c *conn) answer(sl *slot, direct bool, buf []byte) {
 // settler is a Store that can answer a write its durable state already
 // settles, without queueing it: see sqlitestore.Store.Settle.
 type settler interface {
-	Settle(ctx context.Context, cmd *conversation.Command) (conversation.Outcome, bool)
+	Settle(cmd *conversation.Command) (conversation.Outcome, bool)
 }
 
 // dispatch decodes the request on line into sl and answers it: inline when
@@ -280,7 +280,7 @@ func (c *conn) dispatch(sl *slot, line []byte, direct bool) {
 		}
 		if st, ok := c.srv.store.(settler); ok && r.op == opReceive {
 			began := time.Now()
-			if o, ok := st.Settle(c.ctx, &r.cmd); ok {
+			if o, ok := st.Settle(&r.cmd); ok {
 				var steps []conversation.StepRecord
 				var err error
 				if r.withSteps {

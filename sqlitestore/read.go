@@ -164,12 +164,20 @@ func (s *Store) Decide(ctx context.Context, conv, id string, d conversation.Deli
 // and has not yet made durable settles nothing, so that no answer rests on
 // a write a power loss could still undo; nor does any state once a sync
 // failed, or after Close.
-func (s *Store) Settle(ctx context.Context, cmd *conversation.Command) (conversation.Outcome, bool) {
-	if cmd.Op != conversation.OpReceive || s.broken.Load() != nil || cmd.Validate() != nil {
+func (s *Store) Settle(cmd *conversation.Command) (conversation.Outcome, bool) {
+	if cmd.Op != conversation.OpReceive || s.broken.Load() != nil {
 		return conversation.Outcome{}, false
 	}
-	e, err := s.state(ctx, cmd.Conversation, cmd.MessageID)
-	if err != nil || e.m == nil || e.batch > s.durable.Load() {
+	// Only a cached state: most receives are of new messages, which a read
+	// of the database would look for in vain before the writer's own. A
+	// redelivery of a message not cached goes through the writer, which
+	// caches it for the next.
+	cid, ok := s.convIDs.Load(cmd.Conversation)
+	if !ok {
+		return conversation.Outcome{}, false
+	}
+	e := s.msgs.entry(msgKey{cid.(int64), cmd.MessageID})
+	if e.m == nil || e.batch > s.durable.Load() || cmd.Validate() != nil {
 		return conversation.Outcome{}, false
 	}
 	s.mu.RLock()

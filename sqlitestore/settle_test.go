@@ -34,16 +34,16 @@ func TestStore_SettleOnlyDurableStates(t *testing.T) {
 	t.Cleanup(unhold)
 
 	receive := cmd(conversation.OpReceive, "m")
-	if o, ok := s.Settle(context.Background(), &receive); ok {
+	if o, ok := s.Settle(&receive); ok {
 		t.Fatalf("Settle before the message exists = %+v; want it left to the writer", o)
 	}
 	mustWrite(t, s, receive)
 	mustWrite(t, s, cmd(conversation.OpStart, "m"))
-	if o, ok := s.Settle(context.Background(), &receive); !ok || o.Append || o.Decision.Action != conversation.Resume {
+	if o, ok := s.Settle(&receive); !ok || o.Append || o.Decision.Action != conversation.Resume {
 		t.Fatalf("Settle of a message in progress = %+v, %v; want a resume", o, ok)
 	}
 	start := cmd(conversation.OpStart, "m")
-	if o, ok := s.Settle(context.Background(), &start); ok {
+	if o, ok := s.Settle(&start); ok {
 		t.Fatalf("Settle(start) = %+v; want only receives settled", o)
 	}
 
@@ -57,20 +57,20 @@ func TestStore_SettleOnlyDurableStates(t *testing.T) {
 	if m, err := s.Message(context.Background(), "c", "m"); err != nil || m.Status != conversation.StatusFinished {
 		t.Fatalf("Message while the finish syncs = %+v, %v; want it finished (committed)", m, err)
 	}
-	if o, ok := s.Settle(context.Background(), &receive); ok {
+	if o, ok := s.Settle(&receive); ok {
 		t.Fatalf("Settle while the finish is not durable = %+v; want it left to the writer", o)
 	}
 	unhold()
 	if err := <-finished; err != nil {
 		t.Fatal(err)
 	}
-	o, ok := s.Settle(context.Background(), &receive)
+	o, ok := s.Settle(&receive)
 	if !ok || o.Append || o.Decision.Action != conversation.Skip {
 		t.Fatalf("Settle once the finish is durable = %+v, %v; want a skip", o, ok)
 	}
 	expect := receive
 	expect.ExpectedSeq = 3
-	if o, ok := s.Settle(context.Background(), &expect); ok {
+	if o, ok := s.Settle(&expect); ok {
 		t.Fatalf("Settle of a receive with expected_seq = %+v; want it left to the writer", o)
 	}
 
@@ -78,7 +78,7 @@ func TestStore_SettleOnlyDurableStates(t *testing.T) {
 	if _, err := s.Write(context.Background(), cmd(conversation.OpReceive, "other")); !errors.Is(err, conversation.ErrUnavailable) {
 		t.Fatalf("Write with a failing sync: %v, want unavailable", err)
 	}
-	if o, ok := s.Settle(context.Background(), &receive); ok {
+	if o, ok := s.Settle(&receive); ok {
 		t.Fatalf("Settle after a failed sync = %+v; want nothing settled", o)
 	}
 }
