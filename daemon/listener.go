@@ -192,8 +192,8 @@ func Activated() ([]net.Listener, error) {
 // db is the database file, or "" for none (PostgreSQL). When it shares
 // the socket's directory, the socket file itself is watched instead of the
 // directory, which would be told of every write to the database and its
-// WAL: then removing the socket, renaming it away and removing the
-// directory are seen as above, but not renaming the directory away.
+// WAL: then removing the socket and renaming it away are seen as above,
+// but not renaming the directory away.
 //
 // Stop the watcher (end ctx and Wait) before removing the socket on
 // shutdown. WatchSocket returns an error naming the directory (or the

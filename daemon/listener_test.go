@@ -396,20 +396,6 @@ func TestWatchSocket(t *testing.T) {
 				ln.Close()
 			}
 		})
-		t.Run(name+"/DirectoryRemoved", func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "run")
-			if err := PrepareDir(dir); err != nil {
-				t.Fatal(err)
-			}
-			path := filepath.Join(dir, "l.sock")
-			relisten := watchTest(t, path, db(dir), nil)
-			if err := os.RemoveAll(dir); err != nil {
-				t.Fatal(err)
-			}
-			ln := next(t, relisten)
-			roundTrip(t, ln, path)
-			ln.Close()
-		})
 	}
 	t.Run("DatabaseBeside/ItsWritesCostNothing", func(t *testing.T) {
 		dir := t.TempDir()

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -45,10 +47,9 @@ type watchSpec struct {
 	// self watches the file itself instead of its directory: a watch on a
 	// directory is told of every write to any file in it, which a database
 	// beside the file makes thousands a second. The file's own watch sees
-	// it removed or renamed away (and its directory removed, which removes
-	// it first), not its directory renamed; after each callback it follows
-	// the file at path, should the callback have made it anew. ops does not
-	// apply: any event on the file counts.
+	// it removed or renamed away, not its directory renamed; after each
+	// callback it follows the file at path, should the callback have made
+	// it anew. ops does not apply: any event on the file counts.
 	self  bool
 	trace func(string) // tests only: each decision of the loop, in order
 }
@@ -198,22 +199,30 @@ func (l *loop) fire() error {
 
 // follow watches the file at the watcher's path when it is no longer the
 // one watched (the callback made it anew), then arms once more for what
-// happened to it before its watch was in place. It returns an error when
-// there is no file to watch.
+// happened to it before its watch was in place. A file gone again since
+// the callback (removed while it ran) calls the callback again, a few
+// times at most; it returns an error when there is still no file to
+// watch.
 func (l *loop) follow() error {
 	path := filepath.Join(l.dir, l.name)
-	fi, err := os.Stat(path)
-	if err == nil && os.SameFile(fi, l.watched) {
-		return nil
+	for tries := 1; ; tries++ {
+		fi, err := os.Stat(path)
+		if err == nil && os.SameFile(fi, l.watched) {
+			return nil
+		}
+		_ = l.fsw.Remove(path)
+		if err == nil {
+			err = l.fsw.Add(path)
+		}
+		if err == nil {
+			l.watched = fi
+			l.trace("watching again")
+			return l.arm()
+		}
+		if !errors.Is(err, fs.ErrNotExist) || tries == 3 {
+			return fmt.Errorf("watch %s again after it was replaced: %w", path, err)
+		}
+		l.trace("gone again")
+		l.callback()
 	}
-	_ = l.fsw.Remove(path)
-	if err == nil {
-		err = l.fsw.Add(path)
-	}
-	if err != nil {
-		return fmt.Errorf("watch %s again after it was replaced: %w", path, err)
-	}
-	l.watched = fi
-	l.trace("watching again")
-	return l.arm()
 }
