@@ -281,11 +281,7 @@ func (c *conn) dispatch(sl *slot, line []byte, direct bool) {
 		if st, ok := c.srv.store.(settler); ok && r.op == opReceive {
 			began := time.Now()
 			if o, ok := st.Settle(&r.cmd); ok {
-				var steps []conversation.StepRecord
-				var err error
-				if r.withSteps {
-					steps, err = c.srv.resumeSteps(c.ctx, r.cmd.Conversation, r.cmd.MessageID, o.Decision)
-				}
+				steps, err := c.srv.stepsAsked(c.ctx, r, r.cmd.Conversation, r.cmd.MessageID, o.Decision)
 				c.answer(sl, true, c.srv.appendWrite(sl.buf, r, o, steps, err, began))
 				return
 			}

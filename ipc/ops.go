@@ -147,14 +147,21 @@ func (s *Server) resumeSteps(ctx context.Context, conv, id string, d conversatio
 // decision appends the reply of a decide or an explain of request r, whose
 // decision is d, to dst.
 func (s *Server) decision(ctx context.Context, dst []byte, r *request, d conversation.Decision) ([]byte, error) {
-	var steps []conversation.StepRecord
-	if r.withSteps {
-		var err error
-		if steps, err = s.resumeSteps(ctx, r.conv, r.msg, d); err != nil {
-			return dst, err
-		}
+	steps, err := s.stepsAsked(ctx, r, r.conv, r.msg, d)
+	if err != nil {
+		return dst, err
 	}
 	return appendDecision(dst, r, d, steps), nil
+}
+
+// stepsAsked returns the steps of message id of conv that request r, after
+// decision d, asks for: a resume's (resumeSteps) when r asks with_steps,
+// none otherwise.
+func (s *Server) stepsAsked(ctx context.Context, r *request, conv, id string, d conversation.Decision) ([]conversation.StepRecord, error) {
+	if !r.withSteps {
+		return nil, nil
+	}
+	return s.resumeSteps(ctx, conv, id, d)
 }
 
 // hello appends the result of hello to dst.

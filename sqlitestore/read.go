@@ -79,8 +79,8 @@ func (st *readStmts) close() error {
 }
 
 // Message returns the state of message id of conversation conv, or nil if it
-// was never received. A message the writer touched lately is served from
-// its cache of committed states, without a query.
+// was never received. A message written or read lately is served from
+// the cache of committed states, without a query (see state).
 func (s *Store) Message(ctx context.Context, conv, id string) (*conversation.Message, error) {
 	e, err := s.state(ctx, conv, id)
 	if err != nil || e.m == nil {

@@ -140,7 +140,7 @@ type Store struct {
 
 	syncing atomic.Int64          // batches committed and not yet answered
 	durable atomic.Int64          // the last batch synced: the states cached with it or before are durable
-	writing atomic.Int64          // the batch the writer is writing or wrote last (see msgCache)
+	writing atomic.Int64          // the number of the batch the writer is writing or wrote last (see msgCache); the writer's alone to change
 	broken  atomic.Pointer[error] // the failed sync after which writes are refused
 	// wake tells a writer waiting out a sync to look again: the sync
 	// ended, the queue closed, or enough requests for a stage (stageMin)

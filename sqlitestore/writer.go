@@ -139,11 +139,8 @@ type writer struct {
 
 	nextPos, nextConvID int64
 	lastTS              int64 // the time of the last stage written
-	// seq numbers the batches: the one being written, which the states it
-	// caches are durable after (see msgCache).
-	seq    int64
-	totals totals
-	convs  map[string]*convRow
+	totals              totals
+	convs               map[string]*convRow
 
 	// the batch being written
 	batch      []*request
@@ -166,7 +163,6 @@ type stepKey struct {
 func newWriter(s *Store) (*writer, error) {
 	w := &writer{
 		s:          s,
-		seq:        1,
 		convs:      make(map[string]*convRow),
 		dirtyConvs: make(map[string]*convRow),
 		dirtyMsgs:  make(map[msgKey]*conversation.Message),
@@ -313,7 +309,9 @@ func (w *writer) take() (closed bool) {
 // which answers its requests once the commit is durable.
 func (w *writer) commit() {
 	start := time.Now()
-	w.s.writing.Store(w.seq)
+	// The batch's number: the states it caches are durable once it is
+	// synced (see msgCache).
+	seq := w.s.writing.Add(1)
 	err := w.build()
 	if err == nil {
 		err = w.end()
@@ -331,7 +329,7 @@ func (w *writer) commit() {
 			w.s.msgs.del(k)
 			continue
 		}
-		w.s.msgs.put(k, m, w.seq)
+		w.s.msgs.put(k, m, seq)
 	}
 	if len(w.convs) > w.s.opts.CacheSize {
 		w.convs = make(map[string]*convRow)
@@ -347,8 +345,7 @@ func (w *writer) commit() {
 	w.events = nil // the syncer and then the feed hold the slice now
 	w.clearDirty()
 	w.s.syncing.Add(1)
-	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, maintained: maintained, start: start, commit: time.Since(start), seq: w.seq}
-	w.seq++
+	w.s.synced <- &committed{reqs: slices.Clone(w.batch), events: events, maintained: maintained, start: start, commit: time.Since(start), seq: seq}
 }
 
 // abort rolls the batch back and answers every request in it with err: the
@@ -619,7 +616,7 @@ func (w *writer) prefetch(ctx context.Context, reqs []*request) error {
 		if err != nil {
 			return unavailable("read messages", err)
 		}
-		w.s.msgs.put(msgKey{conv, id}, m, w.seq)
+		w.s.msgs.put(msgKey{conv, id}, m, w.s.writing.Load())
 	}
 	return unavailable("read messages", rows.Err())
 }
