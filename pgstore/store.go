@@ -126,6 +126,22 @@ type Store struct {
 	wg   sync.WaitGroup
 }
 
+// planSettings are the planner's settings on the store's connections,
+// unless the URL gives them. Every statement of the store finds its rows
+// by an index, and each is prepared once per connection: planning it for
+// every run cost a third of the server's CPU under load, and a plan made
+// from the statistics of the moment (a generic plan, or a custom plan
+// before the first ANALYZE) chose sequential scans of tables that were
+// small then and keep growing. So the plans are generic, made once, and
+// made without sequential scans or hash and merge joins, which only pay
+// for reading a table whole (docs/PERFORMANCE.md).
+var planSettings = [][2]string{
+	{"plan_cache_mode", "force_generic_plan"},
+	{"enable_seqscan", "off"},
+	{"enable_hashjoin", "off"},
+	{"enable_mergejoin", "off"},
+}
+
 // Open connects to the PostgreSQL database at url (a postgres:// or
 // postgresql:// URL, or a key=value connection string), waiting for it up
 // to Options.ConnectTimeout (or until ctx ends), creates or migrates the
@@ -146,15 +162,18 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	case !strings.Contains(url, "pool_max_conns"):
 		cfg.MaxConns = defaultMaxConns
 	}
-	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
-		// The statements are prepared once per connection. A generic
-		// plan, made after five runs from the statistics of the moment,
-		// stays until the next ANALYZE: one made while the tables were
-		// small scans them whole as they grow (docs/PERFORMANCE.md).
-		// Set once connected, not as a startup parameter, which a
-		// pooler such as PgBouncer refuses.
+	var set []string
+	for _, p := range planSettings {
+		if _, given := cfg.ConnConfig.RuntimeParams[p[0]]; !given {
+			set = append(set, "SET "+p[0]+" = "+p[1])
+		}
+	}
+	if len(set) > 0 {
+		// Set once connected, not as startup parameters, which a pooler
+		// such as PgBouncer refuses.
+		setSQL := strings.Join(set, "; ")
 		cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-			_, err := conn.Exec(ctx, `SET plan_cache_mode = force_custom_plan`)
+			_, err := conn.Exec(ctx, setSQL)
 			return err
 		}
 	}

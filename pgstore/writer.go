@@ -295,15 +295,22 @@ func (b *batch) lockAndRead(ctx context.Context) error {
 	q.Queue(`INSERT INTO conversations (name) SELECT n FROM unnest($1::text[]) n ORDER BY n ON CONFLICT (name) DO NOTHING RETURNING name`, names)
 	q.Queue(`SELECT `+convColumns+` FROM conversations WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE`, names)
 	q.Queue(clockSQL)
+	// Each key is looked up on its own (LATERAL, the conversation's id a
+	// subquery's), so that the index is searched by the whole key: joined
+	// to the list of keys, the planner may search messages by the
+	// conversation alone while it holds few, then filter every message of
+	// the conversation, however many it comes to hold.
 	q.Queue(`SELECT m.conversation_id, m.message_id, `+mColumns+`
 		FROM unnest($1::text[], $2::text[]) k(conv, id)
-		JOIN conversations c ON c.name = k.conv
-		JOIN messages m ON m.conversation_id = c.id AND m.message_id = k.id`, msgConvs, msgIDs)
+		CROSS JOIN LATERAL (SELECT * FROM messages m
+			WHERE m.conversation_id = (SELECT id FROM conversations WHERE name = k.conv) AND m.message_id = k.id OFFSET 0) m`,
+		msgConvs, msgIDs)
 	if len(stepIdx) > 0 {
 		q.Queue(`SELECT s.conversation_id, s.message_id, s.step_index, s.seq, e.output
 			FROM unnest($1::text[], $2::text[], $3::bigint[]) k(conv, id, idx)
-			JOIN conversations c ON c.name = k.conv
-			JOIN steps s ON s.conversation_id = c.id AND s.message_id = k.id AND s.step_index = k.idx
+			CROSS JOIN LATERAL (SELECT * FROM steps s
+				WHERE s.conversation_id = (SELECT id FROM conversations WHERE name = k.conv) AND s.message_id = k.id
+					AND s.step_index = k.idx OFFSET 0) s
 			JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq`, stepConvs, stepIDs, stepIdx)
 	}
 	br := b.conn.SendBatch(ctx, q)
