@@ -11,7 +11,7 @@ import (
 )
 
 // notifyChannel is the channel every batch that appends notifies as it
-// commits.
+// commits, with its store's id as the payload.
 const notifyChannel = "liminald_events"
 
 // Subscription receives the committed events of every daemon on the
@@ -151,9 +151,9 @@ func (t *tailer) catchUp() error {
 	}
 }
 
-// listen wakes the tailer on every notification of notifyChannel, on a
-// connection of its own, which it opens again, after a pause, when it
-// breaks.
+// listen wakes the tailer on every notification of notifyChannel from
+// another store (the payload is the store's id), on a connection of its
+// own, which it opens again, after a pause, when it breaks.
 func (t *tailer) listen() {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-t.s.stop; cancel() }()
@@ -182,9 +182,12 @@ func (t *tailer) listenOnce(ctx context.Context) error {
 	}
 	t.poke() // what was notified while it did not listen
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return err
 		}
-		t.poke()
+		if n.Payload != t.s.id { // its own batches' events come by committed
+			t.poke()
+		}
 	}
 }

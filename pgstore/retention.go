@@ -60,6 +60,7 @@ func (b *batch) maintain(ctx context.Context, r *request, conv *convRow) error {
 	if mt.drop {
 		b.dropped = append(b.dropped, k)
 		delete(b.msgs, k)
+		delete(b.rows, k)
 		conv.counts.Move(conversation.StatusFinished, conversation.StatusUnknown)
 		conv.horizon = conv.horizon.Advance(m.LastTS)
 		b.totals.horizon = b.totals.horizon.Advance(m.LastTS)

@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"crypto/rand"
 	"embed"
 	"fmt"
 	"log/slog"
@@ -110,6 +111,13 @@ type Store struct {
 	tail  *tailer
 	stats storestats.Commits
 
+	// id names the store in its notifications: the listener ignores its
+	// own, whose events the writers hand to the tailer themselves.
+	id string
+	// known are names of conversations known to have a row, which a batch
+	// need not try to insert (see knownConvs).
+	known knownConvs
+
 	maxAttempts atomic.Int64
 	retention   compaction.Setting // see SetRetention
 	compacting  compaction.Stats
@@ -185,7 +193,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
-	s := &Store{opts: opts, log: opts.Logger, pool: pool, where: where, queue: make(chan []*request, opts.QueueSize),
+	s := &Store{opts: opts, log: opts.Logger, pool: pool, where: where, queue: make(chan []*request, opts.QueueSize), id: rand.Text(),
 		stop: make(chan struct{}), opened: time.Now()}
 	s.SetMaxAttempts(opts.MaxAttempts)
 	s.SetRetention(opts.Retention)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -131,7 +132,7 @@ func (w *writer) commit() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.WriteTimeout)
 		err = b.write(ctx)
 		cancel()
-		if err == nil || !isRetryable(err) || try == maxRetries {
+		if err == nil || !isRetryable(err) && !errors.Is(err, errConversationGone) || try == maxRetries {
 			break
 		}
 		s.log.Debug("write batch rolled back; writing it again", "requests", len(w.batch), "err", err)
@@ -146,6 +147,7 @@ func (w *writer) commit() {
 		}
 		return
 	}
+	s.known.learn(b.convs)
 	s.stats.Record(len(w.batch), len(b.events), time.Since(start))
 	for _, r := range w.batch {
 		r.finish()
@@ -195,6 +197,7 @@ type batch struct {
 
 	convs map[string]*convRow
 	msgs  map[msgKey]*conversation.Message // the messages it read or wrote
+	rows  map[msgKey]bool                  // the messages that have a row: read, and not dropped
 	steps map[stepKey]conversation.StepRecord
 
 	changed    map[msgKey]bool // messages to write
@@ -211,7 +214,7 @@ type batch struct {
 
 func newBatch(s *Store, reqs []*request) *batch {
 	return &batch{s: s, reqs: reqs, convs: make(map[string]*convRow), msgs: make(map[msgKey]*conversation.Message),
-		steps: make(map[stepKey]conversation.StepRecord), changed: make(map[msgKey]bool)}
+		rows: make(map[msgKey]bool), steps: make(map[stepKey]conversation.StepRecord), changed: make(map[msgKey]bool)}
 }
 
 // write runs the batch's transaction on a connection of the pool. An
@@ -290,9 +293,12 @@ func (b *batch) lockAndRead(ctx context.Context) error {
 		}
 	}
 	slices.Sort(names) // byte order: COLLATE "C"
+	insert := b.s.known.unknown(names)
 	q := &pgx.Batch{}
 	q.Queue(`BEGIN`)
-	q.Queue(`INSERT INTO conversations (name) SELECT n FROM unnest($1::text[]) n ORDER BY n ON CONFLICT (name) DO NOTHING RETURNING name`, names)
+	if len(insert) > 0 {
+		q.Queue(`INSERT INTO conversations (name) SELECT n FROM unnest($1::text[]) n ORDER BY n ON CONFLICT (name) DO NOTHING RETURNING name`, insert)
+	}
 	q.Queue(`SELECT `+convColumns+` FROM conversations WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE`, names)
 	q.Queue(clockSQL)
 	// Each key is looked up on its own (LATERAL, the conversation's id a
@@ -314,30 +320,36 @@ func (b *batch) lockAndRead(ctx context.Context) error {
 			JOIN events e ON e.conversation_id = s.conversation_id AND e.seq = s.seq`, stepConvs, stepIDs, stepIdx)
 	}
 	br := b.conn.SendBatch(ctx, q)
-	err := b.readLocked(br, len(stepIdx) > 0)
+	err := b.readLocked(br, len(insert) > 0, len(stepIdx) > 0)
 	if cerr := br.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && len(b.convs) < len(names) {
+		b.s.known.forget()
+		return errConversationGone
 	}
 	return unavailable("lock conversations", err)
 }
 
-func (b *batch) readLocked(br pgx.BatchResults, steps bool) error {
+func (b *batch) readLocked(br pgx.BatchResults, insert, steps bool) error {
 	if _, err := br.Exec(); err != nil { // BEGIN
 		return err
 	}
 	created := make(map[string]bool)
-	rows, _ := br.Query()
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
+	if insert {
+		rows, _ := br.Query()
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return err
+			}
+			created[name] = true
+		}
+		if err := rows.Err(); err != nil {
 			return err
 		}
-		created[name] = true
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	rows, _ = br.Query()
+	rows, _ := br.Query()
 	for rows.Next() {
 		c := &convRow{}
 		if err := rows.Scan(&c.id, &c.name, &c.next, &c.counts.Received, &c.counts.InProgress, &c.counts.Errored, &c.counts.Finished,
@@ -362,6 +374,7 @@ func (b *batch) readLocked(br pgx.BatchResults, steps bool) error {
 			return err
 		}
 		b.msgs[k] = m
+		b.rows[k] = true
 	}
 	if err := rows.Err(); err != nil {
 		return err
@@ -516,7 +529,7 @@ func (b *batch) end(ctx context.Context) error {
 		n, t.conversations, t.messages, t.events, t.compacted, t.tombstones, t.dropped, nullHorizon(t.horizon))
 	if n > 0 {
 		b.queueEvents(q)
-		q.Queue(`SELECT pg_notify('` + notifyChannel + `', '')`)
+		q.Queue(`SELECT pg_notify('`+notifyChannel+`', $1)`, b.s.id)
 	}
 	q.Queue(`COMMIT`)
 	br := b.conn.SendBatch(ctx, q)
@@ -616,8 +629,41 @@ func (b *batch) queueWrites(q *pgx.Batch) {
 	}
 }
 
+// queueMessages queues the writes of the messages the batch changed: an
+// UPDATE of those that have a row, found by their key (an upsert would
+// also lock each row it updates, a WAL record more), and an INSERT of the
+// others.
 func (b *batch) queueMessages(q *pgx.Batch) {
-	n := len(b.changed)
+	var update, insert []msgKey
+	for k := range b.changed {
+		if b.rows[k] {
+			update = append(update, k)
+		} else {
+			insert = append(insert, k)
+		}
+	}
+	if len(update) > 0 {
+		q.Queue(`UPDATE messages m SET status = k.status, received_at = k.received_at, received_seq = k.received_seq,
+				started_seq = k.started_seq, last_step = k.last_step, error = k.error, last_type = k.last_type,
+				last_seq = k.last_seq, last_ts = k.last_ts, fingerprint = k.fingerprint, worker = k.worker,
+				lease_until = k.lease_until, attempts = k.attempts, compacted = k.compacted
+			FROM `+messagesUnnest+` k(conversation_id, message_id, `+messageColumns+`)
+			WHERE m.conversation_id = k.conversation_id AND m.message_id = k.message_id`, b.messageArgs(update)...)
+	}
+	if len(insert) > 0 {
+		q.Queue(`INSERT INTO messages (conversation_id, message_id, `+messageColumns+`) SELECT * FROM `+messagesUnnest,
+			b.messageArgs(insert)...)
+	}
+}
+
+// messagesUnnest makes rows of messages from the arrays of messageArgs.
+const messagesUnnest = `unnest($1::bigint[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+	$8::bytea[], $9::smallint[], $10::bigint[], $11::bigint[], $12::bytea[], $13::text[], $14::bigint[], $15::bigint[], $16::boolean[])`
+
+// messageArgs are the columns of the messages of keys, as arrays: the
+// key, then messageColumns.
+func (b *batch) messageArgs(keys []msgKey) []any {
+	n := len(keys)
 	convs, ids := make([]int64, 0, n), make([]string, 0, n)
 	status, lastType := make([]int16, 0, n), make([]int16, 0, n)
 	receivedAt, receivedSeq, startedSeq, lastSeq, lastTS := make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
@@ -626,7 +672,7 @@ func (b *batch) queueMessages(q *pgx.Batch) {
 	errText, fingerprint := make([][]byte, 0, n), make([][]byte, 0, n)
 	worker := make([]*string, 0, n)
 	compacted := make([]bool, 0, n)
-	for k := range b.changed {
+	for _, k := range keys {
 		m := b.msgs[k]
 		convs, ids = append(convs, k.conv), append(ids, k.id)
 		status, lastType = append(status, int16(m.Status)), append(lastType, int16(m.LastType))
@@ -641,16 +687,8 @@ func (b *batch) queueMessages(q *pgx.Batch) {
 		errText, fingerprint = append(errText, nullBytes(m.Error)), append(fingerprint, nullBytes(m.Fingerprint))
 		worker, compacted = append(worker, nullText(m.Worker)), append(compacted, m.Compacted)
 	}
-	q.Queue(`INSERT INTO messages (conversation_id, message_id, `+messageColumns+`)
-		SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-			$8::bytea[], $9::smallint[], $10::bigint[], $11::bigint[], $12::bytea[], $13::text[], $14::bigint[], $15::bigint[], $16::boolean[])
-		ON CONFLICT (conversation_id, message_id) DO UPDATE SET status = excluded.status,
-			received_at = excluded.received_at, received_seq = excluded.received_seq, started_seq = excluded.started_seq,
-			last_step = excluded.last_step, error = excluded.error, last_type = excluded.last_type, last_seq = excluded.last_seq,
-			last_ts = excluded.last_ts, fingerprint = excluded.fingerprint, worker = excluded.worker,
-			lease_until = excluded.lease_until, attempts = excluded.attempts, compacted = excluded.compacted`,
-		convs, ids, status, receivedAt, receivedSeq, startedSeq, lastStep, errText, lastType, lastSeq, lastTS, fingerprint, worker,
-		leaseUntil, attempts, compacted)
+	return []any{convs, ids, status, receivedAt, receivedSeq, startedSeq, lastStep, errText, lastType, lastSeq, lastTS, fingerprint, worker,
+		leaseUntil, attempts, compacted}
 }
 
 // queueEvents queues the insert of the batch's events at the positions the
@@ -744,3 +782,56 @@ func (s scanHorizon) Scan(src any) error {
 	}
 	return nil
 }
+
+// maxKnownConvs bounds knownConvs: past it, the names are forgotten and
+// learnt again.
+const maxKnownConvs = 1 << 16
+
+// knownConvs are names of conversations that had a row when a batch
+// committed. A conversation's row, once committed, is never deleted, so a
+// batch of known conversations skips the insert of its conversations, a
+// statement of every batch. If one is gone all the same (the database was
+// restored under the daemon), the batch forgets the names and is written
+// again.
+type knownConvs struct {
+	mu    sync.Mutex
+	names map[string]struct{}
+}
+
+// unknown returns the names of names not known.
+func (k *knownConvs) unknown(names []string) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for _, n := range names {
+		if _, ok := k.names[n]; !ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// learn records the conversations of a committed batch that have a row.
+func (k *knownConvs) learn(convs map[string]*convRow) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.names == nil || len(k.names)+len(convs) > maxKnownConvs {
+		k.names = make(map[string]struct{}, len(convs))
+	}
+	for name, c := range convs {
+		if !c.created || c.used {
+			k.names[name] = struct{}{}
+		}
+	}
+}
+
+// forget forgets every name.
+func (k *knownConvs) forget() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.names = nil
+}
+
+// errConversationGone: a conversation known to have a row had none. The
+// batch is written again, inserting its conversations.
+var errConversationGone = errors.New("a known conversation has no row")
