@@ -9,14 +9,14 @@
 //
 // A writer goroutine takes the requests waiting and writes them in one
 // transaction with one COMMIT (group commit), and answers them once COMMIT
-// returned. A store runs two writers (Options.Writers), each on its own
-// connection, so that while one batch waits for its COMMIT the next is
-// already locking and reading: within a daemon they are two batches as
-// two daemons' batches are, and the same locks order them. A run of
+// returned. A store runs one writer by default (Options.Writers); with
+// more, each on its own connection, one batch locks and reads while
+// another waits for its COMMIT: within a daemon they are several batches
+// as several daemons' batches are, and the same locks order them. A run of
 // requests that must be written in order (an import's, compaction's) goes
 // to one writer whole. A batch locks the rows of the conversations it
-// writes to (SELECT ... FOR UPDATE, in name order, after inserting the
-// ones that do not exist yet), then reads the database's clock once, then
+// writes to (SELECT ... FOR UPDATE, in name order, after inserting those
+// it does not know to exist), then reads the database's clock once, then
 // the messages and steps its requests name, all in one round trip. The
 // conversation's row lock serializes the writers of one conversation
 // across daemons: each batch judges on the state the one before it

@@ -28,7 +28,7 @@ type Options struct {
 	// Writers is how many batches the store writes at once, each on its
 	// own connection: while one waits for its COMMIT, the next takes the
 	// requests that arrived meanwhile, as the batches of several daemons
-	// do (see the package's documentation); 2 by default.
+	// do (see the package's documentation); 1 by default.
 	Writers int
 	// MaxConns is how many connections to PostgreSQL the store's pool
 	// keeps, for the writers, the readers and the feed (the one that
@@ -65,10 +65,13 @@ type Options struct {
 	manualCompaction bool
 }
 
-// defaultWriters is Options.Writers' default: with two batches at once, one
-// locks and reads while the other waits for its COMMIT (256 clients:
-// 10,295 events/s with one, 14,764 with two; docs/PERFORMANCE.md).
-const defaultWriters = 2
+// defaultWriters is Options.Writers' default. A second writer lets one
+// batch lock and read while the other waits for its COMMIT, but each batch
+// is then smaller and the server's cost of a batch is mostly the same
+// whatever its size: with one writer, 64 clients wrote 14,347 events/s
+// against 13,320 with two, and the server spent a third less CPU on them
+// (docs/PERFORMANCE.md).
+const defaultWriters = 1
 
 // defaultMaxConns is the pool's size when neither Options.MaxConns nor the
 // URL's pool_max_conns sets it.
