@@ -320,3 +320,38 @@ func TestStore_AcknowledgedWritesSurviveServerCrash(t *testing.T) {
 		t.Fatalf("%d events after a crash of the server, want the %d acknowledged", len(events), n)
 	}
 }
+
+// TestStore_ListensOnlyForSubscriptions: a store listens for the other
+// stores' notifications only while it has subscriptions, and stops at the
+// first notification once it has none: every notification wakes each
+// listener's server process.
+func TestStore_ListensOnlyForSubscriptions(t *testing.T) {
+	db := newTestDB(t)
+	s := mustOpen(t, db, Options{})
+	listeners := func(want int) {
+		t.Helper()
+		ctx := context.Background()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var n int
+			err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN `+notifyChannel+`'`).Scan(&n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d connections listen, want %d", n, want)
+			}
+			time.Sleep(time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	mustWrite(t, s, cmd(conversation.OpReceive, "m"))
+	listeners(0)
+	sub := s.Subscribe(16)
+	listeners(1)
+	sub.Close()
+	mustWrite(t, s, cmd(conversation.OpStart, "m"))
+	listeners(0)
+}

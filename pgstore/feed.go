@@ -37,7 +37,12 @@ func (s *Store) Subscribe(capacity int) *Subscription {
 		s.log.Warn("subscribe: cannot read the end of the log; starting where the feed is", "err", err)
 		end = 0
 	}
-	return s.feed.SubscribeFrom(capacity, end)
+	sub := s.feed.SubscribeFrom(capacity, end)
+	select {
+	case s.tail.subscribed <- struct{}{}:
+	default:
+	}
+	return sub
 }
 
 // tailerPage is how many events the tailer reads at a time.
@@ -50,10 +55,13 @@ type tailer struct {
 	next int64         // the position of the next event to publish
 	wake chan struct{} // a notification came
 	own  chan []conversation.Event
+	// subscribed is sent to (without waiting) by Subscribe: the listener
+	// listens again.
+	subscribed chan struct{}
 }
 
 func newTailer(ctx context.Context, s *Store) (*tailer, error) {
-	t := &tailer{s: s, wake: make(chan struct{}, 1), own: make(chan []conversation.Event, 64)}
+	t := &tailer{s: s, wake: make(chan struct{}, 1), own: make(chan []conversation.Event, 64), subscribed: make(chan struct{}, 1)}
 	if err := s.pool.QueryRow(ctx, `SELECT next FROM positions WHERE id = 1`).Scan(&t.next); err != nil {
 		return nil, unavailable("read positions", err)
 	}
@@ -153,15 +161,26 @@ func (t *tailer) catchUp() error {
 
 // listen wakes the tailer on every notification of notifyChannel from
 // another store (the payload is the store's id), on a connection of its
-// own, which it opens again, after a pause, when it breaks.
+// own, which it opens again, after a pause, when it breaks. It listens
+// only while the store has subscriptions: a notification of every batch of
+// every daemon wakes each listener's server process, and this goroutine,
+// for nothing when no subscription wants the events. Once a notification
+// finds none, it stops until Subscribe.
 func (t *tailer) listen() {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-t.s.stop; cancel() }()
 	defer cancel()
 	for ctx.Err() == nil {
+		if t.s.feed.Len() == 0 {
+			select {
+			case <-ctx.Done():
+			case <-t.subscribed:
+			}
+			continue
+		}
 		err := t.listenOnce(ctx)
-		if ctx.Err() != nil {
-			return
+		if ctx.Err() != nil || err == nil {
+			continue
 		}
 		t.s.log.Debug("notifications stopped; listening again", "err", err)
 		select {
@@ -171,6 +190,8 @@ func (t *tailer) listen() {
 	}
 }
 
+// listenOnce listens until its connection breaks (an error) or a
+// notification comes while the store has no subscriptions (nil).
 func (t *tailer) listenOnce(ctx context.Context) error {
 	conn, err := pgx.ConnectConfig(ctx, t.s.pool.Config().ConnConfig.Copy())
 	if err != nil {
@@ -185,6 +206,9 @@ func (t *tailer) listenOnce(ctx context.Context) error {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
+		}
+		if t.s.feed.Len() == 0 {
+			return nil
 		}
 		if n.Payload != t.s.id { // its own batches' events come by committed
 			t.poke()
