@@ -251,7 +251,7 @@ func TestStores_SubscriptionWakesOnNotify(t *testing.T) {
 	follower := mustOpen(t, db, Options{Poll: time.Hour})
 	sub := follower.Subscribe(16)
 	defer sub.Close()
-	time.Sleep(100 * time.Millisecond) // the follower listens
+	db.waitCount(t, listenersSQL, 1) // the follower listens; the writer, without subscriptions, does not
 	mustWrite(t, writer, cmd(conversation.OpReceive, "m"))
 	select {
 	case batch := <-sub.Events():
@@ -323,35 +323,20 @@ func TestStore_AcknowledgedWritesSurviveServerCrash(t *testing.T) {
 
 // TestStore_ListensOnlyForSubscriptions: a store listens for the other
 // stores' notifications only while it has subscriptions, and stops at the
-// first notification once it has none: every notification wakes each
-// listener's server process.
+// first notification once it has none (every notification wakes each
+// listener's server process), and again at its next subscription.
 func TestStore_ListensOnlyForSubscriptions(t *testing.T) {
 	db := newTestDB(t)
 	s := mustOpen(t, db, Options{})
-	listeners := func(want int) {
-		t.Helper()
-		ctx := context.Background()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			var n int
-			err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN `+notifyChannel+`'`).Scan(&n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d connections listen, want %d", n, want)
-			}
-			time.Sleep(time.Millisecond) // polling a condition, with a deadline
-		}
-	}
 	mustWrite(t, s, cmd(conversation.OpReceive, "m"))
-	listeners(0)
+	db.waitCount(t, listenersSQL, 0)
 	sub := s.Subscribe(16)
-	listeners(1)
+	db.waitCount(t, listenersSQL, 1)
 	sub.Close()
 	mustWrite(t, s, cmd(conversation.OpStart, "m"))
-	listeners(0)
+	db.waitCount(t, listenersSQL, 0)
+	// Having stopped, it listens again for a new subscription.
+	sub = s.Subscribe(16)
+	defer sub.Close()
+	db.waitCount(t, listenersSQL, 1)
 }

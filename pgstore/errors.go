@@ -57,9 +57,10 @@ func isUnavailable(err error) bool {
 	return pe.Code == "25006" // read-only transaction (a standby)
 }
 
-// isRetryable reports whether err is a deadlock or a serialization failure:
-// the batch that got it is rolled back and written again.
+// isRetryable reports whether err is a deadlock, a serialization failure,
+// or errConversationGone: the batch that got it is rolled back and written
+// again.
 func isRetryable(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") || errors.Is(err, errConversationGone)
 }

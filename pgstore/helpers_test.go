@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"liminald/conversation"
 	"liminald/pgtest"
 )
@@ -43,6 +45,48 @@ func mustOpen(tb testing.TB, db *testDB, opts Options) *Store {
 		}
 	})
 	return s
+}
+
+// openStore opens a store on the database at url for a test that closes it itself (Close
+// may be called again): cleanup closes it, without mustOpen's checks.
+func openStore(tb testing.TB, url string, opts Options) *Store {
+	tb.Helper()
+	s, err := Open(context.Background(), url, opts)
+	if err != nil {
+		tb.Fatalf("Open(%s): %v", url, err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+// listenersSQL counts the connections listening for the stores'
+// notifications.
+const listenersSQL = `SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN ` + notifyChannel + `'`
+
+// waitCount waits until the count that query returns, on a connection of
+// its own to db, is want; it fails tb if that takes over 10 s.
+func (db *testDB) waitCount(tb testing.TB, query string, want int) {
+	tb.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := conn.QueryRow(ctx, query).Scan(&n); err != nil {
+			tb.Fatal(err)
+		}
+		if n == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: %d, want %d", query, n, want)
+		}
+		time.Sleep(time.Millisecond) // polling a condition, with a deadline
+	}
 }
 
 // mustCheck fails tb unless the state the store serves for every

@@ -116,8 +116,8 @@ func (w *writer) run() {
 	}
 }
 
-// maxRetries is how many times a batch that PostgreSQL rolled back for a
-// deadlock or a serialization failure is written again.
+// maxRetries is how many times a batch rolled back for an error that
+// isRetryable is written again.
 const maxRetries = 5
 
 // commit writes the batch in one transaction and answers its requests once
@@ -132,7 +132,7 @@ func (w *writer) commit() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.WriteTimeout)
 		err = b.write(ctx)
 		cancel()
-		if err == nil || !isRetryable(err) && !errors.Is(err, errConversationGone) || try == maxRetries {
+		if err == nil || !isRetryable(err) || try == maxRetries {
 			break
 		}
 		s.log.Debug("write batch rolled back; writing it again", "requests", len(w.batch), "err", err)
